@@ -1,0 +1,178 @@
+"""Tests for `textgen.recurrent.LSTMLayer`: the hand-fused path against the `keras.layers.RNN`
+reference path (forward and gradients), path resolution, `tf.function` with a dynamic time
+dimension, and carrying state across chunks of a sequence.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from textgen.recurrent import LSTMLayer, resolve_path
+
+UNITS = 6
+INPUT_DIM = 4
+BATCH = 3
+STEPS = 12
+TOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _full_precision_float32():
+    """These tests pin float32 results to 1e-5; on Ampere+ GPUs TF defaults to TF32 matmuls
+    (~1e-3 relative), so switch TF32 off for this module and restore the setting afterwards."""
+    previous = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    yield
+    tf.config.experimental.enable_tensor_float_32_execution(previous)
+
+
+def _random_weights(rng):
+    return [
+        rng.normal(scale=0.5, size=(INPUT_DIM, 4 * UNITS)).astype(np.float32),
+        rng.normal(scale=0.5, size=(UNITS, 4 * UNITS)).astype(np.float32),
+        rng.normal(scale=0.5, size=(4 * UNITS,)).astype(np.float32),
+    ]
+
+
+def _problem(seed: int = 0, steps: int = STEPS):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(BATCH, steps, INPUT_DIM)).astype(np.float32)
+    h0 = rng.normal(scale=0.5, size=(BATCH, UNITS)).astype(np.float32)
+    c0 = rng.normal(scale=0.5, size=(BATCH, UNITS)).astype(np.float32)
+    return x, h0, c0, _random_weights(rng), rng
+
+
+def _layer(path: str, weights) -> LSTMLayer:
+    layer = LSTMLayer(UNITS, lstm_path=path)
+    layer.build((None, None, INPUT_DIM))
+    layer.set_weights(weights)
+    return layer
+
+
+def _max_abs_diff(a, b) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
+def _rel_diff(a, b) -> float:
+    """max |a - b| / max |b|: a scale-free comparison for gradients."""
+    scale = max(float(np.abs(np.asarray(b)).max()), 1e-12)
+    return _max_abs_diff(a, b) / scale
+
+
+def test_fused_and_rnn_paths_agree_forward():
+    x, h0, c0, weights, _ = _problem(seed=1)
+    fused, rnn = _layer("fused", weights), _layer("rnn", weights)
+    out_f, (h_f, c_f) = fused(x, initial_state=[h0, c0])
+    out_r, (h_r, c_r) = rnn(x, initial_state=[h0, c0])
+    assert out_f.shape == out_r.shape == (BATCH, STEPS, UNITS)
+    assert _max_abs_diff(out_f, out_r) < TOL
+    assert _max_abs_diff(h_f, h_r) < TOL
+    assert _max_abs_diff(c_f, c_r) < TOL
+    assert _max_abs_diff(out_f[:, -1], h_f) == 0.0
+    # The non-zero initial state is really used.
+    out_zero, _ = fused(x)
+    assert _max_abs_diff(out_zero, out_f) > 1e-3
+
+
+def test_fused_and_rnn_paths_agree_gradients():
+    """Gradients w.r.t. kernel, recurrent_kernel, bias, inputs, h0 and c0.
+
+    Checked both absolutely (< 1e-5) and relatively (max abs diff / max abs value < 1e-5).
+    The gradients here are O(1) (largest ~3, on kernel/bias, which sum over batch * time) and the
+    two paths differ only by float32 round-off from summation order ((x.W + b) + h.U vs
+    x.W + h.U + b): observed max abs diff ~5e-7, so the absolute bound holds with ~20x margin.
+    The relative check keeps the test meaningful should the problem size (and so the gradient
+    magnitude) be scaled up.
+    """
+    x, h0, c0, weights, rng = _problem(seed=2)
+    probe = tf.constant(rng.normal(size=(BATCH, STEPS, UNITS)).astype(np.float32))
+    grads = {}
+    for path in ("fused", "rnn"):
+        layer = _layer(path, weights)
+        xs, hs, cs = tf.constant(x), tf.constant(h0), tf.constant(c0)
+        with tf.GradientTape() as tape:
+            tape.watch([xs, hs, cs])
+            out, (_, c_T) = layer(xs, initial_state=[hs, cs])
+            loss = tf.reduce_sum(out * probe) + tf.reduce_sum(c_T)
+        variables = [layer.cell.kernel, layer.cell.recurrent_kernel, layer.cell.bias]
+        g = tape.gradient(loss, variables + [xs, hs, cs])
+        assert all(gi is not None for gi in g), path
+        grads[path] = [np.asarray(gi) for gi in g]
+
+    names = ["kernel", "recurrent_kernel", "bias", "inputs", "h0", "c0"]
+    for name, g_f, g_r in zip(names, grads["fused"], grads["rnn"]):
+        assert g_f.shape == g_r.shape, name
+        assert np.abs(g_r).max() > 1e-3, f"{name} gradient is trivially zero"
+        assert _rel_diff(g_f, g_r) < TOL, (name, _rel_diff(g_f, g_r))
+        assert _max_abs_diff(g_f, g_r) < TOL, (name, _max_abs_diff(g_f, g_r))
+
+
+@pytest.mark.skipif(
+    bool(tf.config.list_physical_devices("GPU")), reason="pins the CPU choice of 'auto'"
+)
+def test_resolve_auto_is_fused_on_cpu():
+    assert resolve_path("auto") == "fused"
+
+
+def test_resolve_explicit_and_unknown_paths():
+    assert resolve_path("fused") == "fused"
+    assert resolve_path("rnn") == "rnn"
+    for bad in ("cudnn", "", "FUSED"):
+        with pytest.raises(ValueError):
+            resolve_path(bad)
+
+
+def test_unknown_path_rejected_by_layer():
+    layer = LSTMLayer(UNITS, lstm_path="nope")
+    with pytest.raises(ValueError):
+        layer(np.zeros((1, 2, INPUT_DIM), np.float32))
+
+
+@pytest.mark.parametrize("path", ["fused", "rnn"])
+def test_tf_function_dynamic_time_matches_eager(path):
+    x, h0, c0, weights, _ = _problem(seed=3)
+    layer = _layer(path, weights)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec((None, None, INPUT_DIM), tf.float32),
+            tf.TensorSpec((None, UNITS), tf.float32),
+            tf.TensorSpec((None, UNITS), tf.float32),
+        ]
+    )
+    def run(inputs, h, c):
+        out, (h_T, c_T) = layer(inputs, initial_state=[h, c])
+        return out, h_T, c_T
+
+    for steps in (STEPS, 5):  # two lengths through the one traced graph
+        xs = x[:, :steps]
+        out_g, h_g, c_g = run(xs, h0, c0)
+        out_e, (h_e, c_e) = layer(xs, initial_state=[h0, c0])
+        assert out_g.shape == (BATCH, steps, UNITS)
+        assert _max_abs_diff(out_g, out_e) < TOL
+        assert _max_abs_diff(h_g, h_e) < TOL
+        assert _max_abs_diff(c_g, c_e) < TOL
+    assert len(run.get_concrete_function().graph.as_graph_def().node) > 0
+
+
+@pytest.mark.parametrize("path", ["fused", "rnn"])
+def test_state_carry_across_chunks(path):
+    x, h0, c0, weights, _ = _problem(seed=4)
+    layer = _layer(path, weights)
+    whole, (h_w, c_w) = layer(x, initial_state=[h0, c0])
+
+    state = [h0, c0]
+    chunks = []
+    for start in range(0, STEPS, 4):
+        out, state = layer(x[:, start:start + 4], initial_state=state)
+        chunks.append(np.asarray(out))
+    assert len(chunks) == 3
+    assert _max_abs_diff(np.concatenate(chunks, axis=1), whole) < TOL
+    assert _max_abs_diff(state[0], h_w) < TOL
+    assert _max_abs_diff(state[1], c_w) < TOL

@@ -1,0 +1,147 @@
+"""Tests for textgen.vocab: encoding round trips, determinism, persistence and errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from textgen.errors import TextgenError
+from textgen.vocab import Vocabulary
+
+
+def chinese_text(n_chars: int = 3000) -> str:
+    """Text using `n_chars` distinct CJK ideographs plus Chinese punctuation, in mixed order."""
+    rng = np.random.default_rng(0)
+    chars = [chr(0x4E00 + i) for i in range(n_chars)] + list("，。、！？：；“”（）《》")
+    order = rng.permutation(len(chars) * 3) % len(chars)
+    return "".join(chars[i] for i in order) + "\n中文文本。"
+
+
+def test_round_trip_english():
+    text = "The quick brown fox jumps over the lazy dog.\nSecond line!\t~"
+    vocab = Vocabulary.from_text(text)
+    ids = vocab.encode(text)
+    assert ids.shape == (len(text),)
+    assert ids.dtype == np.uint16 == vocab.dtype
+    assert vocab.decode(ids) == text
+    assert vocab.decode(ids.tolist()) == text
+    assert len(vocab) == vocab.size == len(set(text))
+
+
+def test_round_trip_chinese_thousands_of_chars():
+    text = chinese_text()
+    vocab = Vocabulary.from_text(text)
+    assert vocab.size > 3000
+    ids = vocab.encode(text)
+    assert ids.max() == vocab.size - 1
+    assert vocab.decode(ids) == text
+    assert vocab.chars == sorted(set(text))
+
+
+def test_round_trip_emoji_outside_bmp():
+    text = "hi 😀 there 🚀🚀 𝄞 ok é"
+    vocab = Vocabulary.from_text(text)
+    assert "😀" in vocab.chars and "𝄞" in vocab.chars
+    assert len(vocab.encode(text)) == len(text)
+    assert vocab.decode(vocab.encode(text)) == text
+
+
+def test_order_is_deterministic_code_point_order():
+    a = Vocabulary.from_text("banana😀中")
+    b = Vocabulary.from_text("中😀nabnab")
+    assert a == b
+    assert a.chars == ["a", "b", "n", "中", "😀"]
+    assert a.encode("abn").tolist() == [0, 1, 2]
+    assert a != Vocabulary.from_text("abc")
+
+
+def test_large_vocab_uses_int32():
+    chars = [chr(c) for c in range(0x20, 0x20 + 70000) if not 0xD800 <= c < 0xE000]
+    vocab = Vocabulary(chars)
+    assert vocab.size > 65536 and vocab.dtype == np.int32
+    text = "".join(chars[-5:]) + chars[0]
+    assert vocab.encode(text).dtype == np.int32
+    assert vocab.decode(vocab.encode(text)) == text
+
+
+def test_unknown_chars_and_encode_error_names_them():
+    vocab = Vocabulary.from_text("abc")
+    assert vocab.unknown_chars("abxcyx😀") == ["x", "y", "😀"]
+    assert vocab.unknown_chars("cab") == []
+    with pytest.raises(TextgenError) as err:
+        vocab.encode("abz中")
+    message = str(err.value)
+    assert "'z'" in message and "'中'" in message and "\n" not in message
+
+
+def test_encode_beyond_last_char_is_unknown():
+    vocab = Vocabulary.from_text("b")
+    with pytest.raises(TextgenError):
+        vocab.encode("c")
+    with pytest.raises(TextgenError):
+        vocab.encode("a")
+
+
+def test_save_load_round_trip_chinese(tmp_path):
+    vocab = Vocabulary.from_text(chinese_text(500) + "abc😀")
+    path = tmp_path / "vocab.json"
+    vocab.save(path)
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    assert data == {"format": "textgen-vocab", "version": 1, "chars": vocab.chars}
+    assert "中" in path.read_text(encoding="utf-8")  # ensure_ascii=False
+    assert Vocabulary.load(path) == vocab
+    assert [p.name for p in tmp_path.iterdir()] == ["vocab.json"]  # no temp files left
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"format": "textgen-vocab", "version": 1, "chars": ["a", "b"',  # truncated
+        "",
+        "not json at all",
+        '["a", "b"]',
+        '{"format": "something-else", "version": 1, "chars": ["a"]}',
+        '{"format": "textgen-vocab", "version": 99, "chars": ["a"]}',
+        '{"format": "textgen-vocab", "version": 1, "chars": "ab"}',
+        '{"format": "textgen-vocab", "version": 1, "chars": ["ab", "c"]}',
+        '{"format": "textgen-vocab", "version": 1, "chars": ["a", "a"]}',
+        '{"format": "textgen-vocab", "version": 1, "chars": [1, 2]}',
+    ],
+)
+def test_load_damaged_file_raises_textgen_error(tmp_path, content):
+    path = tmp_path / "vocab.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(TextgenError) as err:
+        Vocabulary.load(path)
+    message = str(err.value)
+    assert str(path) in message and "damaged" in message and "\n" not in message
+
+
+def test_load_non_utf8_file_raises_textgen_error(tmp_path):
+    path = tmp_path / "vocab.json"
+    path.write_bytes(b'{"chars": "\xff\xfe"}')
+    with pytest.raises(TextgenError):
+        Vocabulary.load(path)
+
+
+def test_load_missing_file_raises_textgen_error(tmp_path):
+    path = tmp_path / "nope" / "vocab.json"
+    with pytest.raises(TextgenError) as err:
+        Vocabulary.load(path)
+    assert str(path) in str(err.value) and "missing" in str(err.value)
+
+
+def test_decode_out_of_range_raises():
+    vocab = Vocabulary.from_text("ab")
+    with pytest.raises(TextgenError):
+        vocab.decode([0, 2])
+
+
+def test_empty_text():
+    vocab = Vocabulary.from_text("")
+    assert vocab.size == 0
+    assert vocab.encode("").shape == (0,)
+    assert vocab.decode([]) == ""
+    with pytest.raises(TextgenError):
+        vocab.encode("a")

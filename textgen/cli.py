@@ -1,0 +1,162 @@
+"""The `textgen` command line: parses options and delegates; no logic lives here.
+
+TensorFlow is imported only inside the commands, so `textgen --help` answers instantly.
+Option defaults come from the config dataclasses in `textgen.config`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+from textgen import __version__
+from textgen.config import ModelConfig, SampleConfig, TrainConfig
+from textgen.errors import TextgenError
+
+RUNS_DIR = "checkpoints"
+CORPUS_DIR = "corpora"
+_M, _T, _S = ModelConfig(), TrainConfig(), SampleConfig()
+
+
+def user_errors(func):
+    """Turn TextgenError into `Error: ...` on stderr and exit code 2, without a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except TextgenError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(e.exit_code)
+
+    return wrapper
+
+
+def given(ctx: click.Context, names) -> dict:
+    """The options among `names` that the user set on the command line (not defaulted)."""
+    source = click.core.ParameterSource.DEFAULT
+    return {n: ctx.params[n] for n in names if ctx.get_parameter_source(n) != source}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="textgen")
+def main():
+    """Character-level text generation with a hand-written LSTM.
+
+    \b
+      textgen train corpus.txt        train a model on your text
+      textgen train                   train on the built-in Python-source corpus
+      textgen sample --temp 0.8       generate text from the latest run
+    """
+
+
+@main.command()
+@click.argument("corpus", nargs=-1, type=click.Path())
+@click.option("--name", help="Run name under --runs-dir (default: a timestamp; with --resume: the latest run).")
+@click.option("--resume", is_flag=True, help="Continue the run given by --name (default: the latest) where it stopped.")
+@click.option("--runs-dir", default=RUNS_DIR, show_default=True, help="Where run directories live.")
+@click.option("--embedding-dim", type=click.IntRange(1), default=_M.embedding_dim, show_default=True, help="Size of the character embedding.")
+@click.option("--units", type=click.IntRange(1), default=_M.units, show_default=True, help="LSTM units per layer.")
+@click.option("--num-layers", type=click.IntRange(1), default=_M.num_layers, show_default=True, help="Stacked LSTM layers.")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=_M.dropout, show_default=True, help="Dropout between layers.")
+@click.option("--batch-size", type=click.IntRange(1), default=_T.batch_size, show_default=True, help="Parallel text streams per step.")
+@click.option("--seq-len", type=click.IntRange(1), default=_T.seq_len, show_default=True, help="Characters per window (BPTT length).")
+@click.option("--learning-rate", "--lr", type=click.FloatRange(0, min_open=True), default=_T.learning_rate, show_default=True, help="Adam learning rate.")
+@click.option("--clip-norm", type=click.FloatRange(0), default=_T.clip_norm, show_default=True, help="Clip gradients to this global norm (0: off).")
+@click.option("--epochs", type=click.IntRange(1), default=_T.epochs, help="Stop after this many epochs in all.")
+@click.option("--steps", type=click.IntRange(1), default=_T.steps, help="Stop after this many steps in all.")
+@click.option("--minutes", type=click.FloatRange(0, min_open=True), default=_T.minutes, help="Stop after this many minutes (this session).")
+@click.option("--val-fraction", type=float, default=_T.val_fraction, show_default=True, help="Tail of the corpus held out for validation.")
+@click.option("--eval-every", type=click.IntRange(1), default=_T.eval_every, show_default=True, help="Steps between validations and checkpoints.")
+@click.option("--eval-batches", type=click.IntRange(1), default=_T.eval_batches, show_default=True, help="Validation windows per evaluation.")
+@click.option("--keep", type=click.IntRange(1), default=_T.keep, show_default=True, help="Newest checkpoints to keep (plus the best).")
+@click.option("--seed", type=int, default=_T.seed, show_default=True, help="Random seed.")
+@click.option("--encoding", default=_T.encoding, show_default=True, help="Text encoding of the corpus files.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+@user_errors
+def train(ctx, corpus, name, resume, runs_dir, quiet, **_options):
+    """Train a model on CORPUS files or directories (default: the built-in corpus).
+
+    Without --epochs, --steps or --minutes it trains for 10 epochs. Progress goes to a bar,
+    TensorBoard events to RUNS_DIR/<run>/events (`tensorboard --logdir checkpoints`).
+    """
+    from textgen.launch import launch
+
+    model_options = given(ctx, [f.name for f in _fields(ModelConfig) if f.name != "vocab_size"])
+    train_options = given(ctx, [f.name for f in _fields(TrainConfig)])
+    run_dir, reason, progress = launch(
+        list(corpus), model_options, train_options, runs_dir, name=name, resume=resume,
+        corpus_dir=CORPUS_DIR, show_progress=not quiet, echo=lambda s: click.echo(s, err=True),
+    )
+    best = "-" if progress.best_val_bpc is None else f"{progress.best_val_bpc:.4f}"
+    click.echo(f"stopped ({reason}) at step {progress.step}; best validation bpc {best}; run: {run_dir}", err=True)
+    if reason != "budget":
+        click.echo(f"resume with: textgen train --resume --name {run_dir.name} --runs-dir {runs_dir}", err=True)
+
+
+@main.command()
+@click.argument("run", required=False)
+@click.option("--runs-dir", default=RUNS_DIR, show_default=True, help="Where run directories live.")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which checkpoint of the run to load.")
+@click.option("--temp", "temperature", type=float, default=_S.temperature, show_default=True, help="Sampling temperature; 0 is greedy argmax.")
+@click.option("--length", type=int, default=_S.length, show_default=True, help="Characters to generate.")
+@click.option("--prime", default=_S.prime, help="Text fed to the model first, then echoed.")
+@click.option("--seed", type=int, default=_S.seed, help="Random seed: same seed, same text.")
+@click.option("--top-k", type=int, default=_S.top_k, show_default=True, help="Sample among the k likeliest characters (0: off).")
+@click.option("--top-p", type=float, default=_S.top_p, show_default=True, help="Sample among the likeliest characters holding this much probability.")
+@click.option("--num-samples", type=int, default=_S.num_samples, show_default=True, help="Independent samples to generate.")
+@user_errors
+def sample(run, runs_dir, checkpoint, **options):
+    """Generate text from RUN (a path or a name under --runs-dir; default: the latest run)."""
+    config = SampleConfig(**options)
+    config.validate()  # before TensorFlow and the model load
+    from textgen.sample import sample_run
+
+    sample_run(run, runs_dir, checkpoint, config, out=sys.stdout)
+
+
+def _fields(cls):
+    import dataclasses
+
+    return dataclasses.fields(cls)
+
+
+def entry() -> None:
+    """Console entry point: `main`, with TensorFlow's native log lines kept off the terminal."""
+    if not _help_only(sys.argv[1:]) and not os.environ.get("TEXTGEN_TF_LOGS"):
+        _route_native_stderr()
+    main()
+
+
+def _route_native_stderr() -> None:
+    """Send file descriptor 2 (where TensorFlow's C++ code logs) to a log file, keep Python's
+    sys.stderr (errors, progress bar) on the terminal.
+
+    TensorFlow 2.21 prints oneDNN/CUDA notices through absl before its logging is initialised,
+    which TF_CPP_MIN_LOG_LEVEL does not silence. Set TEXTGEN_TF_LOGS=1 to see them.
+    """
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), f"textgen-tensorflow-{os.getuid()}.log")
+    try:
+        log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError:
+        return
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    os.dup2(log, 2)
+    os.close(log)
+    sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding=sys.stderr.encoding,
+                           errors="backslashreplace")
+
+
+def _help_only(args: list[str]) -> bool:
+    return not args or any(a in ("-h", "--help", "--version") for a in args)
+
+
+if __name__ == "__main__":
+    entry()

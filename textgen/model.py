@@ -1,0 +1,94 @@
+"""The character language model: embedding -> stacked LSTM layers -> logits over the vocabulary.
+
+The model is functional in its state: `call` takes the per-layer (h, C) states and returns the new
+ones, instead of hiding them in a stateful layer. The trainer carries them from window to window
+(truncated BPTT) and the sampler from step to step, and both can save and restore them exactly.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from textgen.config import ModelConfig
+from textgen.recurrent import LSTMLayer
+
+State = list  # [(h, c) per layer], each (batch, units)
+
+
+@keras.saving.register_keras_serializable(package="textgen")
+class CharLSTM(keras.Model):
+    """Char-level LSTM language model built on textgen's own `LSTMCell`."""
+
+    def __init__(self, config: ModelConfig, lstm_path: str = "auto", **kwargs):
+        super().__init__(**kwargs)
+        if config.vocab_size <= 0:
+            raise ValueError("ModelConfig.vocab_size must be set from the vocabulary")
+        self.config = config
+        self.lstm_path = lstm_path
+        self.embedding = keras.layers.Embedding(
+            config.vocab_size, config.embedding_dim, name="embedding"
+        )
+        self.lstm_layers = [
+            LSTMLayer(config.units, lstm_path=lstm_path, name=f"lstm_{i}")
+            for i in range(config.num_layers)
+        ]
+        self.dropout = keras.layers.Dropout(config.dropout, name="dropout")
+        self.head = keras.layers.Dense(config.vocab_size, name="logits")
+
+    def initial_state(self, batch_size) -> State:
+        """Zero (h, C) for every layer."""
+        zeros = tf.zeros((batch_size, self.config.units), dtype=self.compute_dtype)
+        return [(zeros, zeros) for _ in self.lstm_layers]
+
+    def call(self, ids, states: State | None = None, training: bool = False):
+        """ids: (batch, time) int. Returns (logits (batch, time, vocab) float32, new states)."""
+        if states is None:
+            states = self.initial_state(tf.shape(ids)[0])
+        x = self.embedding(ids)  # (batch, time, embedding_dim)
+        new_states = []
+        for layer, (h, c) in zip(self.lstm_layers, states):
+            x, (h, c) = layer(x, initial_state=[h, c])  # (batch, time, units)
+            x = self.dropout(x, training=training)  # on non-recurrent connections only
+            new_states.append((h, c))
+        logits = self.head(x)  # (batch, time, vocab)
+        return tf.cast(logits, tf.float32), new_states
+
+    def step(self, ids, states: State):
+        """One time step. ids: (batch,) -> (logits (batch, vocab), new states)."""
+        logits, states = self(ids[:, None], states)
+        return logits[:, 0, :], states
+
+    def get_config(self):
+        from textgen.config import to_dict
+
+        return {**super().get_config(), "config": to_dict(self.config), "lstm_path": self.lstm_path}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        model_config = ModelConfig(**config.pop("config"))
+        return cls(model_config, **config)
+
+
+def build_model(config: ModelConfig, lstm_path: str = "auto") -> CharLSTM:
+    """A built (weights created) model for `config`."""
+    model = CharLSTM(config, lstm_path=lstm_path)
+    model(tf.zeros((1, 1), dtype=tf.int32))
+    return model
+
+
+def count_params(model: keras.Model) -> int:
+    """Number of trainable parameters."""
+    return int(sum(int(tf.size(w)) for w in model.trainable_weights))
+
+
+def flatten_state(states: State) -> list:
+    """[(h, c), ...] -> [h0, c0, h1, c1, ...] (for saving and tf.function signatures)."""
+    return [t for pair in states for t in pair]
+
+
+def unflatten_state(flat) -> State:
+    """[h0, c0, h1, c1, ...] -> [(h0, c0), (h1, c1), ...]."""
+    flat = list(flat)
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]

@@ -1,0 +1,165 @@
+"""Sampling: temperature, top-k and top-p, with the whole generation loop in one compiled graph.
+
+`filter_logits` and `choose_next` are pure functions of their inputs (seeded, stateless RNG), so
+the same seed always gives the same text. `Sampler.generate` runs a `tf.while_loop` of `chunk`
+steps per graph call and yields each chunk, so text streams out while it is being generated.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from textgen.config import SampleConfig
+from textgen.errors import TextgenError
+from textgen.model import flatten_state, unflatten_state
+from textgen.vocab import Vocabulary
+
+CHUNK = 64  # characters generated per graph call before they are streamed out
+
+
+def filter_logits(logits, temperature, top_k, top_p):
+    """Temperature-scale logits and mask (to -inf) what top-k / top-p exclude.
+
+    logits: (batch, vocab) float32; temperature > 0; top_k 0 = off; top_p 1.0 = off.
+    """
+    vocab = tf.shape(logits)[-1]
+    logits = logits / temperature
+    k = tf.where(top_k > 0, tf.minimum(top_k, vocab), vocab)
+    kth = tf.math.top_k(logits, k=k).values[:, -1:]  # (batch, 1)
+    logits = tf.where(logits < kth, -np.inf, logits)
+    sorted_logits = tf.sort(logits, direction="DESCENDING")  # (batch, vocab)
+    probs = tf.nn.softmax(sorted_logits)
+    before = tf.cumsum(probs, axis=-1, exclusive=True)  # mass of strictly more likely chars
+    kept = tf.where((before < top_p) | (top_p >= 1.0), sorted_logits, np.inf)
+    threshold = tf.reduce_min(kept, axis=-1, keepdims=True)  # smallest logit still kept
+    return tf.where(logits < threshold, -np.inf, logits)
+
+
+def choose_next(logits, temperature, top_k, top_p, seed):
+    """Next ids (batch,) from logits (batch, vocab); greedy argmax when temperature == 0.
+
+    seed: int32 (2,) for the stateless RNG.
+    """
+    greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    safe_temperature = tf.where(temperature > 0, temperature, 1.0)
+    filtered = filter_logits(logits, safe_temperature, top_k, top_p)
+    sampled = tf.random.stateless_categorical(filtered, 1, seed=seed, dtype=tf.int32)[:, 0]
+    return tf.where(temperature > 0, sampled, greedy)
+
+
+class Sampler:
+    """Compiled generation for one model: one graph call produces `chunk` characters."""
+
+    def __init__(self, model, chunk: int = CHUNK):
+        self.model, self.chunk = model, chunk
+        self._run = tf.function(self._run_eager, reduce_retracing=True)
+        self._prime = tf.function(lambda ids, flat: self._prime_eager(ids, flat), reduce_retracing=True)
+
+    def _prime_eager(self, ids, flat_states):
+        _, states = self.model(ids, unflatten_state(flat_states))
+        return flatten_state(states)
+
+    def _run_eager(self, last, flat_states, steps, temperature, top_k, top_p, seed, offset):
+        """Generate `steps` ids after `last` (batch,); returns (ids (batch, steps), new state)."""
+        batch = tf.shape(last)[0]
+        out = tf.TensorArray(tf.int32, size=steps)
+
+        def body(t, last, flat, out):
+            logits, states = self.model.step(last, unflatten_state(flat))  # (batch, vocab)
+            nxt = choose_next(logits, temperature, top_k, top_p, tf.stack([seed, offset + t]))
+            return t + 1, nxt, flatten_state(states), out.write(t, nxt)
+
+        _, last, flat, out = tf.while_loop(
+            lambda t, *_: t < steps, body, (tf.constant(0), last, list(flat_states), out)
+        )
+        ids = tf.reshape(tf.transpose(out.stack()), (batch, steps))  # (batch, steps)
+        return ids, flat
+
+    def generate(self, prime_ids: np.ndarray, config: SampleConfig) -> Iterator[np.ndarray]:
+        """Yield chunks of generated ids, (num_samples, n) each, `config.length` in all.
+
+        prime_ids: (prime_len,) with prime_len >= 1; all but the last warm up the state and the
+        last one is the first input.
+        """
+        batch = config.num_samples
+        seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(3), "big")
+        flat = flatten_state(self.model.initial_state(batch))
+        primed = np.tile(np.asarray(prime_ids, np.int32)[None, :], (batch, 1))  # (batch, prime)
+        if primed.shape[1] > 1:
+            flat = self._prime(tf.constant(primed[:, :-1]), flat)
+        last = tf.constant(primed[:, -1])
+        done = 0
+        while done < config.length:
+            steps = min(self.chunk, config.length - done)
+            ids, flat = self._run(
+                last, flat, tf.constant(steps), tf.constant(config.temperature, tf.float32),
+                tf.constant(config.top_k), tf.constant(config.top_p, tf.float32),
+                tf.constant(seed % 2**31), tf.constant(done),
+            )
+            ids = ids.numpy()
+            last = tf.constant(ids[:, -1])
+            done += steps
+            yield ids
+
+
+def start_ids(vocab: Vocabulary, prime: str) -> tuple[np.ndarray, bool]:
+    """Ids that start generation, and whether to echo them (the prime is echoed; a default start
+    character is not). Characters outside the vocabulary are refused, by name."""
+    if prime:
+        unknown = vocab.unknown_chars(prime)
+        if unknown:
+            shown = " ".join(repr(ch) for ch in unknown[:20])
+            raise TextgenError(
+                f"the prime text has characters the model never saw: {shown}; remove them or "
+                "train on a corpus that has them"
+            )
+        return vocab.encode(prime).astype(np.int32), True
+    start = "\n" if "\n" in vocab.chars else vocab.chars[0]
+    return vocab.encode(start).astype(np.int32), False
+
+
+def generate_text(model, vocab: Vocabulary, config: SampleConfig,
+                  write: Callable[[int, str], None] | None = None,
+                  sampler: Sampler | None = None) -> list[str]:
+    """Generate `config.num_samples` texts; `write(sample_index, text)` is called per chunk."""
+    config.validate()
+    ids, echo = start_ids(vocab, config.prime)
+    texts = [config.prime if echo else "" for _ in range(config.num_samples)]
+    if write and echo:
+        for i in range(config.num_samples):
+            write(i, config.prime)
+    sampler = sampler or Sampler(model)
+    for chunk in sampler.generate(ids, config):
+        for i, row in enumerate(chunk):
+            piece = vocab.decode(row)
+            texts[i] += piece
+            if write:
+                write(i, piece)
+    return texts
+
+
+def sample_run(run: str | None, runs_dir: str, which: str, config: SampleConfig, out) -> list[str]:
+    """Load a run's `best`/`last` checkpoint and stream generated text to the file `out`."""
+    from textgen.checkpoint import load_for_inference
+
+    config.validate()
+    model, vocab, _ = load_for_inference(run, runs_dir, which)
+    start_ids(vocab, config.prime)  # refuse a bad prime before any output
+
+    def write(index: int, piece: str) -> None:
+        if config.num_samples == 1:
+            out.write(piece)
+            out.flush()
+
+    texts = generate_text(model, vocab, config, write=write)
+    if config.num_samples == 1:
+        out.write("\n")
+    else:
+        for i, text in enumerate(texts):
+            out.write(f"----- sample {i + 1} -----\n{text}\n")
+    out.flush()
+    return texts

@@ -1,0 +1,272 @@
+"""The trainer: truncated BPTT over contiguous streams, validation in bits per character,
+checkpoints, resume, TensorBoard and a progress bar.
+
+The loop is written by hand around one compiled `train_step` rather than `Model.fit`, because
+the hidden state has to flow from each window into the next (and be saved and restored for an
+exact resume); `fit` treats batches as independent. Keras still provides the layers, the Adam
+optimizer with global-norm clipping and the weights format; `tf.data` feeds the windows;
+`tf.summary` writes TensorBoard events; tqdm draws the bar.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from textgen import checkpoint as ckpt
+from textgen.config import ModelConfig, SampleConfig, TrainConfig
+from textgen.data import StreamBatcher, split_train_val
+from textgen.errors import TextgenError
+from textgen.model import CharLSTM, build_model, flatten_state, unflatten_state
+from textgen.vocab import Vocabulary
+
+LN2 = math.log(2.0)
+SAMPLE_CHARS = 300  # length of the text sample logged to TensorBoard at each validation
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in every checkpoint's state.json."""
+
+    step: int = 0
+    epoch: int = 0
+    window: int = 0  # next window of the current epoch
+    elapsed: float = 0.0  # seconds of training over all sessions
+    best_val_bpc: float | None = None
+    best_checkpoint: str | None = None
+    history: list = field(default_factory=list)  # [{"step", "epoch", "train_loss", "val_bpc"}]
+
+
+def loss_fn(logits, targets):
+    """Mean cross-entropy in nats. logits: (batch, time, vocab); targets: (batch, time)."""
+    return tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+    )
+
+
+class Trainer:
+    """Owns the model, optimizer, data and run directory of one training run."""
+
+    def __init__(self, run_dir: Path, vocab: Vocabulary, text: str, model_config: ModelConfig,
+                 train_config: TrainConfig, meta: dict):
+        self.run_dir, self.vocab, self.meta = run_dir, vocab, meta
+        self.model_config, self.config = model_config, train_config
+        ids = vocab.encode(text)
+        train_ids, val_ids = split_train_val(ids, train_config.val_fraction)
+        self.train_data = StreamBatcher(train_ids, train_config.batch_size, train_config.seq_len)
+        self.val_data = _validation_batcher(val_ids, train_config)
+        keras.utils.set_random_seed(train_config.seed)
+        self.model: CharLSTM = build_model(model_config)
+        self.optimizer = keras.optimizers.Adam(
+            learning_rate=train_config.learning_rate,
+            global_clipnorm=train_config.clip_norm or None,
+        )
+        self.optimizer.build(self.model.trainable_variables)
+        self.progress = Progress()
+        self.carried = self.model.initial_state(train_config.batch_size)
+        self._train_step = tf.function(self._train_step_eager, reduce_retracing=True)
+        self._eval_step = tf.function(self._eval_step_eager, reduce_retracing=True)
+
+    # ------------------------------------------------------------------ compiled steps
+
+    def _train_step_eager(self, x, y, flat_states):
+        with tf.GradientTape() as tape:
+            logits, states = self.model(x, unflatten_state(flat_states), training=True)
+            loss = loss_fn(logits, y)
+        variables = self.model.trainable_variables
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return loss, flatten_state(states)
+
+    def _eval_step_eager(self, x, y, flat_states):
+        logits, states = self.model(x, unflatten_state(flat_states), training=False)
+        return loss_fn(logits, y), flatten_state(states)
+
+    # ------------------------------------------------------------------ state for resume
+
+    def _arrays(self) -> dict:
+        arrays = {f"opt_{i}": v.numpy() for i, v in enumerate(self.optimizer.variables)}
+        arrays.update({f"carry_{i}": t.numpy() for i, t in enumerate(flatten_state(self.carried))})
+        weights = {id(w) for w in self.model.weights}
+        rng = [v for v in self.model.variables if id(v) not in weights]
+        arrays.update({f"rng_{i}": v.numpy() for i, v in enumerate(rng)})
+        return arrays
+
+    def restore(self, ckpt_dir: Path) -> None:
+        """Load weights, optimizer slots, carried state, RNG and progress from a checkpoint."""
+        ckpt.load_weights(self.model, ckpt_dir)
+        state, arrays = ckpt.load_resume(ckpt_dir)
+        try:
+            for i, v in enumerate(self.optimizer.variables):
+                v.assign(arrays[f"opt_{i}"])
+            flat = [tf.constant(arrays[f"carry_{i}"]) for i in range(2 * self.model_config.num_layers)]
+            weights = {id(w) for w in self.model.weights}
+            rng = [v for v in self.model.variables if id(v) not in weights]
+            for i, v in enumerate(rng):
+                v.assign(arrays[f"rng_{i}"])
+            self.progress = Progress(**state["progress"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise TextgenError(f"{ckpt_dir} does not match this run ({e}); retrain or restore the run") from None
+        self.carried = unflatten_state(flat)
+
+    def save(self) -> str:
+        """Write a checkpoint for the current step and point run.json at it."""
+        state = {"step": self.progress.step, "progress": vars(self.progress)}
+        name = ckpt.save_checkpoint(self.run_dir, self.model, state, self._arrays())
+        checkpoints = self.meta["checkpoints"]
+        checkpoints["last"] = name
+        checkpoints["best"] = self.progress.best_checkpoint or name
+        self.meta.update(step=self.progress.step, best_val_bpc=self.progress.best_val_bpc,
+                         history=self.progress.history)
+        ckpt.write_run_meta(self.run_dir, ckpt.meta_to_json(self.meta))
+        ckpt.prune_checkpoints(self.run_dir, self.config.keep, {checkpoints["best"], name})
+        return name
+
+    # ------------------------------------------------------------------ validation
+
+    def validate(self) -> float:
+        """Validation bits per character over up to `eval_batches` consecutive windows."""
+        states = flatten_state(self.model.initial_state(self.val_data.batch_size))
+        total = 0.0
+        count = min(self.val_data.num_windows, self.config.eval_batches)
+        for k in range(count):
+            x, y = self.val_data.window(k)
+            loss, states = self._eval_step(tf.constant(x), tf.constant(y), states)
+            total += float(loss)
+        return total / count / LN2
+
+    def _validate_and_save(self, train_loss: float, writer) -> float:
+        """Validate, log to TensorBoard, record history, checkpoint (marking a new best)."""
+        p = self.progress
+        val_bpc = self.validate()
+        p.history.append({"step": p.step, "epoch": p.epoch, "train_loss": train_loss,
+                          "val_bpc": val_bpc})
+        if p.best_val_bpc is None or val_bpc < p.best_val_bpc:
+            p.best_val_bpc = val_bpc
+            p.best_checkpoint = ckpt.checkpoint_name(p.step)
+        with writer.as_default(step=p.step):
+            tf.summary.scalar("val/bpc", val_bpc)
+            tf.summary.text("sample", self._sample_text())
+        self.save()
+        return val_bpc
+
+    def _sample_text(self) -> str:
+        from textgen.sample import Sampler, generate_text
+
+        self._sampler = getattr(self, "_sampler", None) or Sampler(self.model)
+        config = SampleConfig(temperature=0.8, length=SAMPLE_CHARS, seed=self.progress.step)
+        return generate_text(self.model, self.vocab, config, sampler=self._sampler)[0]
+
+    # ------------------------------------------------------------------ the loop
+
+    def _budget_reached(self, session_start: float) -> bool:
+        c, p = self.config, self.progress
+        if c.steps is not None and p.step >= c.steps:
+            return True
+        if c.epoch_budget() is not None and p.epoch >= c.epoch_budget():
+            return True
+        return c.minutes is not None and time.monotonic() - session_start >= 60 * c.minutes
+
+    def _total_steps(self) -> int | None:
+        c = self.config
+        per_epoch = self.train_data.num_windows
+        epochs = c.epoch_budget()
+        totals = [t for t in (c.steps, epochs and epochs * per_epoch) if t]
+        return min(totals) if totals else None
+
+    def run(self, show_progress: bool = True) -> str:
+        """Train until the budget is spent or a stop is requested; returns why it stopped."""
+        c, p = self.config, self.progress
+        chars_per_step = c.batch_size * c.seq_len
+        writer = tf.summary.create_file_writer(str(self.run_dir / ckpt.EVENTS_DIR))
+        bar = tqdm(total=self._total_steps(), initial=p.step, unit="step", dynamic_ncols=True,
+                   disable=not show_progress, leave=True)
+        session_start = time.monotonic()
+        stop = _StopRequest()
+        reason, loss, last_val = "budget", float("nan"), p.best_val_bpc
+        with stop:
+            while not self._budget_reached(session_start):
+                step_start = time.monotonic()
+                for x, y in self.train_data.dataset(p.window):
+                    loss_t, flat = self._train_step(x, y, flatten_state(self.carried))
+                    loss = float(loss_t)
+                    if not math.isfinite(loss):
+                        raise TextgenError(
+                            f"training diverged at step {p.step + 1} (loss {loss}); the last good "
+                            f"checkpoint is kept; resume with a lower --learning-rate"
+                        )
+                    self.carried = unflatten_state(flat)
+                    p.step, p.window = p.step + 1, p.window + 1
+                    now = time.monotonic()
+                    p.elapsed += now - step_start
+                    speed = chars_per_step / max(now - step_start, 1e-9)
+                    step_start = now
+                    with writer.as_default(step=p.step):
+                        tf.summary.scalar("train/loss", loss)
+                        tf.summary.scalar("train/chars_per_sec", speed)
+                        tf.summary.scalar("train/learning_rate", float(self.optimizer.learning_rate))
+                    if p.step % c.eval_every == 0:
+                        last_val = self._validate_and_save(loss, writer)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}", val_bpc=_fmt(last_val),
+                                    chars_s=f"{speed:,.0f}", refresh=False)
+                    if stop.requested or self._budget_reached(session_start):
+                        break
+                else:  # the epoch's windows are exhausted: next epoch starts from a zero state
+                    p.epoch, p.window = p.epoch + 1, 0
+                    self.carried = self.model.initial_state(c.batch_size)
+                if stop.requested:
+                    reason = stop.requested
+                    break
+        bar.close()
+        if not p.history or p.history[-1]["step"] != p.step:
+            self._validate_and_save(loss, writer)
+        writer.flush()
+        return reason
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step, so the step finishes and
+    a consistent checkpoint is written (a KeyboardInterrupt could land between two updates)."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _validation_batcher(val_ids: np.ndarray, config: TrainConfig) -> StreamBatcher:
+    """Validation windows: as many streams as the held-out text allows, up to batch_size."""
+    if len(val_ids) < config.seq_len + 1:
+        raise TextgenError(
+            f"the validation slice is too short: {len(val_ids)} characters, need at least "
+            f"{config.seq_len + 1}; raise --val-fraction, lower --seq-len or use a longer corpus"
+        )
+    batch = min(config.batch_size, len(val_ids) // (config.seq_len + 1))
+    return StreamBatcher(val_ids, batch, config.seq_len, name="validation")

@@ -1,0 +1,136 @@
+"""Character vocabulary: maps each distinct Unicode character of a corpus to an integer id.
+
+Ids follow code-point order (`sorted(set(text))`), so the same corpus always gives the same
+vocabulary. Encoding works on numpy arrays of code points, which keeps multi-megabyte corpora
+and vocabularies of thousands of characters (Chinese, emoji outside the BMP) fast.
+No TensorFlow import here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from textgen.atomic import atomic_write_text
+from textgen.errors import TextgenError
+
+FORMAT = "textgen-vocab"
+VERSION = 1
+
+
+def _code_points(text: str) -> np.ndarray:
+    """The code points of `text` as a uint32 array, shape (len(text),)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def _chars_problem(chars: object) -> str | None:
+    """Why `chars` is not a sorted list of distinct single characters, or None if it is."""
+    if not isinstance(chars, list) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
+        return "chars is not a list of single-character strings"
+    if any(a >= b for a, b in zip(chars, chars[1:])):
+        return "chars are not distinct and sorted"
+    return None
+
+
+class Vocabulary:
+    """A sorted list of distinct characters; a character's id is its index in the list."""
+
+    def __init__(self, chars: Iterable[str]):
+        chars = list(chars)
+        problem = _chars_problem(chars)
+        if problem:
+            raise TextgenError(f"invalid vocabulary: {problem}")
+        self.chars: list[str] = chars
+        self._codes = _code_points("".join(chars))  # sorted code points, (size,)
+        self.dtype = np.dtype(np.uint16 if len(chars) <= 65536 else np.int32)
+
+    @classmethod
+    def from_text(cls, text: str) -> Vocabulary:
+        """The vocabulary of every distinct character in `text`, in code-point order."""
+        return cls(sorted(set(text)))
+
+    @property
+    def size(self) -> int:
+        """Number of characters (the model's vocab_size)."""
+        return len(self.chars)
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and self.chars == other.chars
+
+    def __repr__(self) -> str:
+        return f"Vocabulary(size={self.size})"
+
+    def unknown_chars(self, text: str) -> list[str]:
+        """Sorted distinct characters of `text` that are not in the vocabulary."""
+        cps = np.unique(_code_points(text))
+        known = np.isin(cps, self._codes)
+        return [chr(int(c)) for c in cps[~known]]
+
+    def encode(self, text: str) -> np.ndarray:
+        """Ids of the characters of `text`, shape (len(text),), dtype `self.dtype`.
+
+        Raises TextgenError naming the characters that are not in the vocabulary.
+        """
+        cps = _code_points(text)  # (n,)
+        if self.size == 0:
+            idx = np.zeros(len(cps), dtype=np.int64)
+            ok = len(cps) == 0
+        else:
+            idx = np.searchsorted(self._codes, cps)  # (n,)
+            idx_clipped = np.minimum(idx, self.size - 1)
+            ok = bool(np.all(self._codes[idx_clipped] == cps))
+        if not ok:
+            unknown = self.unknown_chars(text)
+            shown = ", ".join(repr(c) for c in unknown[:20])
+            more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+            raise TextgenError(
+                f"the text has {len(unknown)} character(s) not in the vocabulary: {shown}{more}"
+            )
+        return idx.astype(self.dtype)
+
+    def decode(self, ids: Iterable[int] | np.ndarray) -> str:
+        """The text whose characters have the given ids."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.size):
+            raise TextgenError(f"cannot decode ids outside 0..{self.size - 1}")
+        return self._codes[ids].tobytes().decode("utf-32-le", "surrogatepass")
+
+    def save(self, path: str | Path) -> None:
+        """Write the vocabulary as UTF-8 JSON, atomically (temp file, fsync, rename)."""
+        path = Path(path)
+        payload = {"format": FORMAT, "version": VERSION, "chars": self.chars}
+        atomic_write_text(path, json.dumps(payload, ensure_ascii=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocabulary:
+        """Read a vocabulary written by `save`; any problem raises a one-line TextgenError."""
+        path = Path(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise _damaged(path, "it is missing") from None
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise _damaged(path, f"it is not valid JSON ({type(e).__name__})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise _damaged(path, f"it is not a {FORMAT} file")
+        if data.get("version") != VERSION:
+            raise _damaged(path, f"unsupported version {data.get('version')!r}")
+        problem = _chars_problem(data.get("chars"))
+        if problem:
+            raise _damaged(path, problem)
+        return cls(data["chars"])
+
+
+def _damaged(path: Path, why: str) -> TextgenError:
+    """The error for an unreadable vocabulary file."""
+    return TextgenError(
+        f"cannot read vocabulary {path}: {why}; the run directory is damaged, "
+        "retrain or restore it"
+    )
