@@ -221,3 +221,28 @@ def test_stream_batcher_too_short():
     assert StreamBatcher(np.arange(24), 4, 5).num_windows == 1
     with pytest.raises(TextgenError, match="10 characters for validation"):
         StreamBatcher(np.arange(10), 4, 5, name="validation")
+
+
+def test_stream_batcher_dataset_int32_ids_and_short_epoch():
+    ids = (np.arange(75, dtype=np.int32) * 1000) % 70001  # large-vocabulary ids
+    batcher = StreamBatcher(ids, 3, 4)
+    elements = list(batcher.dataset())
+    assert len(elements) == batcher.num_windows == 6
+    for k, (x, y) in enumerate(elements):
+        ref_x, ref_y = batcher.window(k)
+        assert x.dtype.name == "int32"
+        assert np.array_equal(x.numpy(), ref_x) and np.array_equal(y.numpy(), ref_y)
+
+
+def test_stream_batcher_dataset_does_not_copy_the_streams():
+    psutil = pytest.importorskip("psutil")
+    proc = psutil.Process()
+    list(StreamBatcher(np.arange(1000, dtype=np.uint16), 2, 10).dataset().take(2))  # warm up tf.data
+    ids = np.ones(96 * 2**20, dtype=np.uint16)  # 192 MiB, touched so it is resident
+    batcher = StreamBatcher(ids, 64, 100)
+    before = proc.memory_info().rss
+    dataset = batcher.dataset(start_window=batcher.num_windows - 3)
+    elements = list(dataset)
+    grown = proc.memory_info().rss - before
+    assert len(elements) == 3 and tuple(elements[0][0].shape) == (64, 100)
+    assert grown < ids.nbytes // 4, f"RSS grew by {grown / 2**20:.0f} MiB building one epoch"

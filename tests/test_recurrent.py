@@ -113,25 +113,37 @@ def test_fused_and_rnn_paths_agree_gradients():
         assert _max_abs_diff(g_f, g_r) < TOL, (name, _max_abs_diff(g_f, g_r))
 
 
-@pytest.mark.skipif(
-    bool(tf.config.list_physical_devices("GPU")), reason="pins the CPU choice of 'auto'"
-)
-def test_resolve_auto_is_fused_on_cpu():
-    assert resolve_path("auto") == "fused"
+def test_auto_picks_cudnn_with_a_gpu_and_fused_without():
+    assert resolve_path("auto", gpu=False) == "fused"
+    assert resolve_path("auto", gpu=True) == "cudnn"
+    expected = "cudnn" if tf.config.list_logical_devices("GPU") else "fused"
+    assert resolve_path("auto") == expected
 
 
 def test_resolve_explicit_and_unknown_paths():
-    assert resolve_path("fused") == "fused"
-    assert resolve_path("rnn") == "rnn"
-    for bad in ("cudnn", "", "FUSED"):
+    for path in ("fused", "rnn", "cudnn"):
+        assert resolve_path(path) == path
+    for bad in ("", "FUSED", "nope"):
         with pytest.raises(ValueError):
             resolve_path(bad)
 
 
 def test_unknown_path_rejected_by_layer():
-    layer = LSTMLayer(UNITS, lstm_path="nope")
     with pytest.raises(ValueError):
-        layer(np.zeros((1, 2, INPUT_DIM), np.float32))
+        LSTMLayer(UNITS, lstm_path="nope")
+
+
+def test_cudnn_path_without_a_gpu_falls_back_to_the_same_numbers():
+    """The cuDNN path shares the weights; on a CPU-only machine it must compute the fused result."""
+    x = np.random.default_rng(5).normal(size=(3, 6, INPUT_DIM)).astype(np.float32)
+    fused, cudnn = LSTMLayer(UNITS, lstm_path="fused"), LSTMLayer(UNITS, lstm_path="cudnn")
+    fused.build(x.shape)
+    cudnn.build(x.shape)
+    cudnn.set_weights(fused.get_weights())
+    out_f, (h_f, c_f) = fused(x)
+    out_c, (h_c, c_c) = cudnn(x)
+    np.testing.assert_allclose(np.asarray(out_f), np.asarray(out_c), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(c_f), np.asarray(c_c), atol=1e-5)
 
 
 @pytest.mark.parametrize("path", ["fused", "rnn"])

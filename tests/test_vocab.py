@@ -145,3 +145,72 @@ def test_empty_text():
     assert vocab.decode([]) == ""
     with pytest.raises(TextgenError):
         vocab.encode("a")
+
+
+# ---------------------------------------------------------------- chunked encoding
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Make the chunked scans cross many chunk boundaries on short texts."""
+    import textgen.vocab
+
+    monkeypatch.setattr(textgen.vocab, "CHUNK_CHARS", 7)
+
+
+def reference_encode(vocab, text):
+    index = {c: i for i, c in enumerate(vocab.chars)}
+    return np.array([index[c] for c in text], dtype=np.int64)
+
+
+def test_chunked_encode_matches_reference_across_boundaries(small_chunks):
+    text = chinese_text(40) + "abc 😀 𝄞 é\n" * 5 + "z"
+    vocab = Vocabulary.from_text(text)
+    assert vocab.chars == sorted(set(text))
+    for piece in (text, text[:6], text[:7], text[:8], text[3:50], ""):
+        ids = vocab.encode(piece)
+        assert ids.dtype == vocab.dtype and ids.shape == (len(piece),)
+        assert np.array_equal(ids, reference_encode(vocab, piece))
+        assert vocab.decode(ids) == piece
+
+
+def test_chunked_unknown_chars_collected_from_every_chunk(small_chunks):
+    vocab = Vocabulary.from_text("abcdef")
+    text = "abcdefx" + "abcdef" * 3 + "中" + "abc" * 4 + "😀x"
+    assert vocab.unknown_chars(text) == ["x", "中", "😀"]
+    with pytest.raises(TextgenError) as err:
+        vocab.encode(text)
+    assert "3 character(s)" in str(err.value) and "'😀'" in str(err.value)
+    with pytest.raises(TextgenError):  # the only unknown character is in the last chunk
+        vocab.encode("abcdef" * 10 + "g")
+
+
+def test_encode_rejects_code_points_above_the_largest_known():
+    vocab = Vocabulary.from_text("AZ")
+    assert vocab.unknown_chars("AZ\U0010ffff[") == ["[", "\U0010ffff"]
+    with pytest.raises(TextgenError):
+        vocab.encode("A\U0010ffff")
+    top = Vocabulary.from_text("a\U0010ffff")
+    assert top.encode("\U0010ffffa").tolist() == [1, 0]
+
+
+def test_lone_surrogates_round_trip_like_set_of_text():
+    text = "a\ud800b\udfffa"
+    vocab = Vocabulary.from_text(text)
+    assert vocab.chars == sorted(set(text))
+    assert vocab.decode(vocab.encode(text)) == text
+
+
+def test_encode_large_text_allocates_only_the_result():
+    import tracemalloc
+
+    text = "the quick brown fox jumps over the lazy dog\n" * 500_000  # 22 MB of ASCII
+    vocab = Vocabulary.from_text(text)
+    tracemalloc.start()
+    ids = vocab.encode(text)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert ids.nbytes == 2 * len(text)
+    # the uint16 result plus one chunk's temporaries, not 4 + 8 bytes per character
+    assert peak < ids.nbytes + 120 * 2**20
+    assert np.array_equal(ids[:44], reference_encode(vocab, text[:44]))

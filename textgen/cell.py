@@ -22,17 +22,19 @@ import tensorflow as tf
 GATE_ORDER = ("i", "f", "c", "o")
 
 
+def gate_activations(z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(i_t, f_t, C~_t, o_t) from the pre-activations z = x.W + h.U + b, (batch, 4*units)."""
+    z_i, z_f, z_c, z_o = tf.split(z, 4, axis=-1)
+    return tf.sigmoid(z_i), tf.sigmoid(z_f), tf.tanh(z_c), tf.sigmoid(z_o)
+
+
 def lstm_gates(z: tf.Tensor, c_prev: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Apply the gate equations to the pre-activations z = x.W + h.U + b.
 
     z: (batch, 4*units) in gate order i, f, c, o; c_prev: (batch, units).
     Returns (h_t, C_t), each (batch, units).
     """
-    z_i, z_f, z_c, z_o = tf.split(z, 4, axis=-1)
-    input_gate = tf.sigmoid(z_i)
-    forget_gate = tf.sigmoid(z_f)
-    candidate = tf.tanh(z_c)
-    output_gate = tf.sigmoid(z_o)
+    input_gate, forget_gate, candidate, output_gate = gate_activations(z)
     c = forget_gate * c_prev + input_gate * candidate
     h = output_gate * tf.tanh(c)
     return h, c

@@ -95,6 +95,10 @@ def read_run_meta(run_dir: Path) -> dict:
         meta["model"] = from_dict(ModelConfig, meta["model"])
         meta["train"] = from_dict(TrainConfig, meta["train"])
         meta.setdefault("checkpoints", {})
+        if not isinstance(meta["checkpoints"], dict) or not all(
+            isinstance(v, str) and v.startswith("ckpt-") for v in meta["checkpoints"].values()
+        ):
+            raise TextgenError("checkpoints must map 'last'/'best' to checkpoint names")
     except (KeyError, TypeError, TextgenError) as e:
         raise TextgenError(f"{run_dir / RUN_FILE} is damaged ({e}); retrain or restore the run") from None
     return meta

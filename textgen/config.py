@@ -88,8 +88,25 @@ def from_dict(cls: type, data: Any) -> Any:
     """Rebuild a config dataclass from a dict, refusing unknown or mistyped fields."""
     if not isinstance(data, dict):
         raise TextgenError(f"{cls.__name__} must be a JSON object, got {type(data).__name__}")
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
+    types = {f.name: f.type for f in fields(cls)}
+    unknown = sorted(set(data) - set(types))
     if unknown:
         raise TextgenError(f"{cls.__name__} has unknown field(s): {', '.join(unknown)}")
+    for name, value in data.items():
+        if not _fits(value, types[name]):
+            raise TextgenError(f"{cls.__name__}.{name} has the wrong type: {value!r}")
     return cls(**data)
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a field annotated `int`, `float`, `str` or `X | None`."""
+    allowed = {part.strip() for part in str(annotation).split("|")}
+    if value is None:
+        return "None" in allowed
+    if isinstance(value, bool):
+        return "bool" in allowed
+    if isinstance(value, int):
+        return bool(allowed & {"int", "float"})
+    if isinstance(value, float):
+        return "float" in allowed
+    return isinstance(value, str) and "str" in allowed

@@ -249,20 +249,26 @@ class StreamBatcher:
         """A tf.data.Dataset of windows start_window..num_windows-1, in order (one epoch).
 
         Each element is (x, y), int32 tensors of shape (batch_size, seq_len). Windows are
-        sliced on the fly from the compact streams, never materialised all at once.
+        sliced on the fly from the compact numpy streams by a `tf.numpy_function`, so no copy
+        of the streams is made (a `tf.constant(self.streams)` would copy the whole training
+        set into a tensor at every epoch); each window is one (batch, seq_len + 1) int32 block
+        whose x and y are views shifted by one.
         """
         import tensorflow as tf
 
         if not 0 <= start_window <= self.num_windows:
             raise IndexError(f"start_window {start_window} out of range 0..{self.num_windows}")
-        streams = tf.constant(self.streams)  # (batch, stream_len), compact dtype
+        streams = self.streams  # (batch, stream_len), compact dtype; shared, not copied
         batch, seq_len = self.batch_size, self.seq_len
 
+        def block(k):  # numpy: window k and its one-step-ahead targets, (batch, seq_len + 1)
+            start = int(k) * seq_len
+            return streams[:, start : start + seq_len + 1].astype(np.int32)
+
         def cut(k):
-            start = tf.cast(k, tf.int32) * seq_len
-            x = tf.slice(streams, [0, start], [batch, seq_len])  # (batch, seq_len)
-            y = tf.slice(streams, [0, start + 1], [batch, seq_len])  # (batch, seq_len)
-            return tf.cast(x, tf.int32), tf.cast(y, tf.int32)
+            w = tf.numpy_function(block, [k], tf.int32, stateful=False)
+            w.set_shape((batch, seq_len + 1))
+            return w[:, :-1], w[:, 1:]  # x, y: (batch, seq_len) each
 
         windows = tf.data.Dataset.range(start_window, self.num_windows)
         return windows.map(cut).prefetch(tf.data.AUTOTUNE)

@@ -12,12 +12,13 @@ from typing import Callable
 
 from textgen import checkpoint as ckpt
 from textgen.config import ModelConfig, TrainConfig
-from textgen.data import default_corpus, read_corpus
+from textgen.data import StreamBatcher, default_corpus, read_corpus, split_train_val
 from textgen.errors import TextgenError
 from textgen.vocab import Vocabulary
 
 # Options that may change when a run is resumed; everything else must match the saved run.
-RESUMABLE_OPTIONS = {"epochs", "steps", "minutes", "eval_every", "eval_batches", "keep"}
+BUDGET_OPTIONS = {"epochs", "steps", "minutes"}
+RESUMABLE_OPTIONS = BUDGET_OPTIONS | {"eval_every", "eval_batches", "keep"}
 
 
 def load_corpus(paths: list[str], encoding: str, corpus_dir: str | Path) -> tuple[str, dict]:
@@ -56,8 +57,6 @@ def launch(corpus: list[str], model_options: dict, train_options: dict, runs_roo
            name: str | None = None, resume: bool = False, corpus_dir: str | Path = "corpora",
            show_progress: bool = True, echo: Callable[[str], None] = print):
     """Train a new run, or continue one with `resume`. Returns (run_dir, stop reason, progress)."""
-    from textgen.train import Trainer  # TensorFlow loads only once the inputs look right
-
     if resume:
         run_dir = ckpt.resolve_run(name, runs_root)
         meta = ckpt.read_run_meta(run_dir)
@@ -67,8 +66,10 @@ def launch(corpus: list[str], model_options: dict, train_options: dict, runs_roo
             raise TextgenError(f"cannot resume {run_dir} with a different setup ({'; '.join(changed)}); "
                                "drop those options or start a new run with --name")
         model_config = meta["model"]
-        train_config = dataclasses.replace(
-            meta["train"], **{k: v for k, v in train_options.items() if k in RESUMABLE_OPTIONS})
+        resumable = {k: v for k, v in train_options.items() if k in RESUMABLE_OPTIONS}
+        if resumable.keys() & BUDGET_OPTIONS:  # a new budget replaces the saved one entirely
+            resumable = {**dict.fromkeys(BUDGET_OPTIONS), **resumable}
+        train_config = dataclasses.replace(meta["train"], **resumable)
         saved_corpus = meta.get("corpus", {})
         paths = corpus or ([] if saved_corpus.get("default") else saved_corpus.get("paths", []))
         text, summary = load_corpus(paths, train_config.encoding, corpus_dir)
@@ -90,10 +91,14 @@ def launch(corpus: list[str], model_options: dict, train_options: dict, runs_roo
         meta = {"format": ckpt.RUN_FORMAT, "version": 1, "name": run_dir.name,
                 "model": model_config, "train": train_config, "corpus": summary,
                 "checkpoints": {}}
-    trainer = Trainer(run_dir, vocab, text, model_config, train_config, meta)
-    summary.update(train_chars=trainer.train_data.streams.size,
-                   vocab_size=vocab.size)
+    train_data, val_data = make_batchers(vocab.encode(text), train_config)
+    del text
+    summary.update(train_chars=int(train_data.streams.size), vocab_size=vocab.size)
     meta["corpus"] = summary
+
+    from textgen.train import Trainer  # TensorFlow loads only once the inputs look right
+
+    trainer = Trainer(run_dir, vocab, train_data, val_data, model_config, train_config, meta)
     if not resume:
         run_dir = ckpt.new_run_dir(run_dir.parent, run_dir.name)
         vocab.save(run_dir / ckpt.VOCAB_FILE)
@@ -106,6 +111,20 @@ def launch(corpus: list[str], model_options: dict, train_options: dict, runs_roo
             echo(f"training {run_dir}: {summary['chars']:,} characters, vocabulary {vocab.size}")
         reason = trainer.run(show_progress=show_progress)
     return run_dir, reason, trainer.progress
+
+
+def make_batchers(ids, config: TrainConfig) -> tuple[StreamBatcher, StreamBatcher]:
+    """Training and validation windows; the validation slice gets as many streams as it can
+    fill, up to batch_size, so a short held-out tail still validates."""
+    train_ids, val_ids = split_train_val(ids, config.val_fraction)
+    train_data = StreamBatcher(train_ids, config.batch_size, config.seq_len)
+    if len(val_ids) < config.seq_len + 1:
+        raise TextgenError(
+            f"the validation slice is too short: {len(val_ids)} characters, need at least "
+            f"{config.seq_len + 1}; raise --val-fraction, lower --seq-len or use a longer corpus"
+        )
+    batch = min(config.batch_size, len(val_ids) // (config.seq_len + 1))
+    return train_data, StreamBatcher(val_ids, batch, config.seq_len, name="validation")
 
 
 def _timestamp() -> str:

@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from textgen.config import ModelConfig
-from textgen.recurrent import LSTMLayer
+from textgen.recurrent import LSTMLayer, resolve_path
 
 State = list  # [(h, c) per layer], each (batch, units)
 
@@ -45,14 +45,42 @@ class CharLSTM(keras.Model):
         """ids: (batch, time) int. Returns (logits (batch, time, vocab) float32, new states)."""
         if states is None:
             states = self.initial_state(tf.shape(ids)[0])
-        x = self.embedding(ids)  # (batch, time, embedding_dim)
         new_states = []
-        for layer, (h, c) in zip(self.lstm_layers, states):
+        if self._use_projection_table(ids):
+            first = self.lstm_layers[0]
+            x, (h, c) = first.run_projected(self._projection_table(ids), states[0])
+            x = self.dropout(x, training=training)
+            new_states.append((h, c))
+            layers, states = self.lstm_layers[1:], states[1:]
+        else:
+            x = self.embedding(ids)  # (batch, time, embedding_dim)
+            layers = self.lstm_layers
+        for layer, (h, c) in zip(layers, states):
             x, (h, c) = layer(x, initial_state=[h, c])  # (batch, time, units)
             x = self.dropout(x, training=training)  # on non-recurrent connections only
             new_states.append((h, c))
         logits = self.head(x)  # (batch, time, vocab)
         return tf.cast(logits, tf.float32), new_states
+
+    def _use_projection_table(self, ids) -> bool:
+        """Whether the first layer's input projection should come from a lookup table: only on
+        the fused path, once built, and when the batch has at least as many characters as the
+        vocabulary (training windows, not single sampling steps). Decided on static shapes."""
+        first = self.lstm_layers[0]
+        n_chars = ids.shape[0] * ids.shape[1] if None not in ids.shape else None
+        return (first.built and resolve_path(first.lstm_path) == "fused"
+                and n_chars is not None and n_chars >= self.config.vocab_size)
+
+    def _projection_table(self, ids):
+        """First-layer input projections x.W + b by lookup: (batch, time, 4*units).
+
+        For characters, embedding(id).W + b takes only vocab_size distinct values, so one
+        (vocab, embedding) @ (embedding, 4*units) matmul and a gather replace a
+        (batch*time, embedding) @ (embedding, 4*units) matmul; gradients flow through both.
+        """
+        cell = self.lstm_layers[0].cell
+        table = tf.matmul(self.embedding.embeddings, cell.kernel) + cell.bias  # (vocab, 4*units)
+        return tf.gather(table, ids)
 
     def step(self, ids, states: State):
         """One time step. ids: (batch,) -> (logits (batch, vocab), new states)."""

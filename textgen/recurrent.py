@@ -1,51 +1,141 @@
 """An LSTM layer that runs `textgen.cell.LSTMCell` over a whole sequence, fast.
 
-Two paths compute the same equations with the same weights:
+Three paths compute the same equations with the same weights (so checkpoints move freely):
 
 - "fused" (default on CPU): the input projection x.W + b of every time step is one big matmul
-  before the loop, so the loop itself does only h.U and the gate arithmetic. Hand-written
-  because the generic `keras.layers.RNN` loop recomputes x.W step by step.
+  before the loop, so the loop itself does only h.U and the gate arithmetic; the backward pass is
+  written out by hand (see `_lstm_time_major`). Hand-written because the generic
+  `keras.layers.RNN` loop recomputes x.W step by step and autodiff of the loop is slow.
+- "cudnn" (default when a GPU is visible): NVIDIA's fused LSTM kernel through Keras's own cuDNN
+  binding, fed our kernel, recurrent_kernel and bias as they are (same layout, same gate order).
 - "rnn": the reference, `keras.layers.RNN(cell)`, kept for tests and comparison.
 """
 
 from __future__ import annotations
 
+import importlib
+
 import keras
 import tensorflow as tf
 
-from textgen.cell import LSTMCell, lstm_gates
+from textgen.cell import LSTMCell, gate_activations
 
-PATHS = ("auto", "fused", "rnn")
+PATHS = ("auto", "fused", "cudnn", "rnn")
 
 
-def resolve_path(path: str) -> str:
-    """The concrete path that `path` selects on this machine."""
+def gpu_available() -> bool:
+    """Whether TensorFlow sees a GPU."""
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def resolve_path(path: str, gpu: bool | None = None) -> str:
+    """The concrete path that `path` selects: "auto" is cuDNN with a GPU, else fused.
+
+    `gpu` overrides the detection (for tests on machines without one).
+    """
     if path not in PATHS:
         raise ValueError(f"unknown LSTM path {path!r}; choose one of {', '.join(PATHS)}")
-    return "fused" if path == "auto" else path
+    if path != "auto":
+        return path
+    return "cudnn" if (gpu_available() if gpu is None else gpu) else "fused"
+
+
+def cudnn_lstm_sequence(inputs, h0, c0, kernel, recurrent_kernel, bias):
+    """The cuDNN kernel over (batch, time, features) with our weights; None without a GPU.
+
+    Uses Keras's TensorFlow-backend binding (the same one `keras.layers.LSTM` uses), which takes
+    the Keras weight layout that our cell shares.
+    """
+    try:
+        # a module import: the package also exports a *function* named rnn
+        keras_tf_rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")
+        _, outputs, (h, c) = keras_tf_rnn.lstm(
+            inputs, h0, c0, None, kernel, recurrent_kernel, bias,
+            activation=keras.activations.tanh, recurrent_activation=keras.activations.sigmoid,
+            return_sequences=True,
+        )
+    except (ImportError, NotImplementedError):
+        return None
+    return outputs, h, c
 
 
 def fused_lstm_sequence(
     inputs_proj: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, recurrent_kernel: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Run the recurrence given precomputed input projections.
+    """Run the recurrence given precomputed input projections, with a hand-written backward pass.
 
-    inputs_proj: (batch, time, 4*units) = x.W + b for every step; h0, c0: (batch, units).
-    Returns (outputs (batch, time, units), h_T, c_T).
+    inputs_proj: (batch, time, 4*units) = x.W + b for every step; h0, c0: (batch, units);
+    recurrent_kernel: (units, 4*units) as a tensor. Returns (outputs (batch, time, units), h_T, c_T).
     """
-    steps = tf.shape(inputs_proj)[1]
     proj_tm = tf.transpose(inputs_proj, [1, 0, 2])  # (time, batch, 4*units)
-    outputs = tf.TensorArray(inputs_proj.dtype, size=steps)
+    outputs_tm, h, c = _lstm_time_major(proj_tm, h0, c0, recurrent_kernel)
+    return tf.transpose(outputs_tm, [1, 0, 2]), h, c
 
-    def body(t, h, c, outputs):
+
+def _forward_loop(proj_tm, h0, c0, recurrent_kernel):
+    """The forward recurrence; also returns the activated gates and cell states for backward."""
+    steps = tf.shape(proj_tm)[0]
+    dtype = proj_tm.dtype
+    hs = tf.TensorArray(dtype, size=steps)
+    cs = tf.TensorArray(dtype, size=steps)
+    acts = tf.TensorArray(dtype, size=steps)
+
+    def body(t, h, c, hs, cs, acts):
         z = proj_tm[t] + tf.matmul(h, recurrent_kernel)  # (batch, 4*units)
-        h, c = lstm_gates(z, c)
-        return t + 1, h, c, outputs.write(t, h)
+        i, f, g, o = gate_activations(z)  # kept for the backward pass
+        c = f * c + i * g
+        h = o * tf.tanh(c)
+        return t + 1, h, c, hs.write(t, h), cs.write(t, c), acts.write(t, tf.concat([i, f, g, o], -1))
 
-    _, h, c, outputs = tf.while_loop(
-        lambda t, *_: t < steps, body, (tf.constant(0), h0, c0, outputs)
+    _, h, c, hs, cs, acts = tf.while_loop(
+        lambda t, *_: t < steps, body, (tf.constant(0), h0, c0, hs, cs, acts)
     )
-    return tf.transpose(outputs.stack(), [1, 0, 2]), h, c
+    return hs.stack(), cs.stack(), acts.stack(), h, c  # (time, batch, ...)
+
+
+@tf.custom_gradient
+def _lstm_time_major(proj_tm, h0, c0, recurrent_kernel):
+    """Forward: the LSTM equations over time. Backward: backpropagation through time written out.
+
+    Hand-written because autodiff of a while_loop accumulates h.U's weight gradient one small
+    matmul per step; here the loop only carries dh and dC back, and the weight gradient is a single
+    (units x time*batch) @ (time*batch x 4*units) matmul after it.
+    """
+    hs, cs, acts, h_last, c_last = _forward_loop(proj_tm, h0, c0, recurrent_kernel)
+
+    def grad(d_outputs, d_h_last, d_c_last):
+        steps = tf.shape(proj_tm)[0]
+        d_h_last = tf.zeros_like(h0) if d_h_last is None else d_h_last
+        d_c_last = tf.zeros_like(c0) if d_c_last is None else d_c_last
+        d_outputs = tf.zeros_like(hs) if d_outputs is None else d_outputs
+        c_prev_all = tf.concat([c0[None], cs[:-1]], axis=0)  # (time, batch, units)
+        kernel_t = tf.transpose(recurrent_kernel)  # (4*units, units)
+        dzs = tf.TensorArray(proj_tm.dtype, size=steps)
+
+        def body(t, dh, dc, dzs):
+            i, f, g, o = tf.split(acts[t], 4, axis=-1)
+            tanh_c = tf.tanh(cs[t])
+            dh = dh + d_outputs[t]
+            dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
+            dz = tf.concat([
+                dc * g * i * (1.0 - i),  # input gate
+                dc * c_prev_all[t] * f * (1.0 - f),  # forget gate
+                dc * i * (1.0 - g * g),  # candidate
+                dh * tanh_c * o * (1.0 - o),  # output gate
+            ], axis=-1)  # (batch, 4*units)
+            return t - 1, tf.matmul(dz, kernel_t), dc * f, dzs.write(t, dz)
+
+        _, dh0, dc0, dzs = tf.while_loop(
+            lambda t, *_: t >= 0, body, (steps - 1, d_h_last, d_c_last, dzs)
+        )
+        dz_all = dzs.stack()  # (time, batch, 4*units)
+        h_prev = tf.concat([h0[None], hs[:-1]], axis=0)  # (time, batch, units)
+        units = tf.shape(h0)[-1]
+        d_kernel = tf.matmul(tf.reshape(h_prev, (-1, units)), tf.reshape(dz_all, (-1, 4 * units)),
+                             transpose_a=True)  # (units, 4*units)
+        return dz_all, dh0, dc0, d_kernel
+
+    return (hs, h_last, c_last), grad
 
 
 @keras.saving.register_keras_serializable(package="textgen")
@@ -70,15 +160,29 @@ class LSTMLayer(keras.layers.Layer):
             self._rnn = keras.layers.RNN(self.cell, return_sequences=True, return_state=True)
 
     def call(self, inputs, initial_state=None):
+        """inputs: (batch, time, features). Returns (outputs (batch, time, units), [h_T, C_T])."""
         batch = tf.shape(inputs)[0]
         if initial_state is None:
             initial_state = self.cell.get_initial_state(batch)
         h0, c0 = initial_state
-        if resolve_path(self.lstm_path) == "rnn":
+        path = resolve_path(self.lstm_path)
+        if path == "rnn":
             outputs, h, c = self._rnn(inputs, initial_state=[h0, c0])
             return outputs, [h, c]
+        if path == "cudnn":
+            cell = self.cell
+            result = cudnn_lstm_sequence(inputs, h0, c0, cell.kernel, cell.recurrent_kernel, cell.bias)
+            if result is not None:
+                outputs, h, c = result
+                return outputs, [h, c]
         proj = tf.einsum("btd,dg->btg", inputs, self.cell.kernel) + self.cell.bias
-        outputs, h, c = fused_lstm_sequence(proj, h0, c0, self.cell.recurrent_kernel)
+        return self.run_projected(proj, [h0, c0])
+
+    def run_projected(self, inputs_proj, initial_state):
+        """The fused recurrence from precomputed projections x.W + b: (batch, time, 4*units)."""
+        h0, c0 = initial_state
+        kernel = tf.convert_to_tensor(self.cell.recurrent_kernel)
+        outputs, h, c = fused_lstm_sequence(inputs_proj, h0, c0, kernel)
         return outputs, [h, c]
 
     def get_config(self):

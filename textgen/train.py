@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
 from textgen import checkpoint as ckpt
 from textgen.config import ModelConfig, SampleConfig, TrainConfig
-from textgen.data import StreamBatcher, split_train_val
+from textgen.data import StreamBatcher
 from textgen.errors import TextgenError
 from textgen.model import CharLSTM, build_model, flatten_state, unflatten_state
 from textgen.vocab import Vocabulary
@@ -55,14 +54,12 @@ def loss_fn(logits, targets):
 class Trainer:
     """Owns the model, optimizer, data and run directory of one training run."""
 
-    def __init__(self, run_dir: Path, vocab: Vocabulary, text: str, model_config: ModelConfig,
-                 train_config: TrainConfig, meta: dict):
+    def __init__(self, run_dir: Path, vocab: Vocabulary, train_data: StreamBatcher,
+                 val_data: StreamBatcher, model_config: ModelConfig, train_config: TrainConfig,
+                 meta: dict):
         self.run_dir, self.vocab, self.meta = run_dir, vocab, meta
         self.model_config, self.config = model_config, train_config
-        ids = vocab.encode(text)
-        train_ids, val_ids = split_train_val(ids, train_config.val_fraction)
-        self.train_data = StreamBatcher(train_ids, train_config.batch_size, train_config.seq_len)
-        self.val_data = _validation_batcher(val_ids, train_config)
+        self.train_data, self.val_data = train_data, val_data
         keras.utils.set_random_seed(train_config.seed)
         self.model: CharLSTM = build_model(model_config)
         self.optimizer = keras.optimizers.Adam(
@@ -259,14 +256,3 @@ class _StopRequest:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def _validation_batcher(val_ids: np.ndarray, config: TrainConfig) -> StreamBatcher:
-    """Validation windows: as many streams as the held-out text allows, up to batch_size."""
-    if len(val_ids) < config.seq_len + 1:
-        raise TextgenError(
-            f"the validation slice is too short: {len(val_ids)} characters, need at least "
-            f"{config.seq_len + 1}; raise --val-fraction, lower --seq-len or use a longer corpus"
-        )
-    batch = min(config.batch_size, len(val_ids) // (config.seq_len + 1))
-    return StreamBatcher(val_ids, batch, config.seq_len, name="validation")

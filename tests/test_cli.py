@@ -1,0 +1,316 @@
+"""The `textgen` command line end to end: help, lazy TensorFlow import, train, sample, resume,
+and the layout of a run directory. Models are tiny (see conftest.TINY) so each call is quick."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import CORPUS_TEXT, RUN_NAME, TINY, describe, invoke, tree_hashes
+
+from textgen.config import ModelConfig, SampleConfig, TrainConfig
+
+pytestmark = pytest.mark.usefixtures("own_cwd")
+
+SUBPROCESS_TIMEOUT = 120
+# glog / absl native log lines such as "I0000 00:00:1795979321.956253   22712 port.cc:153] ..."
+NATIVE_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d", re.MULTILINE)
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TEXTGEN_TF_LOGS"}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the CLI must keep the logs away by itself
+    return env
+
+
+def _help(*args) -> str:
+    result = invoke(*args, "--help", terminal_width=240, max_content_width=240)
+    assert result.exit_code == 0, describe(result)
+    assert result.stderr == ""
+    return result.stdout
+
+
+def _shown_default(help_text: str, option: str) -> str:
+    """The `[default: X]` shown for `option` in `--help` output (its entry may wrap lines)."""
+    entries, current = [], None
+    for line in help_text.splitlines():
+        if re.match(r"\s{1,4}-", line):
+            current = [line]
+            entries.append(current)
+        elif current is not None and line.strip():
+            current.append(line)
+    for entry in entries:
+        text = " ".join(part.strip() for part in entry)
+        if re.match(rf"(-\w, )?{re.escape(option)}[ ,]", text):
+            m = re.search(r"\[default: ([^;\]]*)", text)
+            assert m, f"no default shown for {option}: {text!r}"
+            return m.group(1).strip()
+    raise AssertionError(f"{option} not in help:\n{help_text}")
+
+
+# ---------------------------------------------------------------------------- help
+
+
+@pytest.mark.parametrize("command, options", [
+    ((), ["train", "sample", "--help", "--version"]),
+    (("train",), ["--name", "--resume", "--runs-dir", "--units", "--batch-size", "--steps",
+                  "--epochs", "--minutes", "--learning-rate", "--encoding", "--quiet"]),
+    (("sample",), ["--runs-dir", "--checkpoint", "--temp", "--length", "--prime", "--seed",
+                   "--top-k", "--top-p", "--num-samples"]),
+])
+def test_every_command_has_help(command, options):
+    text = _help(*command)
+    for option in options:
+        assert option in text, f"{option} missing from `textgen {' '.join(command)} --help`"
+
+
+def test_short_help_flag():
+    result = invoke("sample", "-h")
+    assert result.exit_code == 0, describe(result)
+    assert "--temp" in result.stdout
+
+
+def test_version():
+    from textgen import __version__
+
+    result = invoke("--version")
+    assert result.exit_code == 0, describe(result)
+    assert __version__ in result.stdout
+
+
+TRAIN_DEFAULTS = [
+    ("--embedding-dim", ModelConfig().embedding_dim),
+    ("--units", ModelConfig().units),
+    ("--num-layers", ModelConfig().num_layers),
+    ("--dropout", ModelConfig().dropout),
+    ("--batch-size", TrainConfig().batch_size),
+    ("--seq-len", TrainConfig().seq_len),
+    ("--learning-rate", TrainConfig().learning_rate),
+    ("--clip-norm", TrainConfig().clip_norm),
+    ("--val-fraction", TrainConfig().val_fraction),
+    ("--eval-every", TrainConfig().eval_every),
+    ("--eval-batches", TrainConfig().eval_batches),
+    ("--keep", TrainConfig().keep),
+    ("--seed", TrainConfig().seed),
+    ("--encoding", TrainConfig().encoding),
+]
+SAMPLE_DEFAULTS = [
+    ("--temp", SampleConfig().temperature),
+    ("--length", SampleConfig().length),
+    ("--top-k", SampleConfig().top_k),
+    ("--top-p", SampleConfig().top_p),
+    ("--num-samples", SampleConfig().num_samples),
+]
+
+
+@pytest.mark.parametrize("command, option, expected",
+                         [("train", o, e) for o, e in TRAIN_DEFAULTS]
+                         + [("sample", o, e) for o, e in SAMPLE_DEFAULTS])
+def test_help_defaults_match_config(command, option, expected):
+    shown = _shown_default(_help(command), option)
+    if isinstance(expected, str):
+        assert shown == expected
+    else:
+        assert float(shown) == pytest.approx(expected), f"{option}: help says {shown}, config {expected}"
+
+
+def test_unset_budgets_default_to_config():
+    """--epochs/--steps/--minutes show no default; their defaults are the config's (None)."""
+    from textgen.cli import sample, train
+
+    params = {p.name: p.default for p in train.params}
+    c = TrainConfig()
+    assert (params["epochs"], params["steps"], params["minutes"]) == (c.epochs, c.steps, c.minutes)
+    params = {p.name: p.default for p in sample.params}
+    s = SampleConfig()
+    assert (params["prime"], params["seed"]) == (s.prime, s.seed)
+
+
+def test_help_does_not_import_tensorflow(tmp_path):
+    """`--help` of every command answers without loading TensorFlow (or Keras)."""
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from textgen.cli import main\n"
+        "for args in (['--help'], ['train', '--help'], ['sample', '--help'], ['--version']):\n"
+        "    r = CliRunner().invoke(main, args)\n"
+        "    assert r.exit_code == 0, (args, r.output)\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
+        "assert not heavy, heavy[:5]\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(),
+                          check=False, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_module_help_does_not_import_tensorflow(tmp_path):
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "textgen", "--help"],
+                          cwd=tmp_path, env=_env(), check=False, capture_output=True, text=True,
+                          timeout=SUBPROCESS_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage:" in proc.stdout and "train" in proc.stdout
+    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")]
+    assert imported, "no -X importtime output"
+    assert not [m for m in imported if m.split(".")[0] in ("tensorflow", "keras")]
+
+
+# ---------------------------------------------------------------------------- sampling
+
+
+def _sample(run_dir, *args):
+    result = invoke("sample", RUN_NAME, "--runs-dir", run_dir.parent, *args)
+    assert result.exit_code == 0, describe(result)
+    return result
+
+
+def _samples(stdout: str, n: int, length: int) -> list[str]:
+    """Parse `--num-samples n` output: blocks '----- sample i -----\\n<text>\\n'."""
+    texts, rest = [], stdout
+    for i in range(1, n + 1):
+        header = f"----- sample {i} -----\n"
+        assert rest.startswith(header), f"expected {header!r} at {rest[:60]!r}"
+        rest = rest[len(header):]
+        texts.append(rest[:length])
+        assert rest[length:length + 1] == "\n", f"sample {i} is not {length} characters"
+        rest = rest[length + 1:]
+    assert rest == "", f"unexpected trailing output {rest[:60]!r}"
+    return texts
+
+
+def test_sample_prints_requested_length(trained_run):
+    result = _sample(trained_run, "--length", 40, "--seed", 1)
+    assert len(result.stdout) == 40 + 1  # the text and a final newline
+    assert result.stdout.endswith("\n")
+    assert set(result.stdout) <= set(CORPUS_TEXT)
+    assert result.stderr == ""
+
+
+def test_same_seed_same_text(trained_run):
+    a = _sample(trained_run, "--length", 60, "--seed", 5).stdout
+    b = _sample(trained_run, "--length", 60, "--seed", 5).stdout
+    assert a == b
+
+
+def test_different_seeds_differ(trained_run):
+    a = _sample(trained_run, "--length", 60, "--seed", 5, "--temp", 1).stdout
+    b = _sample(trained_run, "--length", 60, "--seed", 6, "--temp", 1).stdout
+    assert a != b
+
+
+def test_greedy_is_deterministic_without_seed(trained_run):
+    a = _sample(trained_run, "--length", 40, "--temp", 0).stdout
+    b = _sample(trained_run, "--length", 40, "--temp", 0).stdout
+    assert a == b
+    assert len(a) == 41
+
+
+def test_top_k_1_and_tiny_top_p_are_greedy(trained_run):
+    greedy = _sample(trained_run, "--length", 30, "--temp", 0, "--prime", "the").stdout
+    assert _sample(trained_run, "--length", 30, "--top-k", 1, "--seed", 3, "--prime", "the").stdout == greedy
+    assert _sample(trained_run, "--length", 30, "--top-p", 1e-6, "--seed", 4, "--prime", "the").stdout == greedy
+
+
+def test_length_zero_echoes_only_the_prime(trained_run):
+    assert _sample(trained_run, "--length", 0, "--prime", "cat").stdout == "cat\n"
+
+
+def test_prime_is_echoed_first(trained_run):
+    result = _sample(trained_run, "--prime", "the ", "--length", 30, "--seed", 3)
+    assert result.stdout.startswith("the ")
+    assert len(result.stdout) == len("the ") + 30 + 1
+
+
+def test_num_samples(trained_run):
+    result = _sample(trained_run, "--num-samples", 3, "--length", 25, "--seed", 2, "--prime", "cat")
+    texts = _samples(result.stdout, 3, len("cat") + 25)
+    assert all(t.startswith("cat") for t in texts)
+    assert len(set(texts)) > 1  # independent samples
+
+
+def test_checkpoint_last(trained_run):
+    result = _sample(trained_run, "--checkpoint", "last", "--length", 20, "--seed", 1)
+    assert len(result.stdout) == 21
+
+
+def test_sample_by_name_path_and_latest(trained_run):
+    args = ["--length", 30, "--seed", 9]
+    by_name = _sample(trained_run, *args).stdout
+    by_path = invoke("sample", trained_run, "--runs-dir", "elsewhere", *args)
+    assert by_path.exit_code == 0, describe(by_path)
+    latest = invoke("sample", "--runs-dir", trained_run.parent, *args)
+    assert latest.exit_code == 0, describe(latest)
+    assert by_name == by_path.stdout == latest.stdout
+
+
+def test_sample_as_subprocess(trained_run, tmp_path):
+    before = tree_hashes(trained_run)
+    proc = subprocess.run(
+        [sys.executable, "-m", "textgen", "sample", RUN_NAME, "--runs-dir", str(trained_run.parent),
+         "--length", "50", "--seed", "5"],
+        cwd=tmp_path, env=_env(), check=False, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout) == 51
+    assert "Traceback" not in proc.stderr
+    assert "I0000" not in proc.stderr and "W0000" not in proc.stderr and "E0000" not in proc.stderr
+    assert not NATIVE_LOG_LINE.search(proc.stderr), proc.stderr
+    assert "absl::InitializeLog" not in proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr
+    # the same text as in-process
+    assert proc.stdout == _sample(trained_run, "--length", 50, "--seed", 5).stdout
+    assert tree_hashes(trained_run) == before
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def test_run_directory_layout(trained_run):
+    meta = json.loads((trained_run / "run.json").read_text(encoding="utf-8"))
+    assert meta["format"] == "textgen-run"
+    assert meta["name"] == RUN_NAME
+    assert meta["step"] == 3
+    assert meta["model"]["units"] == 16 and meta["model"]["num_layers"] == 1
+    assert meta["model"]["vocab_size"] == len(set(CORPUS_TEXT))
+    vocab = json.loads((trained_run / "vocab.json").read_text(encoding="utf-8"))
+    assert vocab["chars"] == sorted(set(CORPUS_TEXT))
+    for which in ("last", "best"):
+        ckpt = trained_run / meta["checkpoints"][which]
+        assert ckpt.name == "ckpt-00000003"
+        for name in ("model.weights.h5", "resume.npz", "state.json"):
+            assert (ckpt / name).is_file(), f"{ckpt}/{name} missing"
+    events = list((trained_run / "events").iterdir())
+    assert any(p.name.startswith("events.out.tfevents") and p.stat().st_size > 0 for p in events)
+    assert not (trained_run / "train.lock").exists()  # released after training
+    assert not [p for p in trained_run.iterdir() if ".tmp" in p.name]  # no leftovers
+
+
+def test_train_reports_on_stderr(corpus_file, tmp_path):
+    runs = tmp_path / "runs"
+    result = invoke("train", corpus_file, "--runs-dir", runs, "--name", "fresh", *TINY)
+    assert result.exit_code == 0, describe(result)
+    assert result.stdout == ""
+    assert "training" in result.stderr and "stopped (budget) at step 3" in result.stderr
+    assert (runs / "fresh" / "run.json").is_file()
+
+
+def test_resume_continues_to_more_steps(copy_run):
+    run_dir = copy_run()
+    result = invoke("train", "--resume", "--name", RUN_NAME, "--runs-dir", run_dir.parent,
+                    "--steps", 6, "--eval-every", 3, "--quiet")
+    assert result.exit_code == 0, describe(result)
+    assert "resuming" in result.stderr
+    assert "at step 3" in result.stderr  # where it picked up
+    assert "stopped (budget) at step 6" in result.stderr
+    meta = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    assert meta["step"] == 6
+    assert meta["checkpoints"]["last"] == "ckpt-00000006"
+    assert (run_dir / "ckpt-00000006" / "model.weights.h5").is_file()
+    assert [h["step"] for h in meta["history"]] == [3, 6]
+    assert not (run_dir / "train.lock").exists()
+    out = invoke("sample", run_dir, "--checkpoint", "last", "--length", 10, "--seed", 1)
+    assert out.exit_code == 0, describe(out)

@@ -1,0 +1,292 @@
+"""User errors through the CLI: each one is a single `Error: ...` line on stderr, exit code 2, no
+traceback, and nothing on disk is damaged (a run that existed still samples afterwards)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CORPUS_TEXT, RUN_NAME, TINY, describe, invoke, tree_hashes
+
+pytestmark = pytest.mark.usefixtures("own_cwd")
+
+
+def assert_user_error(result, *fragments: str) -> str:
+    """Exit code 2, exactly one non-empty stderr line `Error: ...` containing every fragment,
+    nothing on stdout, no traceback. Returns the message."""
+    info = describe(result)
+    assert result.exit_code == 2, info
+    assert isinstance(result.exception, SystemExit), info  # not a crash caught by CliRunner
+    assert "Traceback" not in result.stdout + result.stderr, info
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, info
+    assert lines[0].startswith("Error: "), info
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    assert result.stdout == "", info
+    return lines[0]
+
+
+def assert_still_samples(run_dir: Path) -> None:
+    result = invoke("sample", run_dir, "--length", 5, "--seed", 1)
+    assert result.exit_code == 0, describe(result)
+    assert len(result.stdout) == 6
+
+
+# ---------------------------------------------------------------------------- corpus problems
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+CORPUS_CASES = {
+    # id: (make the corpus path in tmp, fragments the message must contain)
+    "missing": (lambda d: d / "nope.txt", ["corpus path not found", "nope.txt"]),
+    "empty": (lambda d: _write(d / "empty.txt", b""), ["corpus is empty", "empty.txt"]),
+    "empty-dir": (lambda d: (d / "nothing").mkdir() or d / "nothing", ["corpus is empty", "nothing"]),
+    "binary": (lambda d: _write(d / "blob.bin", b"\x7fELF\x00\x01\x02\x00" * 50),
+               ["blob.bin", "binary"]),
+    "non-utf8": (lambda d: _write(d / "latin.txt", b"caf\xe9 au lait\n" * 10),
+                 ["latin.txt", "not valid UTF-8", "byte offset 3", "--encoding"]),
+    "too-short": (lambda d: _write(d / "short.txt", b"the cat\n"),
+                  ["too short for one batch", "8 characters", "need at least 68"]),
+    "validation-too-short": (lambda d: _write(d / "eighty.txt", CORPUS_TEXT[:80].encode()),
+                             ["validation slice is too short"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CORPUS_CASES))
+def test_bad_corpus(case, tmp_path):
+    make, fragments = CORPUS_CASES[case]
+    corpus = make(tmp_path)
+    runs = tmp_path / "runs"
+    result = invoke("train", corpus, "--runs-dir", runs, "--name", "r", *TINY)
+    assert_user_error(result, *fragments)
+    assert not runs.exists(), "a run directory was created for a refused corpus"
+    assert not (tmp_path / "corpora").exists()
+
+
+def test_unknown_encoding(corpus_file, tmp_path):
+    result = invoke("train", corpus_file, "--encoding", "klingon-8", "--runs-dir", tmp_path / "runs", *TINY)
+    assert_user_error(result, "unknown encoding", "klingon-8")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_corpus_errors_answer_before_tensorflow(tmp_path):
+    """A bad corpus is refused without paying for the TensorFlow import (the comment at the
+    top of launch.launch promises this)."""
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from textgen.cli import main\n"
+        "r = CliRunner().invoke(main, ['train', 'missing.txt', '--runs-dir', 'runs'])\n"
+        "assert r.exit_code == 2 and 'corpus path not found' in r.stderr, r.output\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=False, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_bad_sample_options_answer_before_tensorflow(tmp_path):
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from textgen.cli import main\n"
+        "for args in (['--temp', '-1'], ['--top-p', '0'], ['--top-p', '1.5'], ['--length', '-3']):\n"
+        "    r = CliRunner().invoke(main, ['sample', '--runs-dir', 'runs', *args])\n"
+        "    assert r.exit_code == 2 and r.stderr.startswith('Error: '), (args, r.output)\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=False, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------- no run / damaged run
+
+
+@pytest.mark.parametrize("command", [["sample"], ["train", "--resume"]])
+def test_no_run_found(command, tmp_path):
+    empty = tmp_path / "runs"
+    empty.mkdir()
+    result = invoke(*command, "--runs-dir", empty)
+    assert_user_error(result, "no run found", str(empty))
+    assert list(empty.iterdir()) == []
+
+
+def test_no_run_by_name(trained_run):
+    result = invoke("sample", "no-such-run", "--runs-dir", trained_run.parent)
+    assert_user_error(result, "no run found", "no-such-run")
+
+
+def _rewrite_json(path: Path, change) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    change(data)
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+DAMAGES = {
+    # id: (damage the run dir, fragments for `sample`, fragments for `train --resume`)
+    "run.json-missing": (lambda r: (r / "run.json").unlink(),
+                         ["no run found", "run.json"], ["no run found", "run.json"]),
+    "vocab.json-missing": (lambda r: (r / "vocab.json").unlink(),
+                           ["vocab.json", "missing"], ["vocab.json", "missing"]),
+    "weights-missing": (lambda r: (r / "ckpt-00000003" / "model.weights.h5").unlink(),
+                        ["ckpt-00000003", "missing its weights"], ["ckpt-00000003", "missing its weights"]),
+    "run.json-garbage": (lambda r: (r / "run.json").write_bytes(b"\x00\xffnot json at all{{"),
+                         ["run.json", "corrupt"], ["run.json", "corrupt"]),
+    "run.json-foreign": (lambda r: (r / "run.json").write_text('{"hello": "world"}'),
+                         ["run.json", "not a textgen run"], ["run.json", "not a textgen run"]),
+    "run.json-no-model": (lambda r: _rewrite_json(r / "run.json", lambda d: d.pop("model")),
+                          ["run.json", "damaged"], ["run.json", "damaged"]),
+    "weights-garbage": (lambda r: (r / "ckpt-00000003" / "model.weights.h5").write_bytes(
+                            os.urandom(64) + b"garbage" * 100),
+                        ["model.weights.h5", "corrupt"], ["model.weights.h5", "corrupt"]),
+    "weights-truncated": (lambda r: _truncate(r / "ckpt-00000003" / "model.weights.h5"),
+                          ["model.weights.h5", "corrupt"], ["model.weights.h5", "corrupt"]),
+    "vocab.json-truncated": (lambda r: _truncate(r / "vocab.json"),
+                             ["vocab.json", "not valid JSON"], ["vocab.json", "not valid JSON"]),
+    "vocab.json-wrong-size": (lambda r: _rewrite_json(r / "vocab.json",
+                                                      lambda d: d.update(chars=d["chars"][:-1])),
+                              ["vocab.json", "10 characters", "expects 11"], None),
+}
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _damage_cases():
+    for damage, (_, sample_fragments, resume_fragments) in DAMAGES.items():
+        yield pytest.param(damage, ["sample", RUN_NAME, "--length", "5"], sample_fragments,
+                           id=f"sample-{damage}")
+        if resume_fragments is not None:
+            yield pytest.param(damage, ["train", "--resume", "--name", RUN_NAME, "--steps", "6",
+                                        "--quiet"], resume_fragments, id=f"resume-{damage}")
+
+
+@pytest.mark.parametrize("damage, command, fragments", list(_damage_cases()))
+def test_damaged_run(damage, command, fragments, copy_run):
+    run_dir = copy_run()
+    DAMAGES[damage][0](run_dir)
+    before = tree_hashes(run_dir)
+    result = invoke(*command, "--runs-dir", run_dir.parent)
+    assert_user_error(result, *fragments)
+    assert tree_hashes(run_dir) == before, "the refused command changed the run directory"
+
+
+@pytest.mark.parametrize("damage, fragments", [
+    ("state.json-missing", ["state.json", "missing"]),
+    ("resume.npz-garbage", ["resume.npz", "corrupt"]),
+])
+def test_damaged_resume_state(damage, fragments, copy_run):
+    run_dir = copy_run()
+    ckpt = run_dir / "ckpt-00000003"
+    if damage == "state.json-missing":
+        (ckpt / "state.json").unlink()
+    else:
+        (ckpt / "resume.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    before = tree_hashes(run_dir)
+    result = invoke("train", "--resume", "--name", RUN_NAME, "--runs-dir", run_dir.parent,
+                    "--steps", 6, "--quiet")
+    assert_user_error(result, *fragments)
+    assert tree_hashes(run_dir) == before
+    assert not (run_dir / "train.lock").exists()
+    assert_still_samples(run_dir)  # the weights themselves are intact
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param(lambda d: d["model"].update(units="16"), id="units-as-string"),
+    pytest.param(lambda d: d.update(checkpoints=[]), id="checkpoints-as-list"),
+])
+def test_mistyped_run_json(change, copy_run):
+    run_dir = copy_run()
+    _rewrite_json(run_dir / "run.json", change)
+    before = tree_hashes(run_dir)
+    result = invoke("sample", RUN_NAME, "--runs-dir", run_dir.parent, "--length", 5)
+    assert_user_error(result, "run.json")
+    assert tree_hashes(run_dir) == before
+
+
+# ---------------------------------------------------------------------------- bad sample options
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--prime", "the dog"], ["prime", "'d'", "'g'"]),
+    (["--prime", "caté\t"], ["prime", "'é'", "'\\t'"]),
+    (["--temp", "-0.5"], ["--temp", "-0.5"]),
+    (["--temp", "nan"], ["--temp", "nan"]),
+    (["--top-p", "0"], ["--top-p", "0"]),
+    (["--top-p", "1.5"], ["--top-p", "1.5"]),
+    (["--length", "-1"], ["--length", "-1"]),
+    (["--top-k", "-2"], ["--top-k", "-2"]),
+    (["--num-samples", "0"], ["--num-samples", "0"]),
+], ids=["prime-unknown", "prime-unicode", "temp-negative", "temp-nan", "top-p-0", "top-p-1.5",
+        "length-negative", "top-k-negative", "num-samples-0"])
+def test_bad_sample_option(args, fragments, trained_run):
+    before = tree_hashes(trained_run)
+    result = invoke("sample", RUN_NAME, "--runs-dir", trained_run.parent, *args)
+    message = assert_user_error(result, *fragments)
+    if args[0] == "--prime":
+        assert "'h'" not in message and "'t'" not in message  # only the unknown ones are named
+    assert tree_hashes(trained_run) == before
+
+
+# ---------------------------------------------------------------------------- refused training
+
+
+def test_resume_with_different_units(copy_run):
+    run_dir = copy_run()
+    before = tree_hashes(run_dir)
+    result = invoke("train", "--resume", "--name", RUN_NAME, "--runs-dir", run_dir.parent,
+                    "--units", 32, "--steps", 6, "--quiet")
+    assert_user_error(result, "cannot resume", "units", "16", "32")
+    assert tree_hashes(run_dir) == before
+    assert_still_samples(run_dir)
+
+
+def test_resume_with_different_corpus(copy_run, tmp_path):
+    run_dir = copy_run()
+    other = tmp_path / "dog.txt"
+    other.write_text("the dog sat on the log\n" * 130, encoding="utf-8")
+    before = tree_hashes(run_dir)
+    result = invoke("train", other, "--resume", "--name", RUN_NAME, "--runs-dir", run_dir.parent,
+                    "--steps", 6, "--quiet")
+    assert_user_error(result, "characters differ", "'d'", "'c'")
+    assert tree_hashes(run_dir) == before
+    assert not (run_dir / "train.lock").exists()
+    assert_still_samples(run_dir)
+
+
+def test_train_into_existing_run_without_resume(copy_run, corpus_file):
+    run_dir = copy_run()
+    before = tree_hashes(run_dir)
+    result = invoke("train", corpus_file, "--name", RUN_NAME, "--runs-dir", run_dir.parent, *TINY)
+    assert_user_error(result, "already exists", "--resume")
+    assert tree_hashes(run_dir) == before
+    assert_still_samples(run_dir)
+
+
+def test_error_in_real_process_is_one_line(copy_run, tmp_path):
+    """As a real `python -m textgen` process (stderr rerouting on): the garbage-weights error
+    is one line on the terminal, without HDF5 or TensorFlow noise."""
+    run_dir = copy_run()
+    (run_dir / "ckpt-00000003" / "model.weights.h5").write_bytes(b"garbage" * 100)
+    env = {k: v for k, v in os.environ.items() if k not in ("TEXTGEN_TF_LOGS", "TF_CPP_MIN_LOG_LEVEL")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "textgen", "sample", RUN_NAME, "--runs-dir", str(run_dir.parent)],
+        cwd=tmp_path, env=env, check=False, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
+    assert "model.weights.h5" in lines[0]
