@@ -105,35 +105,37 @@ def _lstm_time_major(proj_tm, h0, c0, recurrent_kernel):
 
     def grad(d_outputs, d_h_last, d_c_last):
         steps = tf.shape(proj_tm)[0]
-        d_h_last = tf.zeros_like(h0) if d_h_last is None else d_h_last
-        d_c_last = tf.zeros_like(c0) if d_c_last is None else d_c_last
+        d_h = tf.zeros_like(h0) if d_h_last is None else d_h_last
+        d_c = tf.zeros_like(c0) if d_c_last is None else d_c_last
         d_outputs = tf.zeros_like(hs) if d_outputs is None else d_outputs
-        c_prev_all = tf.concat([c0[None], cs[:-1]], axis=0)  # (time, batch, units)
+        # Everything that does not depend on the recurrence is computed for all steps at once,
+        # so the sequential loop is down to a few ops and one matmul per step.
+        i, f, g, o = tf.split(acts, 4, axis=-1)  # (time, batch, units) each
+        tanh_c = tf.tanh(cs)
+        c_prev = tf.concat([c0[None], cs[:-1]], axis=0)  # C_{t-1}
+        dc_per_dh = o * (1.0 - tanh_c * tanh_c)  # dC_t/dh_t through h_t = o_t * tanh(C_t)
+        dz_scale = tf.concat([
+            g * i * (1.0 - i),  # dz_i per dC_t
+            c_prev * f * (1.0 - f),  # dz_f per dC_t
+            i * (1.0 - g * g),  # dz_c per dC_t
+            tanh_c * o * (1.0 - o),  # dz_o per dh_t
+        ], axis=-1)  # (time, batch, 4*units)
         kernel_t = tf.transpose(recurrent_kernel)  # (4*units, units)
         dzs = tf.TensorArray(proj_tm.dtype, size=steps)
 
-        def body(t, dh, dc, dzs):
-            i, f, g, o = tf.split(acts[t], 4, axis=-1)
-            tanh_c = tf.tanh(cs[t])
-            dh = dh + d_outputs[t]
-            dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
-            dz = tf.concat([
-                dc * g * i * (1.0 - i),  # input gate
-                dc * c_prev_all[t] * f * (1.0 - f),  # forget gate
-                dc * i * (1.0 - g * g),  # candidate
-                dh * tanh_c * o * (1.0 - o),  # output gate
-            ], axis=-1)  # (batch, 4*units)
-            return t - 1, tf.matmul(dz, kernel_t), dc * f, dzs.write(t, dz)
+        def body(t, d_h, d_c, dzs):
+            d_h = d_h + d_outputs[t]
+            d_c = d_c + d_h * dc_per_dh[t]
+            dz = tf.concat([d_c, d_c, d_c, d_h], axis=-1) * dz_scale[t]  # (batch, 4*units)
+            return t - 1, tf.matmul(dz, kernel_t), d_c * f[t], dzs.write(t, dz)
 
-        _, dh0, dc0, dzs = tf.while_loop(
-            lambda t, *_: t >= 0, body, (steps - 1, d_h_last, d_c_last, dzs)
-        )
+        _, d_h0, d_c0, dzs = tf.while_loop(lambda t, *_: t >= 0, body, (steps - 1, d_h, d_c, dzs))
         dz_all = dzs.stack()  # (time, batch, 4*units)
-        h_prev = tf.concat([h0[None], hs[:-1]], axis=0)  # (time, batch, units)
+        h_prev = tf.concat([h0[None], hs[:-1]], axis=0)  # h_{t-1}: (time, batch, units)
         units = tf.shape(h0)[-1]
         d_kernel = tf.matmul(tf.reshape(h_prev, (-1, units)), tf.reshape(dz_all, (-1, 4 * units)),
-                             transpose_a=True)  # (units, 4*units)
-        return dz_all, dh0, dc0, d_kernel
+                             transpose_a=True)  # (units, 4*units), one matmul for all steps
+        return dz_all, d_h0, d_c0, d_kernel
 
     return (hs, h_last, c_last), grad
 

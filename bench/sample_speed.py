@@ -1,0 +1,147 @@
+"""Generation throughput (characters/second): textgen's Sampler against the TF tutorial's loop.
+
+Both contenders use the same model and weights (shape a: embedding 64 -> 2 x 256 LSTM -> 65
+logits, random init) and sample at temperature 1.0:
+
+  textgen   `Sampler(model).generate(prime_ids, SampleConfig(temperature=1.0, length=L,
+            num_samples=S))`: each chunk of characters is one graph call running a tf.while_loop
+            (the sampler always applies its top-k/top-p filter ops, here switched off by value)
+  tutorial  the TensorFlow text-generation tutorial's approach: a Python loop calling one
+            tf.function per character, which runs one model step and tf.random.categorical on
+            temperature-scaled logits; the recurrent state is carried in Python and the ids are
+            collected as tensors and fetched once at the end (the tutorial also maps ids to
+            strings inside the step; neither contender decodes here)
+
+For 1 stream and for 64 streams, the contenders alternate over `--repeats` repeats; reported are
+the median chars/s (streams x length / seconds) and the median per-repeat ratio.
+
+    python bench/sample_speed.py                      # length 2000, 3 repeats
+    python bench/sample_speed.py --length 500 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+STREAMS = (1, 64)
+
+
+def build(seed: int):
+    import keras
+
+    from textgen.config import ModelConfig
+    from textgen.model import build_model
+
+    keras.utils.set_random_seed(seed)
+    return build_model(ModelConfig(vocab_size=65, embedding_dim=64, units=256, num_layers=2))
+
+
+class TextgenSampler:
+    name = "textgen Sampler"
+
+    def __init__(self, model):
+        from textgen.sample import Sampler
+
+        self.sampler = Sampler(model)
+
+    def generate(self, streams: int, length: int, seed: int):
+        import numpy as np
+
+        from textgen.config import SampleConfig
+
+        config = SampleConfig(temperature=1.0, length=length, num_samples=streams, seed=seed)
+        chunks = list(self.sampler.generate(np.array([0], np.int32), config))
+        return np.concatenate(chunks, axis=1)  # (streams, length)
+
+
+class TutorialLoop:
+    name = "tutorial loop"
+
+    def __init__(self, model):
+        import tensorflow as tf
+
+        from textgen.model import flatten_state, unflatten_state
+
+        self.tf, self.model = tf, model
+        self.flatten = flatten_state
+
+        @tf.function
+        def one_step(ids, flat_states, temperature):
+            logits, states = model(ids[:, None], unflatten_state(flat_states))  # (b, 1, vocab)
+            logits = logits[:, -1, :] / temperature
+            next_ids = tf.random.categorical(logits, num_samples=1, dtype=tf.int32)[:, 0]
+            return next_ids, flatten_state(states)
+
+        self.one_step = one_step
+
+    def generate(self, streams: int, length: int, seed: int):
+        tf = self.tf
+        tf.random.set_seed(seed)
+        ids = tf.zeros((streams,), tf.int32)
+        flat = self.flatten(self.model.initial_state(streams))
+        temperature = tf.constant(1.0)
+        out = []
+        for _ in range(length):
+            ids, flat = self.one_step(ids, flat, temperature)
+            out.append(ids)
+        return tf.stack(out, axis=1).numpy()  # (streams, length)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--length", type=int, default=2000, help="characters per stream")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--streams", default=",".join(map(str, STREAMS)),
+                        help="comma-separated stream counts (default 1,64)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.length < 1 or args.repeats < 1:
+        parser.error("--length and --repeats must be >= 1")
+    streams_list = [int(s) for s in args.streams.split(",") if s.strip()]
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    print(f"sample_speed: python {sys.version.split()[0]}, tensorflow {tf.__version__}, "
+          f"GPUs visible: {len(tf.config.list_physical_devices('GPU'))}, "
+          f"tf intra_op={tf.config.threading.get_intra_op_parallelism_threads()} "
+          f"inter_op={tf.config.threading.get_inter_op_parallelism_threads()} (0 = default)")
+    print(f"model: embedding 64 -> 2 x 256 LSTM -> vocab 65 (random init), temperature 1.0, "
+          f"length {args.length} per stream, {args.repeats} repeats")
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    model = build(args.seed)
+    contenders = [TextgenSampler(model), TutorialLoop(model)]
+    for streams in streams_list:
+        for c in contenders:  # warm-up: traces the graphs for this batch size
+            t0 = time.perf_counter()
+            ids = c.generate(streams, min(args.length, 65), args.seed)
+            assert ids.shape == (streams, min(args.length, 65)), ids.shape
+            assert 0 <= ids.min() and ids.max() < 65
+            c.warmup_s = time.perf_counter() - t0
+        rates = {c.name: [] for c in contenders}
+        for rep in range(args.repeats):
+            order = contenders if rep % 2 == 0 else contenders[::-1]
+            for c in order:
+                t0 = time.perf_counter()
+                ids = c.generate(streams, args.length, args.seed + rep + 1)
+                rates[c.name].append(ids.size / (time.perf_counter() - t0))
+        print(f"\n{streams} stream(s) x {args.length} characters")
+        print(f"  {'contender':18s} {'median chars/s':>15s} {'min':>10s} {'max':>10s} {'warmup s':>9s}")
+        for c in contenders:
+            r = rates[c.name]
+            print(f"  {c.name:18s} {statistics.median(r):15,.0f} {min(r):10,.0f} {max(r):10,.0f} "
+                  f"{c.warmup_s:9.1f}")
+        a, b = (rates[c.name] for c in contenders)
+        ratios = [x / y for x, y in zip(a, b)]
+        print(f"  ratio textgen/tutorial: median {statistics.median(ratios):.2f} "
+              f"(per repeat: {', '.join(f'{q:.2f}' for q in ratios)})")
+    print(f"\nload average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,398 @@
+"""Training throughput (characters/second) of textgen against keras.layers.LSTM and PyTorch.
+
+Every contender trains the same model shape, embedding -> L LSTM layers -> dense logits, with
+the same step: forward + backward + Adam (lr 2e-3) with global-norm gradient clipping at 5.0,
+float32, mean sparse softmax cross-entropy from logits, the (h, c) state carried from one window
+to the next (truncated BPTT, as textgen's Trainer does).
+
+  textgen  `textgen.train.Trainer`'s own compiled train step on `build_model(config)` (the
+           default lstm_path "auto"); if a Trainer cannot be built here, an exact replica of
+           its step (printed as "textgen (replica)")
+  keras    Embedding -> keras.layers.LSTM(return_sequences, return_state) x L -> Dense, in a
+           tf.function step built the same way
+  torch    nn.Embedding -> nn.LSTM(num_layers=L, batch_first) -> nn.Linear, torch.optim.Adam,
+           clip_grad_norm_; only when `import torch` works (optional benchmark dependency);
+           on CUDA when torch sees a GPU
+
+Method: build every contender, warm each up (compiles the graphs), then for each repeat run the
+contenders round-robin (the starting contender rotates), each timing `--steps` steps, each step
+synchronised by fetching the loss as a Python float. Reported: median chars/s per contender and
+the median of the per-repeat ratios textgen/keras and textgen/torch.
+
+    python bench/train_speed.py                       # shapes a,b,c, 5 repeats x 5 steps
+    python bench/train_speed.py --shapes a --repeats 2 --steps 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+LEARNING_RATE = 2e-3
+CLIP_NORM = 5.0
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    num_layers: int
+    units: int
+    embedding_dim: int
+    batch: int
+    seq_len: int
+    vocab: int
+
+    def describe(self) -> str:
+        return (f"({self.name}) {self.num_layers} x {self.units} LSTM, embedding {self.embedding_dim}, "
+                f"batch {self.batch}, seq_len {self.seq_len}, vocab {self.vocab}")
+
+
+SHAPES = {
+    "a": Shape("a", 2, 256, 64, 64, 100, 65),
+    "b": Shape("b", 3, 512, 64, 32, 100, 65),
+    "c": Shape("c", 2, 256, 64, 64, 100, 6000),
+}
+
+
+# ---------------------------------------------------------------- contenders
+# Each contender: .name, .step(x, y) -> float loss (runs one synchronised training step on numpy
+# int32 arrays x, y of shape (batch, seq_len), carrying the recurrent state).
+
+
+class TextgenContender:
+    """textgen's model trained by the Trainer's compiled step (or an exact replica of it)."""
+
+    def __init__(self, shape: Shape, seed: int):
+        import tensorflow as tf
+
+        self.tf = tf
+        self.shape = shape
+        self.note = ""
+        try:
+            self._from_trainer(shape, seed)
+            self.name = "textgen"
+        except Exception as e:  # noqa: BLE001 - any API drift: fall back to the replica
+            self._replica(shape, seed)
+            self.name = "textgen (replica)"
+            self.note = f"Trainer not usable here ({type(e).__name__}: {e}); replicated its step"
+
+    def _from_trainer(self, shape: Shape, seed: int) -> None:
+        import numpy as np
+
+        from textgen.config import ModelConfig, TrainConfig
+        from textgen.data import StreamBatcher
+        from textgen.model import flatten_state
+        from textgen.train import Trainer
+        from textgen.vocab import Vocabulary
+
+        chars = [chr(0x4E00 + i) for i in range(shape.vocab)]
+        vocab = Vocabulary(chars)
+        model_config = ModelConfig(vocab_size=shape.vocab, embedding_dim=shape.embedding_dim,
+                                   units=shape.units, num_layers=shape.num_layers)
+        train_config = TrainConfig(batch_size=shape.batch, seq_len=shape.seq_len,
+                                   learning_rate=LEARNING_RATE, clip_norm=CLIP_NORM, seed=seed)
+        rng = np.random.default_rng(seed)
+        n = 4 * shape.batch * (shape.seq_len + 1)
+        ids = rng.integers(0, shape.vocab, n).astype(vocab.dtype)
+        self._tmp = tempfile.TemporaryDirectory(prefix="textgen-bench-")
+        run_dir = Path(self._tmp.name) / "run"
+        meta = {"format": "textgen-run", "version": 1, "name": "bench", "checkpoints": {}}
+        params = inspect.signature(Trainer).parameters
+        common = {"run_dir": run_dir, "vocab": vocab, "model_config": model_config,
+                  "train_config": train_config, "meta": meta}
+        if "text" in params:
+            trainer = Trainer(text=vocab.decode(ids), **common)
+        else:
+            split = 3 * shape.batch * (shape.seq_len + 1)
+            train = StreamBatcher(ids[:split], shape.batch, shape.seq_len)
+            val = StreamBatcher(ids[split:], shape.batch, shape.seq_len, name="validation")
+            trainer = Trainer(train_data=train, val_data=val, **common)
+        self.model = trainer.model
+        self._step_fn = trainer._train_step
+        self._flat = flatten_state(self.model.initial_state(shape.batch))
+
+    def _replica(self, shape: Shape, seed: int) -> None:
+        """Exactly the Trainer's step: build_model + Adam(global_clipnorm) + textgen's loss_fn."""
+        import keras
+
+        from textgen.config import ModelConfig
+        from textgen.model import build_model, flatten_state, unflatten_state
+        from textgen.train import loss_fn
+
+        tf = self.tf
+        keras.utils.set_random_seed(seed)
+        model = build_model(ModelConfig(vocab_size=shape.vocab, embedding_dim=shape.embedding_dim,
+                                        units=shape.units, num_layers=shape.num_layers))
+        optimizer = keras.optimizers.Adam(learning_rate=LEARNING_RATE, global_clipnorm=CLIP_NORM)
+        optimizer.build(model.trainable_variables)
+
+        def step(x, y, flat_states):
+            with tf.GradientTape() as tape:
+                logits, states = model(x, unflatten_state(flat_states), training=True)
+                loss = loss_fn(logits, y)
+            variables = model.trainable_variables
+            grads = tape.gradient(loss, variables)
+            optimizer.apply_gradients(zip(grads, variables))
+            return loss, flatten_state(states)
+
+        self.model = model
+        self._step_fn = tf.function(step, reduce_retracing=True)
+        self._flat = flatten_state(model.initial_state(shape.batch))
+
+    def step(self, x, y) -> float:
+        loss, self._flat = self._step_fn(self.tf.constant(x), self.tf.constant(y), self._flat)
+        return float(loss)
+
+
+class KerasContender:
+    """The same shape from keras.layers.LSTM, trained by a tf.function step built the same way."""
+
+    name = "keras"
+    note = ""
+
+    def __init__(self, shape: Shape, seed: int):
+        import keras
+        import tensorflow as tf
+
+        self.tf = tf
+        keras.utils.set_random_seed(seed)
+
+        class KerasLM(keras.Model):
+            def __init__(self):
+                super().__init__()
+                self.embedding = keras.layers.Embedding(shape.vocab, shape.embedding_dim)
+                self.lstms = [keras.layers.LSTM(shape.units, return_sequences=True, return_state=True)
+                              for _ in range(shape.num_layers)]
+                self.head = keras.layers.Dense(shape.vocab)
+
+            def call(self, ids, flat_states):
+                x = self.embedding(ids)
+                new = []
+                for i, lstm in enumerate(self.lstms):
+                    x, h, c = lstm(x, initial_state=[flat_states[2 * i], flat_states[2 * i + 1]])
+                    new += [h, c]
+                return self.head(x), new
+
+        model = KerasLM()
+        zeros = tf.zeros((shape.batch, shape.units))
+        self._flat = [zeros] * (2 * shape.num_layers)
+        model(tf.zeros((shape.batch, shape.seq_len), tf.int32), self._flat)  # build the weights
+        optimizer = keras.optimizers.Adam(learning_rate=LEARNING_RATE, global_clipnorm=CLIP_NORM)
+        optimizer.build(model.trainable_variables)
+
+        def step(x, y, flat_states):
+            with tf.GradientTape() as tape:
+                logits, states = model(x, flat_states, training=True)
+                loss = tf.reduce_mean(
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+            variables = model.trainable_variables
+            grads = tape.gradient(loss, variables)
+            optimizer.apply_gradients(zip(grads, variables))
+            return loss, states
+
+        self.model = model
+        self._step_fn = tf.function(step, reduce_retracing=True)
+
+    def step(self, x, y) -> float:
+        loss, self._flat = self._step_fn(self.tf.constant(x), self.tf.constant(y), self._flat)
+        return float(loss)
+
+
+class TorchContender:
+    """The same shape in PyTorch: nn.Embedding -> nn.LSTM -> nn.Linear, Adam, clip_grad_norm_."""
+
+    name = "torch"
+    note = ""
+
+    def __init__(self, shape: Shape, seed: int):
+        import torch
+        from torch import nn
+
+        self.torch = torch
+        torch.manual_seed(seed)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+        class TorchLM(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.embedding = nn.Embedding(shape.vocab, shape.embedding_dim)
+                self.lstm = nn.LSTM(shape.embedding_dim, shape.units, num_layers=shape.num_layers,
+                                    batch_first=True)
+                self.head = nn.Linear(shape.units, shape.vocab)
+
+            def forward(self, ids, state):
+                out, state = self.lstm(self.embedding(ids), state)
+                return self.head(out), state
+
+        self.model = TorchLM().to(self.device).train()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE)
+        zeros = torch.zeros(shape.num_layers, shape.batch, shape.units, device=self.device)
+        self._state = (zeros, zeros.clone())
+        self.vocab = shape.vocab
+
+    def step(self, x, y) -> float:
+        torch = self.torch
+        x = torch.from_numpy(x).long().to(self.device)
+        y = torch.from_numpy(y).long().to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        logits, (h, c) = self.model(x, self._state)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, self.vocab), y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), CLIP_NORM)
+        self.optimizer.step()
+        self._state = (h.detach(), c.detach())
+        return loss.item()
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means: no torch contender
+        return False
+    return True
+
+
+def thread_settings(torch_ok: bool) -> str:
+    import tensorflow as tf
+
+    intra = tf.config.threading.get_intra_op_parallelism_threads()
+    inter = tf.config.threading.get_inter_op_parallelism_threads()
+    parts = [f"tf intra_op={intra}, inter_op={inter} (0 = TF default: all cores)",
+             f"os.cpu_count()={os.cpu_count()}"]
+    if torch_ok:
+        import torch
+
+        parts.insert(1, f"torch num_threads={torch.get_num_threads()}, "
+                        f"interop_threads={torch.get_num_interop_threads()}")
+    return "; ".join(parts)
+
+
+def bench_shape(shape: Shape, args, torch_ok: bool) -> dict:
+    import numpy as np
+
+    rng = np.random.default_rng(args.seed)
+    batches = [(rng.integers(0, shape.vocab, (shape.batch, shape.seq_len)).astype(np.int32),
+                rng.integers(0, shape.vocab, (shape.batch, shape.seq_len)).astype(np.int32))
+               for _ in range(4)]
+    kinds = [TextgenContender, KerasContender] + ([TorchContender] if torch_ok else [])
+    contenders = []
+    for kind in kinds:
+        t0 = time.perf_counter()
+        contenders.append(kind(shape, args.seed))
+        contenders[-1].build_s = time.perf_counter() - t0
+
+    # warm-up: the first step (same batch, zero state, initial weights) gives the initial loss
+    initial = {}
+    for c in contenders:
+        t0 = time.perf_counter()
+        initial[c.name] = c.step(*batches[0])
+        for i in range(1, max(1, args.warmup)):
+            c.step(*batches[i % len(batches)])
+        c.warmup_s = time.perf_counter() - t0
+
+    chars = args.steps * shape.batch * shape.seq_len
+    rates = {c.name: [] for c in contenders}
+    n = 0
+    for rep in range(args.repeats):
+        order = contenders[rep % len(contenders):] + contenders[: rep % len(contenders)]
+        for c in order:
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                x, y = batches[n % len(batches)]
+                n += 1
+                c.step(x, y)
+            rates[c.name].append(chars / (time.perf_counter() - t0))
+    return {"contenders": contenders, "initial": initial, "rates": rates}
+
+
+def report(shape: Shape, result: dict) -> None:
+    contenders, initial, rates = result["contenders"], result["initial"], result["rates"]
+    names = [c.name for c in contenders]
+    print(f"\nshape {shape.describe()}")
+    for c in contenders:
+        if c.note:
+            print(f"  note: {c.note}")
+    print(f"  {'contender':20s} {'median chars/s':>15s} {'min':>10s} {'max':>10s} "
+          f"{'build s':>8s} {'warmup s':>9s} {'initial loss':>13s}")
+    for c in contenders:
+        r = rates[c.name]
+        print(f"  {c.name:20s} {statistics.median(r):15,.0f} {min(r):10,.0f} {max(r):10,.0f} "
+              f"{c.build_s:8.1f} {c.warmup_s:9.1f} {initial[c.name]:13.4f}")
+    ours = names[0]
+    for other in names[1:]:
+        ratios = [a / b for a, b in zip(rates[ours], rates[other])]
+        print(f"  ratio textgen/{other}: median {statistics.median(ratios):.2f} "
+              f"(per repeat: {', '.join(f'{q:.2f}' for q in ratios)})")
+    ln_v = math.log(shape.vocab)
+    losses = list(initial.values())
+    spread = max(losses) - min(losses)
+    ok = all(abs(v - ln_v) < 0.05 * ln_v for v in losses) and spread < 0.05 * ln_v
+    print(f"  initial losses vs ln(vocab)={ln_v:.4f}: "
+          + ", ".join(f"{k} {v - ln_v:+.4f}" for k, v in initial.items())
+          + f"; spread {spread:.4f} -> {'OK' if ok else 'MISMATCH'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="a,b,c", help="comma-separated subset of a,b,c")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per repeat")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per contender first")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="set torch threads and TF intra-op threads (default: each library's own)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch contender")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    bad = [s for s in shapes if s not in SHAPES]
+    if bad or args.repeats < 1 or args.steps < 1:
+        parser.error(f"unknown shape(s) {bad}" if bad else "--repeats and --steps must be >= 1")
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    torch_ok = not args.no_torch and _torch_available()
+    if args.threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        except RuntimeError as e:  # TF already initialised in this process
+            print(f"warning: cannot set TF threads now ({e})")
+        if torch_ok:
+            import torch
+
+            torch.set_num_threads(args.threads)
+    print(f"train_speed: python {sys.version.split()[0]}, tensorflow {tf.__version__}, "
+          f"keras {__import__('keras').__version__}"
+          + (f", torch {__import__('torch').__version__}" if torch_ok else ", torch not available"))
+    print(f"GPUs visible to TF: {len(tf.config.list_physical_devices('GPU'))}")
+    print(f"threads: {thread_settings(torch_ok)}")
+    print(f"repeats {args.repeats} x {args.steps} timed steps, warmup {args.warmup}, "
+          f"Adam lr {LEARNING_RATE}, global clip norm {CLIP_NORM}, float32")
+    print(f"load average at start: {_loadavg()} (other processes compete for the same cores)")
+    for name in shapes:
+        shape = SHAPES[name]
+        report(shape, bench_shape(shape, args, torch_ok))
+    print(f"\nload average at end: {_loadavg()}")
+    return 0
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
