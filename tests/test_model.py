@@ -75,3 +75,26 @@ def test_weights_round_trip(model, tmp_path):
 def test_vocab_size_must_be_set():
     with pytest.raises(ValueError):
         build_model(ModelConfig(vocab_size=0))
+
+
+def test_fast_training_path_matches_the_plain_cell_path():
+    """The fused layers with the first layer's projection table give the same logits and the same
+    gradients as keras.layers.RNN over the plain cell, on a training-sized window."""
+    config = ModelConfig(vocab_size=11, embedding_dim=6, units=8, num_layers=2)
+    tf.keras.utils.set_random_seed(3)
+    fast, plain = build_model(config, lstm_path="fused"), build_model(config, lstm_path="rnn")
+    plain.set_weights(fast.get_weights())
+    ids = tf.constant(np.random.default_rng(4).integers(0, 11, (4, 9)), tf.int32)  # 36 >= vocab
+    assert fast._use_projection_table(ids) and not plain._use_projection_table(ids)
+    probe = tf.constant(np.random.default_rng(5).normal(size=(4, 9, 11)), tf.float32)
+    results = []
+    for model in (fast, plain):
+        with tf.GradientTape() as tape:
+            logits, states = model(ids, model.initial_state(4))
+            loss = tf.reduce_sum(logits * probe) + tf.reduce_sum(states[-1][1])
+        grads = tape.gradient(loss, model.trainable_variables)
+        results.append((logits.numpy(), [np.asarray(tf.convert_to_tensor(g)) for g in grads]))
+    np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-5)
+    for g_fast, g_plain in zip(results[0][1], results[1][1]):
+        assert np.abs(g_plain).max() > 0
+        np.testing.assert_allclose(g_fast, g_plain, atol=1e-5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from textgen.cell import lstm_gates
 from textgen.config import ModelConfig
 from textgen.recurrent import LSTMLayer, resolve_path
 
@@ -82,10 +83,35 @@ class CharLSTM(keras.Model):
         table = tf.matmul(self.embedding.embeddings, cell.kernel) + cell.bias  # (vocab, 4*units)
         return tf.gather(table, ids)
 
-    def step(self, ids, states: State):
-        """One time step. ids: (batch,) -> (logits (batch, vocab), new states)."""
-        logits, states = self(ids[:, None], states)
-        return logits[:, 0, :], states
+    def step_weights(self) -> dict:
+        """The weights rearranged for single steps; compute once, outside a sampling loop.
+
+        The first layer's x.W + b becomes a (vocab, 4*units) lookup table, and each later layer's
+        two matmuls x.W + h.U become one [x, h] . [W; U], so a step is one matmul per layer.
+        """
+        first = self.lstm_layers[0].cell
+        return {
+            "table": tf.matmul(self.embedding.embeddings, first.kernel) + first.bias,
+            "recurrent": tf.convert_to_tensor(first.recurrent_kernel),
+            "stacked": [(tf.concat([layer.cell.kernel, layer.cell.recurrent_kernel], axis=0),
+                         tf.convert_to_tensor(layer.cell.bias)) for layer in self.lstm_layers[1:]],
+        }
+
+    def step(self, ids, states: State, weights: dict | None = None):
+        """One time step through the cell equations (no sequence loop): the sampler's hot path.
+
+        ids: (batch,) -> (logits (batch, vocab) float32, new states). Same numbers as `call`.
+        """
+        weights = weights or self.step_weights()
+        (h, c), new_states = states[0], []
+        z = tf.gather(weights["table"], ids) + tf.matmul(h, weights["recurrent"])  # (batch, 4*units)
+        x, c = lstm_gates(z, c)
+        new_states.append((x, c))
+        for (kernel, bias), (h, c) in zip(weights["stacked"], states[1:]):
+            z = tf.matmul(tf.concat([x, h], axis=-1), kernel) + bias  # (batch, 4*units)
+            x, c = lstm_gates(z, c)
+            new_states.append((x, c))
+        return tf.cast(self.head(x), tf.float32), new_states
 
     def get_config(self):
         from textgen.config import to_dict

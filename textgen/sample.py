@@ -25,17 +25,19 @@ def filter_logits(logits, temperature, top_k, top_p):
     """Temperature-scale logits and mask (to -inf) what top-k / top-p exclude.
 
     logits: (batch, vocab) float32; temperature > 0; top_k 0 = off; top_p 1.0 = off.
+    One descending sort serves both filters (and keeps k a tensor, which XLA needs).
     """
     vocab = tf.shape(logits)[-1]
     logits = logits / temperature
-    k = tf.where(top_k > 0, tf.minimum(top_k, vocab), vocab)
-    kth = tf.math.top_k(logits, k=k).values[:, -1:]  # (batch, 1)
-    logits = tf.where(logits < kth, -np.inf, logits)
     sorted_logits = tf.sort(logits, direction="DESCENDING")  # (batch, vocab)
+    k = tf.where(top_k > 0, tf.minimum(top_k, vocab), vocab)
+    kth = tf.gather(sorted_logits, [k - 1], axis=-1)  # (batch, 1): smallest logit in the top k
+    in_top_k = tf.range(vocab) < k  # (vocab,): sorted positions kept by top-k
+    sorted_logits = tf.where(in_top_k, sorted_logits, -np.inf)
     probs = tf.nn.softmax(sorted_logits)
     before = tf.cumsum(probs, axis=-1, exclusive=True)  # mass of strictly more likely chars
-    kept = tf.where((before < top_p) | (top_p >= 1.0), sorted_logits, np.inf)
-    threshold = tf.reduce_min(kept, axis=-1, keepdims=True)  # smallest logit still kept
+    kept = tf.where(in_top_k & ((before < top_p) | (top_p >= 1.0)), sorted_logits, np.inf)
+    threshold = tf.maximum(tf.reduce_min(kept, axis=-1, keepdims=True), kth)
     return tf.where(logits < threshold, -np.inf, logits)
 
 
@@ -54,9 +56,11 @@ def choose_next(logits, temperature, top_k, top_p, seed):
 class Sampler:
     """Compiled generation for one model: one graph call produces `chunk` characters."""
 
-    def __init__(self, model, chunk: int = CHUNK):
+    def __init__(self, model, chunk: int = CHUNK, jit_compile: bool = True):
         self.model, self.chunk = model, chunk
-        self._run = tf.function(self._run_eager, reduce_retracing=True)
+        # XLA fuses each step's small element-wise ops (gates, filters) into a few kernels: the
+        # loop is latency-bound, so this is most of the speed. `steps` is static for XLA.
+        self._run = tf.function(self._run_eager, jit_compile=jit_compile)
         self._prime = tf.function(lambda ids, flat: self._prime_eager(ids, flat), reduce_retracing=True)
 
     def _prime_eager(self, ids, flat_states):
@@ -67,9 +71,10 @@ class Sampler:
         """Generate `steps` ids after `last` (batch,); returns (ids (batch, steps), new state)."""
         batch = tf.shape(last)[0]
         out = tf.TensorArray(tf.int32, size=steps)
+        weights = self.model.step_weights()  # once per chunk, outside the loop
 
         def body(t, last, flat, out):
-            logits, states = self.model.step(last, unflatten_state(flat))  # (batch, vocab)
+            logits, states = self.model.step(last, unflatten_state(flat), weights)  # (batch, vocab)
             nxt = choose_next(logits, temperature, top_k, top_p, tf.stack([seed, offset + t]))
             return t + 1, nxt, flatten_state(states), out.write(t, nxt)
 
@@ -94,15 +99,15 @@ class Sampler:
         last = tf.constant(primed[:, -1])
         done = 0
         while done < config.length:
-            steps = min(self.chunk, config.length - done)
+            # Always a full chunk (one compiled shape); the last one is cut to length.
             ids, flat = self._run(
-                last, flat, tf.constant(steps), tf.constant(config.temperature, tf.float32),
+                last, flat, self.chunk, tf.constant(config.temperature, tf.float32),
                 tf.constant(config.top_k), tf.constant(config.top_p, tf.float32),
                 tf.constant(seed % 2**31), tf.constant(done),
             )
-            ids = ids.numpy()
+            ids = ids.numpy()[:, : config.length - done]  # (batch, n)
             last = tf.constant(ids[:, -1])
-            done += steps
+            done += ids.shape[1]
             yield ids
 
 
