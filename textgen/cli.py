@@ -119,6 +119,37 @@ def sample(run, runs_dir, checkpoint, **options):
     sample_run(run, runs_dir, checkpoint, config, out=sys.stdout)
 
 
+@main.command("eval")
+@click.argument("run", required=False)
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--runs-dir", default=RUNS_DIR, show_default=True, help="Where run directories live.")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which checkpoint of the run to load.")
+@click.option("--encoding", default=_T.encoding, show_default=True, help="Text encoding of FILES.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def eval_command(run, files, runs_dir, checkpoint, encoding, quiet):
+    """Bits per character and perplexity of RUN on FILES (or directories).
+
+    RUN is a run name or path; give `latest` for the most recent run.
+    """
+    from textgen.evaluate import describe, evaluate_files
+
+    result = evaluate_files(None if run == "latest" else run, runs_dir, checkpoint, list(files),
+                            encoding, show_progress=not quiet)
+    click.echo(describe(result))
+
+
+@main.command()
+@click.argument("run", required=False)
+@click.option("--runs-dir", default=RUNS_DIR, show_default=True, help="Where run directories live.")
+@user_errors
+def info(run, runs_dir):
+    """Shape, parameter count, progress, best validation bpc and corpus of RUN (default: latest)."""
+    from textgen.info import describe_run
+
+    click.echo(describe_run(run, runs_dir))
+
+
 def _fields(cls):
     import dataclasses
 

@@ -27,6 +27,12 @@ class ModelConfig:
     num_layers: int = 2
     dropout: float = 0.0  # between stacked layers, training only
 
+    def parameter_count(self) -> int:
+        """Trainable parameters: embedding, each layer's kernel/recurrent_kernel/bias, the head."""
+        e, u, v = self.embedding_dim, self.units, self.vocab_size
+        layers = sum(4 * u * ((e if i == 0 else u) + u + 1) for i in range(self.num_layers))
+        return v * e + layers + u * v + v
+
 
 @dataclass
 class TrainConfig:

@@ -13,7 +13,7 @@ import os
 import sys
 import sysconfig
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -122,6 +122,57 @@ def read_corpus(paths: Sequence[str | Path], encoding: str = "utf-8") -> str:
             f"the corpus is empty: no text found in {names}; pass files or directories with text"
         )
     return text
+
+
+def iter_text(paths: Sequence[str | Path], encoding: str = "utf-8",
+              block_bytes: int = 1 << 20) -> Iterator[str]:
+    """Stream the text of files and directories in blocks, in constant memory.
+
+    Same rules and errors as `read_corpus` (a named binary or undecodable file is refused with its
+    byte offset; such files inside a directory are skipped), but nothing is held whole.
+    """
+    shown = _check_encoding(encoding)
+    for path in map(Path, [paths] if isinstance(paths, (str, Path)) else paths):
+        if not path.exists():
+            raise TextgenError(f"corpus path not found: {path}")
+        files = _files_under(path) if path.is_dir() else [path]
+        for file in files:
+            try:
+                yield from _stream_file(file, encoding, shown, block_bytes)
+            except TextgenError:
+                if not path.is_dir():
+                    raise
+
+
+def _stream_file(path: Path, encoding: str, shown: str, block_bytes: int) -> Iterator[str]:
+    """Decoded blocks of one file, CRLF normalised; TextgenError for binary or undecodable."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset, pending_cr = 0, False
+    try:
+        with open(path, "rb") as f:
+            while True:
+                raw = f.read(block_bytes)
+                if offset == 0 and _nul_means_binary(encoding) and b"\0" in raw[:BINARY_SNIFF_BYTES]:
+                    raise TextgenError(f"{path} looks like a binary file, not text")
+                try:
+                    text = decoder.decode(raw, final=not raw)
+                except UnicodeDecodeError as e:
+                    raise TextgenError(
+                        f"{path} is not valid {shown} at byte offset {offset + e.start}; "
+                        "pass --encoding to read it with another encoding"
+                    ) from None
+                offset += len(raw)
+                if pending_cr:
+                    text = "\r" + text
+                pending_cr = text.endswith("\r") and bool(raw)
+                if pending_cr:
+                    text = text[:-1]
+                if text:
+                    yield text.replace("\r\n", "\n")
+                if not raw:
+                    return
+    except OSError as e:
+        raise TextgenError(f"cannot read {path}: {e.strerror}") from None
 
 
 # ---------------------------------------------------------------- the built-in corpus

@@ -1,0 +1,33 @@
+"""`textgen info`: what a run is, read from its run.json alone (no TensorFlow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textgen.checkpoint import read_run_meta, resolve_run
+
+
+def describe_run(run: str | None, runs_dir: str | Path) -> str:
+    """A short multi-line report: shape, parameters, progress, best validation bpc, corpus."""
+    run_dir = resolve_run(run, runs_dir)
+    meta = read_run_meta(run_dir)
+    model, train, corpus = meta["model"], meta["train"], meta.get("corpus", {})
+    best = meta.get("best_val_bpc")
+    history = meta.get("history") or []
+    sources = "built-in Python standard-library corpus" if corpus.get("default") else \
+        ", ".join(corpus.get("paths", [])) or "unknown"
+    lines = [
+        f"run:              {run_dir}",
+        f"model:            {model.num_layers} x {model.units} LSTM, embedding {model.embedding_dim}, "
+        f"dropout {model.dropout}, vocabulary {model.vocab_size}",
+        f"parameters:       {model.parameter_count():,}",
+        f"training:         batch {train.batch_size} x seq_len {train.seq_len}, "
+        f"learning rate {train.learning_rate:g}, seed {train.seed}",
+        f"steps:            {meta.get('step', 0):,}",
+        f"best val bpc:     {'-' if best is None else f'{best:.4f}'}",
+        f"last val bpc:     {history[-1]['val_bpc']:.4f}" if history else "last val bpc:     -",
+        f"checkpoints:      best {meta['checkpoints'].get('best', '-')}, "
+        f"last {meta['checkpoints'].get('last', '-')}",
+        f"corpus:           {corpus.get('chars', 0):,} characters from {sources}",
+    ]
+    return "\n".join(lines)
