@@ -14,9 +14,10 @@ to the next (truncated BPTT, as textgen's Trainer does).
            clip_grad_norm_; only when `import torch` works (optional benchmark dependency);
            on CUDA when torch sees a GPU
 
-Method: build every contender, warm each up (compiles the graphs), then for each repeat run the
-contenders round-robin (the starting contender rotates), each timing `--steps` steps, each step
-synchronised by fetching the loss as a Python float. Reported: median chars/s per contender and
+Method: each contender lives in its own worker process (so the libraries' thread pools never
+fight over the 2 cores); each is built and warmed up (compiling its graphs), then for each repeat
+the contenders run round-robin, one at a time (the starting contender rotates), each timing
+`--steps` steps, each step synchronised by fetching the loss as a Python float. Reported: median chars/s per contender and
 the median of the per-repeat ratios textgen/keras and textgen/torch.
 
     python bench/train_speed.py                       # shapes a,b,c, 5 repeats x 5 steps
@@ -278,41 +279,80 @@ def thread_settings(torch_ok: bool) -> str:
     return "; ".join(parts)
 
 
-def bench_shape(shape: Shape, args, torch_ok: bool) -> dict:
+def _make_batches(shape: Shape, seed: int):
     import numpy as np
 
-    rng = np.random.default_rng(args.seed)
-    batches = [(rng.integers(0, shape.vocab, (shape.batch, shape.seq_len)).astype(np.int32),
-                rng.integers(0, shape.vocab, (shape.batch, shape.seq_len)).astype(np.int32))
-               for _ in range(4)]
-    kinds = [TextgenContender, KerasContender] + ([TorchContender] if torch_ok else [])
-    contenders = []
-    for kind in kinds:
-        t0 = time.perf_counter()
-        contenders.append(kind(shape, args.seed))
-        contenders[-1].build_s = time.perf_counter() - t0
+    rng = np.random.default_rng(seed)
+    return [(rng.integers(0, shape.vocab, (shape.batch, shape.seq_len)).astype(np.int32),
+             rng.integers(0, shape.vocab, (shape.batch, shape.seq_len)).astype(np.int32))
+            for _ in range(4)]
 
-    # warm-up: the first step (same batch, zero state, initial weights) gives the initial loss
-    initial = {}
-    for c in contenders:
-        t0 = time.perf_counter()
-        initial[c.name] = c.step(*batches[0])
-        for i in range(1, max(1, args.warmup)):
-            c.step(*batches[i % len(batches)])
-        c.warmup_s = time.perf_counter() - t0
 
+def _worker(conn, kind: str, shape: Shape, seed: int, warmup: int, threads: int | None) -> None:
+    """One contender in its own process: build, warm up, then time steps when told to.
+
+    Separate processes keep the libraries' thread pools apart: in one process, PyTorch's OpenMP
+    workers and TensorFlow's pool spin against each other on 2 cores and both collapse.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if threads:
+        if kind == "torch":
+            import torch
+
+            torch.set_num_threads(threads)
+        else:
+            import tensorflow as tf
+
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+    cls = {"textgen": TextgenContender, "keras": KerasContender, "torch": TorchContender}[kind]
+    batches = _make_batches(shape, seed)
+    t0 = time.perf_counter()
+    contender = cls(shape, seed)
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    initial = contender.step(*batches[0])
+    for i in range(1, max(1, warmup)):
+        contender.step(*batches[i % len(batches)])
+    conn.send({"name": contender.name, "note": contender.note, "build_s": build_s,
+               "warmup_s": time.perf_counter() - t0, "initial": initial})
+    n = 0
+    while True:
+        steps = conn.recv()
+        if steps is None:
+            return
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            contender.step(*batches[n % len(batches)])
+            n += 1
+        conn.send(time.perf_counter() - t0)
+
+
+def bench_shape(shape: Shape, args, torch_ok: bool) -> dict:
+    """Start one worker process per contender, then time them round-robin, one at a time."""
+    import multiprocessing
+    from types import SimpleNamespace
+
+    ctx = multiprocessing.get_context("spawn")
+    kinds = ["textgen", "keras"] + (["torch"] if torch_ok else [])
+    workers = []
+    for kind in kinds:  # built and warmed up one after the other, not concurrently
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker, args=(child, kind, shape, args.seed, args.warmup,
+                                                 args.threads), daemon=True)
+        proc.start()
+        workers.append((SimpleNamespace(**parent.recv()), parent, proc))
+    contenders = [w[0] for w in workers]
+    initial = {c.name: c.initial for c in contenders}
     chars = args.steps * shape.batch * shape.seq_len
     rates = {c.name: [] for c in contenders}
-    n = 0
     for rep in range(args.repeats):
-        order = contenders[rep % len(contenders):] + contenders[: rep % len(contenders)]
-        for c in order:
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                x, y = batches[n % len(batches)]
-                n += 1
-                c.step(x, y)
-            rates[c.name].append(chars / (time.perf_counter() - t0))
+        order = workers[rep % len(workers):] + workers[: rep % len(workers)]
+        for info, conn, _ in order:
+            conn.send(args.steps)
+            rates[info.name].append(chars / conn.recv())
+    for _, conn, proc in workers:
+        conn.send(None)
+        proc.join(timeout=30)
     return {"contenders": contenders, "initial": initial, "rates": rates}
 
 
