@@ -290,3 +290,163 @@ def test_error_in_real_process_is_one_line(copy_run, tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
     assert "model.weights.h5" in lines[0]
+
+
+# ---------------------------------------------------------------------------- reliability (issue 4)
+# More damaged runs: a foreign weights file, a vocabulary from another run, an emptied vocabulary,
+# a checkpoint pointer leading out of the run. Same contract: one line, nothing changed.
+
+
+def _zip_as_weights(r: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(r / "ckpt-00000003" / "model.weights.h5", "w") as z:
+        z.writestr("config.json", '{"class_name": "Lambda", "config": {"function": "exec"}}')
+        z.writestr("model.weights.h5", b"")
+
+
+def _other_runs_vocab(r: Path) -> None:
+    """The vocabulary of a run on another corpus with as many characters ('t' -> 'u')."""
+    _rewrite_json(r / "vocab.json", lambda d: d.update(chars=d["chars"][:-1] + ["u"]))
+
+
+MORE_DAMAGES = {
+    # id: (damage the run dir, fragments for both `sample` and `train --resume`)
+    "weights-keras-archive": (_zip_as_weights, ["model.weights.h5", "corrupt", "not an HDF5 weights file"]),
+    "vocab.json-from-other-run": (_other_runs_vocab,
+                                  ["vocab.json", "not the vocabulary this run was trained with"]),
+    "vocab.json-emptied": (lambda r: (r / "vocab.json").write_bytes(b""), ["vocab.json", "not valid JSON"]),
+    "run.json-truncated": (lambda r: _truncate(r / "run.json"), ["run.json", "corrupt"]),
+    "checkpoint-pointer-escapes": (
+        lambda r: _rewrite_json(r / "run.json", lambda d: d["checkpoints"].update(last="ckpt-00000003/../..")),
+        ["run.json", "damaged"]),
+}
+
+
+@pytest.mark.parametrize("command", ["sample", "resume"])
+@pytest.mark.parametrize("damage", list(MORE_DAMAGES))
+def test_more_damaged_runs(damage, command, copy_run):
+    run_dir = copy_run()
+    make, fragments = MORE_DAMAGES[damage]
+    make(run_dir)
+    before = tree_hashes(run_dir)
+    args = (["sample", RUN_NAME, "--checkpoint", "last", "--length", "5"] if command == "sample"
+            else ["train", "--resume", "--name", RUN_NAME, "--steps", "6", "--quiet"])
+    result = invoke(*args, "--runs-dir", run_dir.parent)
+    assert_user_error(result, *fragments)
+    assert tree_hashes(run_dir) == before
+    assert not (run_dir / "train.lock").exists()
+
+
+def _read_only(monkeypatch, root: Path) -> None:
+    """Simulate a read-only mount of `root`: every write below it fails with EROFS. (chmod cannot
+    do it here: the tests run as root, which writes through permissions.)"""
+    import builtins
+    import errno
+    import io
+    import shutil
+
+    prefix = str(root.resolve()) + os.sep
+
+    def below(path) -> bool:
+        try:
+            return os.path.abspath(os.fspath(path)).startswith(prefix)
+        except TypeError:
+            return False
+
+    def refuse(path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    real_open, real_os_open = builtins.open, os.open
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        if below(file) and any(c in mode for c in "wax+"):
+            refuse(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def fake_os_open(path, flags, *args, **kwargs):
+        if below(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC):
+            refuse(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def guarded(real):
+        def call(path, *args, **kwargs):
+            if below(path):
+                refuse(path)
+            return real(path, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(io, "open", fake_open)
+    monkeypatch.setattr(os, "open", fake_os_open)
+    for name in ("mkdir", "rmdir", "unlink", "remove", "rename", "replace", "makedirs"):
+        monkeypatch.setattr(os, name, guarded(getattr(os, name)))
+    monkeypatch.setattr(shutil, "rmtree", guarded(shutil.rmtree))
+
+
+def test_read_only_run_directory(copy_run, monkeypatch):
+    """Resuming needs to write: refused in one line, before any work. Sampling only reads: works."""
+    run_dir = copy_run()
+    before = tree_hashes(run_dir)
+    _read_only(monkeypatch, run_dir)
+    result = invoke("train", "--resume", "--name", RUN_NAME, "--runs-dir", run_dir.parent,
+                    "--steps", 6, "--quiet")
+    assert_user_error(result, "cannot lock run", str(run_dir), "Read-only file system", "writable")
+    sampled = invoke("sample", run_dir, "--length", 5, "--seed", 1)
+    monkeypatch.undo()
+    assert sampled.exit_code == 0, describe(sampled)
+    assert tree_hashes(run_dir) == before
+
+
+def test_read_only_runs_directory_for_a_new_run(corpus_file, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _read_only(monkeypatch, runs)
+    result = invoke("train", corpus_file, "--runs-dir", runs, "--name", "r", *TINY)
+    monkeypatch.undo()
+    assert_user_error(result, "cannot create run directory", "Read-only file system")
+    assert list(runs.iterdir()) == []
+
+
+def test_divergence_stops_with_advice_and_keeps_a_loadable_run(corpus_file, tmp_path):
+    """An absurd learning rate blows the loss up: exit 2 with one Error line (after the line that
+    announced the run), the run keeps its step-0 checkpoint, samples, and resumes with a sane
+    learning rate."""
+    runs = tmp_path / "runs"
+    result = invoke("train", corpus_file, "--runs-dir", runs, "--name", "hot", *TINY, "--learning-rate", "1e6")
+    info = describe(result)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), info
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 2 and lines[0].startswith("training "), info
+    message = lines[1]
+    for fragment in ("Error: training diverged at step", "keeps its last good checkpoint ckpt-00000000",
+                     "lower learning rate (it is 1e+06)", "--learning-rate 0.002"):
+        assert fragment in message, info
+    run_dir = runs / "hot"
+    assert json.loads((run_dir / "run.json").read_text())["checkpoints"]["last"] == "ckpt-00000000"
+    assert not (run_dir / "train.lock").exists()
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]
+    assert_still_samples(run_dir)
+    resumed = invoke("train", "--resume", "--name", "hot", "--runs-dir", runs, "--learning-rate", "0.002",
+                     "--quiet")
+    assert resumed.exit_code == 0, describe(resumed)
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["step"] == 3 and meta["train"]["learning_rate"] == 0.002
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--seed", "-1"], ["--seed", "between 0 and 4294967295", "-1"]),
+    (["--dropout", "nan"], ["--dropout", "nan"]),
+    (["--learning-rate", "inf"], ["--learning-rate", "inf"]),
+    (["--clip-norm", "nan"], ["--clip-norm", "nan"]),
+    (["--minutes", "nan"], ["--minutes", "nan"]),
+    (["--units", "1000000000"], ["parameters", "lower --units"]),
+    (["--encoding", "rot13"], ["'rot13' is not a text encoding"]),
+    (["--name", ".."], ["--name", "not a usable run name"]),
+], ids=["seed", "dropout-nan", "lr-inf", "clip-nan", "minutes-nan", "too-big", "rot13", "name-dotdot"])
+def test_bad_train_option(args, fragments, corpus_file, tmp_path):
+    runs = tmp_path / "runs"
+    result = invoke("train", corpus_file, "--runs-dir", runs, "--name", "r", *TINY, *args)
+    assert_user_error(result, *fragments)
+    assert not (runs / "r").exists()

@@ -15,6 +15,8 @@ from textgen.errors import TextgenError
 
 
 DEFAULT_EPOCHS = 10  # training budget when none of epochs, steps, minutes is set
+INT32_MAX = 2**31 - 1
+MAX_SAMPLES = 10_000  # --num-samples: samples are generated side by side, one batch row each
 
 
 @dataclass
@@ -83,6 +85,13 @@ class SampleConfig:
             raise TextgenError(f"--length must be 0 or positive, got {self.length}")
         if self.num_samples < 1:
             raise TextgenError(f"--num-samples must be at least 1, got {self.num_samples}")
+        # upper bounds: the sampler counts in int32, and each sample is one row of one batch
+        if self.top_k > INT32_MAX:
+            raise TextgenError(f"--top-k must be at most {INT32_MAX}, got {self.top_k}")
+        if self.length > INT32_MAX:
+            raise TextgenError(f"--length must be at most {INT32_MAX}, got {self.length}")
+        if self.num_samples > MAX_SAMPLES:
+            raise TextgenError(f"--num-samples must be at most {MAX_SAMPLES}, got {self.num_samples}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:

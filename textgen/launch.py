@@ -2,11 +2,26 @@
 
 Everything that must be checked before any file is written lives here: the corpus reads, the
 data fits a batch, and on resume the vocabulary and model shape match what the run was built with.
+
+Order of events, so a kill at any instant leaves a run that loads:
+
+* resume: take the run's lock first (a second trainer is refused at once, with the owner's PID),
+  validate, build the trainer, tidy what a killed trainer left (`checkpoint.recover`), restore the
+  last checkpoint, train.
+* new run: validate and build the trainer while nothing exists on disk, then assemble the run
+  (lock, vocabulary, a step-0 checkpoint, run.json) in a hidden staging directory and rename it
+  into place: the run directory appears complete, or not at all.
+
+SIGINT/SIGTERM are caught (turned into "checkpoint and stop") from the moment the first file is
+written; before that nothing is on disk and they act as usual (Ctrl-C: click's "Aborted!").
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
+import signal
 from pathlib import Path
 from typing import Callable
 
@@ -18,11 +33,15 @@ from textgen.vocab import Vocabulary
 
 # Options that may change when a run is resumed; everything else must match the saved run.
 BUDGET_OPTIONS = {"epochs", "steps", "minutes"}
-RESUMABLE_OPTIONS = BUDGET_OPTIONS | {"eval_every", "eval_batches", "keep"}
+# The learning rate may change too: lowering it is how a diverged run is continued.
+RESUMABLE_OPTIONS = BUDGET_OPTIONS | {"eval_every", "eval_batches", "keep", "learning_rate"}
+MAX_PARAMETERS = 2**31 - 1  # larger models are refused before TensorFlow tries to allocate them
+MAX_SEED = 2**32 - 1  # what numpy's and TensorFlow's seeding accept
 
 
 def load_corpus(paths: list[str], encoding: str, corpus_dir: str | Path) -> tuple[str, dict]:
     """The corpus text and a summary for run.json; no paths means the built-in default corpus."""
+    _check_text_encoding(encoding)
     default = not paths
     if default:
         paths = [str(default_corpus(corpus_dir))]
@@ -30,6 +49,72 @@ def load_corpus(paths: list[str], encoding: str, corpus_dir: str | Path) -> tupl
     summary = {"default": default, "paths": [str(Path(p).resolve()) for p in paths],
                "encoding": encoding, "chars": len(text)}
     return text, summary
+
+
+def _check_text_encoding(encoding: str) -> None:
+    """Refuse codecs that exist but do not decode bytes to text (rot13, base64, ...); unknown
+    names are left to read_corpus, which names them."""
+    import codecs
+
+    try:
+        codecs.lookup(encoding)
+    except (LookupError, TypeError, ValueError):
+        return
+    try:
+        "a".encode(encoding)
+        b"a".decode(encoding)
+    except LookupError:
+        raise TextgenError(f"{encoding!r} is not a text encoding; pass an --encoding such as utf-8, "
+                           "latin-1 or cp1252") from None
+    except (UnicodeError, ValueError):
+        pass
+
+
+def count_parameters(model: ModelConfig) -> int:
+    """Trainable parameters of the model `model` describes (embedding, LSTM layers, head)."""
+    units, emb, vocab = model.units, model.embedding_dim, model.vocab_size
+    lstm = 4 * units * (emb + units + 1) + (model.num_layers - 1) * 4 * units * (2 * units + 1)
+    return vocab * emb + lstm + units * vocab + vocab
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_config(model: ModelConfig, train: TrainConfig) -> None:
+    """Refuse option values (from the command line or a run.json) that cannot train: NaN or
+    infinite rates, seeds numpy refuses, models too large to allocate. One line each."""
+    problems = []
+    for name in ("embedding_dim", "units", "num_layers"):
+        if not isinstance(getattr(model, name), int) or getattr(model, name) < 1:
+            problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(model, name)}")
+    for name in ("batch_size", "seq_len", "eval_every", "eval_batches", "keep"):
+        if not isinstance(getattr(train, name), int) or getattr(train, name) < 1:
+            problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(train, name)}")
+    for name in ("steps", "epochs"):
+        value = getattr(train, name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            problems.append(f"--{name} must be at least 1, got {value}")
+    if not (_finite(model.dropout) and 0 <= model.dropout < 1):
+        problems.append(f"--dropout must be a number at least 0 and below 1, got {model.dropout}")
+    if not (_finite(train.learning_rate) and train.learning_rate > 0):
+        problems.append(f"--learning-rate must be a positive number, got {train.learning_rate}")
+    if not (_finite(train.clip_norm) and train.clip_norm >= 0):
+        problems.append(f"--clip-norm must be 0 (off) or a positive number, got {train.clip_norm}")
+    if train.minutes is not None and not (_finite(train.minutes) and train.minutes > 0):
+        problems.append(f"--minutes must be a positive number, got {train.minutes}")
+    if not (isinstance(train.seed, int) and 0 <= train.seed <= MAX_SEED):
+        problems.append(f"--seed must be between 0 and {MAX_SEED}, got {train.seed}")
+    if problems:
+        raise TextgenError("; ".join(problems))
+    params = count_parameters(model)
+    if params > MAX_PARAMETERS:
+        raise TextgenError(f"the model would have {params:,} parameters, more than textgen trains "
+                           f"({MAX_PARAMETERS:,}); lower --units, --num-layers or --embedding-dim")
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or type(e).__name__ == "ResourceExhaustedError"
 
 
 def _differences(saved, given: dict) -> list[str]:
@@ -56,41 +141,93 @@ def _vocab_difference(saved: Vocabulary, text: str) -> str | None:
 def launch(corpus: list[str], model_options: dict, train_options: dict, runs_root: str | Path,
            name: str | None = None, resume: bool = False, corpus_dir: str | Path = "corpora",
            show_progress: bool = True, echo: Callable[[str], None] = print):
-    """Train a new run, or continue one with `resume`. Returns (run_dir, stop reason, progress)."""
-    if resume:
-        run_dir = ckpt.resolve_run(name, runs_root)
-        meta = ckpt.read_run_meta(run_dir)
-        changed = _differences(meta["model"], model_options) + _differences(
-            meta["train"], {k: v for k, v in train_options.items() if k not in RESUMABLE_OPTIONS})
-        if changed:
-            raise TextgenError(f"cannot resume {run_dir} with a different setup ({'; '.join(changed)}); "
-                               "drop those options or start a new run with --name")
-        model_config = meta["model"]
-        resumable = {k: v for k, v in train_options.items() if k in RESUMABLE_OPTIONS}
-        if resumable.keys() & BUDGET_OPTIONS:  # a new budget replaces the saved one entirely
-            resumable = {**dict.fromkeys(BUDGET_OPTIONS), **resumable}
-        train_config = dataclasses.replace(meta["train"], **resumable)
-        saved_corpus = meta.get("corpus", {})
-        paths = corpus or ([] if saved_corpus.get("default") else saved_corpus.get("paths", []))
-        text, summary = load_corpus(paths, train_config.encoding, corpus_dir)
-        vocab = Vocabulary.load(run_dir / ckpt.VOCAB_FILE)
-        difference = _vocab_difference(vocab, text)
-        if difference:
-            raise TextgenError(f"the corpus's characters differ from run {run_dir.name}'s vocabulary "
-                               f"({difference}); resume with the original corpus or start a new run")
-        last = ckpt.checkpoint_dir(run_dir, meta, "last")
-    else:
-        train_config = TrainConfig(**train_options)
-        text, summary = load_corpus(corpus, train_config.encoding, corpus_dir)
-        vocab = Vocabulary.from_text(text)
-        model_config = ModelConfig(vocab_size=vocab.size, **model_options)
-        run_dir = Path(runs_root) / (name or _timestamp())
-        if (run_dir / ckpt.RUN_FILE).exists():
-            raise TextgenError(f"run {run_dir} already exists; add --resume to continue it, "
-                               "or choose another --name")
-        meta = {"format": ckpt.RUN_FORMAT, "version": 1, "name": run_dir.name,
-                "model": model_config, "train": train_config, "corpus": summary,
-                "checkpoints": {}}
+    """Train a new run, or continue one with `resume`. Returns (run_dir, stop reason, progress).
+
+    When the reason is a signal's name, a checkpoint of the step it stopped at was written and
+    `echo` has been told where it is."""
+    try:
+        return _launch(corpus, model_options, train_options, runs_root, name, resume, corpus_dir,
+                       show_progress, echo)
+    except Exception as e:
+        if not _out_of_memory(e):
+            raise
+        where = "the run keeps its last checkpoint; " if resume else ""
+        raise TextgenError(f"out of memory ({type(e).__name__}): the model or batch is too large for "
+                           f"this machine; {where}lower --batch-size, --seq-len, --units or "
+                           "--num-layers") from None
+
+
+def _launch(corpus, model_options, train_options, runs_root, name, resume, corpus_dir,
+            show_progress, echo):
+    with contextlib.ExitStack() as stack:
+        if resume:
+            run_dir = ckpt.resolve_run(name, runs_root)
+            stack.enter_context(ckpt.RunLock(run_dir))
+            stop = stack.enter_context(StopRequest())
+            trainer, meta = _reopen(run_dir, corpus, model_options, train_options, corpus_dir)
+            ckpt.recover(run_dir, meta)
+            trainer.restore(ckpt.checkpoint_dir(run_dir, meta, "last"))
+            echo(f"resuming {run_dir} at step {trainer.progress.step}")
+        else:
+            trainer, run_dir = _prepare_new(corpus, model_options, train_options, runs_root, name,
+                                            corpus_dir)
+            root = run_dir.parent
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise TextgenError(f"cannot create the runs directory {root}: {ckpt._why(e)}") from None
+            ckpt.clean_stale_staging(root, run_dir.name)
+            staging = ckpt.staging_dir(root, run_dir.name)
+            try:
+                staging.mkdir()
+            except OSError as e:
+                raise TextgenError(f"cannot create run directory {run_dir}: {ckpt._why(e)}") from None
+            lock = stack.enter_context(ckpt.RunLock(staging))
+            stop = stack.enter_context(StopRequest())
+            try:
+                _write_new_run(trainer, staging)
+            except BaseException:
+                import shutil
+
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            ckpt.publish_run(staging, run_dir)
+            lock.moved(run_dir)
+            trainer.run_dir = run_dir
+            summary = trainer.meta["corpus"]
+            echo(f"training {run_dir}: {summary['chars']:,} characters, vocabulary {trainer.vocab.size}")
+        reason = trainer.run(show_progress=show_progress, stop=stop)
+        if reason != "budget":
+            echo(f"{reason}: saved checkpoint {run_dir / trainer.meta['checkpoints']['last']}")
+    return run_dir, reason, trainer.progress
+
+
+def _reopen(run_dir: Path, corpus: list[str], model_options: dict, train_options: dict,
+            corpus_dir: str | Path):
+    """(trainer, meta) for resuming `run_dir`, after every check that can refuse it."""
+    meta = ckpt.read_run_meta(run_dir)
+    changed = _differences(meta["model"], model_options) + _differences(
+        meta["train"], {k: v for k, v in train_options.items() if k not in RESUMABLE_OPTIONS})
+    if changed:
+        raise TextgenError(f"cannot resume {run_dir} with a different setup ({'; '.join(changed)}); "
+                           "drop those options or start a new run with --name")
+    model_config = meta["model"]
+    resumable = {k: v for k, v in train_options.items() if k in RESUMABLE_OPTIONS}
+    if resumable.keys() & BUDGET_OPTIONS:  # a new budget replaces the saved one entirely
+        resumable = {**dict.fromkeys(BUDGET_OPTIONS), **resumable}
+    train_config = dataclasses.replace(meta["train"], **resumable)
+    check_config(model_config, train_config)
+    meta["train"] = train_config
+    saved_corpus = meta.get("corpus", {})
+    paths = corpus or ([] if saved_corpus.get("default") else saved_corpus.get("paths", []))
+    text, summary = load_corpus(paths, train_config.encoding, corpus_dir)
+    vocab = Vocabulary.load(run_dir / ckpt.VOCAB_FILE)
+    ckpt.check_vocab(run_dir, meta, vocab)
+    difference = _vocab_difference(vocab, text)
+    if difference:
+        raise TextgenError(f"the corpus's characters differ from run {run_dir.name}'s vocabulary "
+                           f"({difference}); resume with the original corpus or start a new run")
+    ckpt.checkpoint_dir(run_dir, meta, "last")  # refuse a run without a loadable checkpoint early
     train_data, val_data = make_batchers(vocab.encode(text), train_config)
     del text
     summary.update(train_chars=int(train_data.streams.size), vocab_size=vocab.size)
@@ -99,18 +236,54 @@ def launch(corpus: list[str], model_options: dict, train_options: dict, runs_roo
     from textgen.train import Trainer  # TensorFlow loads only once the inputs look right
 
     trainer = Trainer(run_dir, vocab, train_data, val_data, model_config, train_config, meta)
-    if not resume:
-        run_dir = ckpt.new_run_dir(run_dir.parent, run_dir.name)
-        vocab.save(run_dir / ckpt.VOCAB_FILE)
-        ckpt.write_run_meta(run_dir, ckpt.meta_to_json(meta))
-    with ckpt.RunLock(run_dir):
-        if resume:
-            trainer.restore(last)
-            echo(f"resuming {run_dir} at step {trainer.progress.step}")
-        else:
-            echo(f"training {run_dir}: {summary['chars']:,} characters, vocabulary {vocab.size}")
-        reason = trainer.run(show_progress=show_progress)
-    return run_dir, reason, trainer.progress
+    return trainer, meta
+
+
+def _prepare_new(corpus: list[str], model_options: dict, train_options: dict,
+                 runs_root: str | Path, name: str | None, corpus_dir: str | Path):
+    """(trainer, run_dir) of a new run; nothing is written yet."""
+    if name is not None and name and (
+            "\0" in name or Path(name).name in ("", ".", "..") or Path(name).name.startswith(".")):
+        raise TextgenError(f"--name {name!r} is not a usable run name; use letters, digits, '-' or '_'")
+    train_config = TrainConfig(**train_options)
+    check_config(ModelConfig(vocab_size=1, **model_options), train_config)  # before reading the corpus
+    text, summary = load_corpus(corpus, train_config.encoding, corpus_dir)
+    vocab = Vocabulary.from_text(text)
+    model_config = ModelConfig(vocab_size=vocab.size, **model_options)
+    check_config(model_config, train_config)
+    run_dir = Path(runs_root) / (name or _timestamp())
+    _refuse_existing(run_dir)
+    meta = {"format": ckpt.RUN_FORMAT, "version": 1, "name": run_dir.name,
+            "model": model_config, "train": train_config, "corpus": summary,
+            "vocab_sha256": ckpt.vocab_fingerprint(vocab), "checkpoints": {}}
+    train_data, val_data = make_batchers(vocab.encode(text), train_config)
+    del text
+    summary.update(train_chars=int(train_data.streams.size), vocab_size=vocab.size)
+
+    from textgen.train import Trainer  # TensorFlow loads only once the inputs look right
+
+    trainer = Trainer(run_dir, vocab, train_data, val_data, model_config, train_config, meta)
+    _refuse_existing(run_dir)  # again: building the trainer took a while
+    return trainer, run_dir
+
+
+def _refuse_existing(run_dir: Path) -> None:
+    if (run_dir / ckpt.RUN_FILE).exists():
+        raise TextgenError(f"run {run_dir} already exists; add --resume to continue it, "
+                           "or choose another --name")
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise TextgenError(f"run directory {run_dir} already exists and is not a textgen run; "
+                           "pick another --name")
+
+
+def _write_new_run(trainer, staging: Path) -> None:
+    """Vocabulary, step-0 checkpoint and run.json of a new run, into its staging directory."""
+    trainer.run_dir = staging
+    try:
+        trainer.vocab.save(staging / ckpt.VOCAB_FILE)
+    except OSError as e:
+        raise TextgenError(f"cannot write {staging / ckpt.VOCAB_FILE}: {ckpt._why(e)}") from None
+    trainer.save()  # step 0: a run always has a checkpoint to sample from and resume
 
 
 def make_batchers(ids, config: TrainConfig) -> tuple[StreamBatcher, StreamBatcher]:
@@ -131,3 +304,32 @@ def _timestamp() -> str:
     import time
 
     return time.strftime("%Y%m%d-%H%M%S")
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step, so the step finishes and
+    a consistent checkpoint is written (a KeyboardInterrupt could land between two updates).
+
+    Installed only in the main thread (elsewhere signals cannot be caught, and the flag stays
+    unset). `requested` is the first signal's name."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.requested = self.requested or signal.Signals(signum).name
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+

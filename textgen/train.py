@@ -6,17 +6,31 @@ the hidden state has to flow from each window into the next (and be saved and re
 exact resume); `fit` treats batches as independent. Keras still provides the layers, the Adam
 optimizer with global-norm clipping and the weights format; `tf.data` feeds the windows;
 `tf.summary` writes TensorBoard events; tqdm draws the bar.
+
+Stopping: SIGINT/SIGTERM set a flag checked after every step, so the step finishes, a checkpoint
+of it is written (without an extra validation, so the validation history of an interrupted run is
+the same as one trained in one go) and `run` returns the signal's name; the CLI then prints where
+the checkpoint is and how to resume, and exits 0.
+
+Divergence guard: training stops with a TextgenError (exit code 2), without writing a checkpoint
+of the bad weights, when a training loss is NaN/Inf, or exceeds `DIVERGENCE_FACTOR` x ln(vocab)
+nats (ln(vocab) is what a model that knows nothing, guessing uniformly, scores; a model doing
+twice as badly puts on average under 1/vocab^2 on the right character: it has blown up), or when
+a validation loss does, or the weights are not finite when a checkpoint is due. The run keeps its
+last good checkpoint (a new run always has one, of step 0) and the message says how to resume it
+with a lower learning rate.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
@@ -24,10 +38,12 @@ from textgen import checkpoint as ckpt
 from textgen.config import ModelConfig, SampleConfig, TrainConfig
 from textgen.data import StreamBatcher
 from textgen.errors import TextgenError
+from textgen.launch import StopRequest
 from textgen.model import CharLSTM, build_model, flatten_state, unflatten_state
 from textgen.vocab import Vocabulary
 
 LN2 = math.log(2.0)
+DIVERGENCE_FACTOR = 2.0  # a loss above this many times ln(vocab) means training has diverged
 SAMPLE_CHARS = 300  # length of the text sample logged to TensorBoard at each validation
 
 
@@ -42,6 +58,41 @@ class Progress:
     best_val_bpc: float | None = None
     best_checkpoint: str | None = None
     history: list = field(default_factory=list)  # [{"step", "epoch", "train_loss", "val_bpc"}]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _progress_problem(progress, num_windows: int) -> str | None:
+    """Why a checkpoint's saved progress cannot be resumed, or None."""
+    if not isinstance(progress, dict):
+        return "progress is not a JSON object"
+    unknown = set(progress) - set(Progress.__dataclass_fields__)
+    if unknown:
+        return f"unknown progress field(s) {', '.join(sorted(unknown))}"
+    for key in ("step", "epoch", "window"):
+        if not _is_int(progress.get(key, 0)):
+            return f"progress.{key} is not a non-negative integer"
+    if not _is_number(progress.get("elapsed", 0.0)):
+        return "progress.elapsed is not a number"
+    if progress.get("best_val_bpc") is not None and not _is_number(progress["best_val_bpc"]):
+        return "progress.best_val_bpc is not a number"
+    best = progress.get("best_checkpoint")
+    if best is not None and not (isinstance(best, str) and ckpt.checkpoint_step(best) is not None):
+        return "progress.best_checkpoint is not a checkpoint name"
+    history = progress.get("history", [])
+    if not isinstance(history, list) or not all(
+            isinstance(h, dict) and _is_int(h.get("step")) for h in history):
+        return "progress.history is not a list of validation records"
+    if progress.get("window", 0) > num_windows:
+        return (f"it stopped at window {progress['window']} of an epoch but the corpus has "
+                f"{num_windows}; resume with the corpus the run was trained on")
+    return None
 
 
 def loss_fn(logits, targets):
@@ -69,6 +120,8 @@ class Trainer:
         self.optimizer.build(self.model.trainable_variables)
         self.progress = Progress()
         self.carried = self.model.initial_state(train_config.batch_size)
+        self.loss_limit = DIVERGENCE_FACTOR * math.log(max(vocab.size, 2))
+        self._saved_step: int | None = None  # step of the checkpoint last written or restored
         self._train_step = tf.function(self._train_step_eager, reduce_retracing=True)
         self._eval_step = tf.function(self._eval_step_eager, reduce_retracing=True)
 
@@ -98,24 +151,40 @@ class Trainer:
         return arrays
 
     def restore(self, ckpt_dir: Path) -> None:
-        """Load weights, optimizer slots, carried state, RNG and progress from a checkpoint."""
+        """Load weights, optimizer slots, carried state, RNG and progress from a checkpoint.
+
+        The learning rate is the configured one (it may be lowered on resume, e.g. after a
+        divergence), not the saved one."""
         ckpt.load_weights(self.model, ckpt_dir)
         state, arrays = ckpt.load_resume(ckpt_dir)
+        problem = _progress_problem(state.get("progress"), self.train_data.num_windows)
+        if problem:
+            raise TextgenError(f"{ckpt_dir / ckpt.STATE_FILE} cannot be resumed ({problem}); "
+                               "retrain or restore the run")
         try:
             for i, v in enumerate(self.optimizer.variables):
                 v.assign(arrays[f"opt_{i}"])
             flat = [tf.constant(arrays[f"carry_{i}"]) for i in range(2 * self.model_config.num_layers)]
+            for x in flat:
+                if tuple(x.shape) != (self.config.batch_size, self.model_config.units):
+                    raise ValueError(f"carried state of shape {tuple(x.shape)}")
             weights = {id(w) for w in self.model.weights}
             rng = [v for v in self.model.variables if id(v) not in weights]
             for i, v in enumerate(rng):
                 v.assign(arrays[f"rng_{i}"])
             self.progress = Progress(**state["progress"])
-        except (KeyError, ValueError, TypeError) as e:
-            raise TextgenError(f"{ckpt_dir} does not match this run ({e}); retrain or restore the run") from None
+        except (KeyError, ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
+            raise TextgenError(f"{ckpt_dir} does not match this run "
+                               f"({' '.join(str(e).split())[:200]}); retrain or restore the run") from None
+        self.optimizer.learning_rate.assign(self.config.learning_rate)
         self.carried = unflatten_state(flat)
+        self._saved_step = self.progress.step
 
     def save(self) -> str:
-        """Write a checkpoint for the current step and point run.json at it."""
+        """Write a checkpoint for the current step and point run.json at it (only once the
+        checkpoint is complete); then prune old checkpoints."""
+        if not all(np.isfinite(w.numpy()).all() for w in self.model.weights):
+            raise self._diverged("the weights are no longer finite numbers")
         state = {"step": self.progress.step, "progress": vars(self.progress)}
         name = ckpt.save_checkpoint(self.run_dir, self.model, state, self._arrays())
         checkpoints = self.meta["checkpoints"]
@@ -125,7 +194,29 @@ class Trainer:
                          history=self.progress.history)
         ckpt.write_run_meta(self.run_dir, ckpt.meta_to_json(self.meta))
         ckpt.prune_checkpoints(self.run_dir, self.config.keep, {checkpoints["best"], name})
+        self._saved_step = self.progress.step
         return name
+
+    def _diverged(self, what: str) -> TextgenError:
+        """The one-line divergence error: what happened, what is kept, how to go on."""
+        last = self.meta.get("checkpoints", {}).get("last")
+        kept = (f"run {self.run_dir} keeps its last good checkpoint {last}" if last
+                else "no checkpoint was written")
+        lr = self.config.learning_rate
+        lower = min(lr / 10, TrainConfig().learning_rate)
+        return TextgenError(
+            f"training diverged at step {self.progress.step}: {what}; {kept}; resume it with a "
+            f"lower learning rate (it is {lr:g}): textgen train --resume --name {self.run_dir.name} "
+            f"--runs-dir {self.run_dir.parent} --learning-rate {lower:.2g}"
+        )
+
+    def _check_loss(self, loss: float, what: str = "training loss") -> None:
+        if not math.isfinite(loss):
+            raise self._diverged(f"the {what} is {loss}")
+        if loss > self.loss_limit:
+            raise self._diverged(
+                f"the {what} is {loss:.4g} nats, above {self.loss_limit:.3g} ({DIVERGENCE_FACTOR:g} x "
+                f"ln {self.vocab.size}, twice that of guessing uniformly)")
 
     # ------------------------------------------------------------------ validation
 
@@ -144,7 +235,9 @@ class Trainer:
         """Validate, log to TensorBoard, record history, checkpoint (marking a new best)."""
         p = self.progress
         val_bpc = self.validate()
-        p.history.append({"step": p.step, "epoch": p.epoch, "train_loss": train_loss,
+        self._check_loss(val_bpc * LN2, "validation loss")
+        p.history.append({"step": p.step, "epoch": p.epoch,
+                          "train_loss": train_loss if math.isfinite(train_loss) else None,
                           "val_bpc": val_bpc})
         if p.best_val_bpc is None or val_bpc < p.best_val_bpc:
             p.best_val_bpc = val_bpc
@@ -179,29 +272,32 @@ class Trainer:
         totals = [t for t in (c.steps, epochs and epochs * per_epoch) if t]
         return min(totals) if totals else None
 
-    def run(self, show_progress: bool = True) -> str:
-        """Train until the budget is spent or a stop is requested; returns why it stopped."""
+    def run(self, show_progress: bool = True, stop: StopRequest | None = None) -> str:
+        """Train until the budget is spent or a stop is requested; returns why it stopped
+        ("budget", or the signal's name after a checkpoint of the current step was written).
+
+        `stop`: a StopRequest already installed by the caller; by default one is installed here.
+        """
         c, p = self.config, self.progress
         chars_per_step = c.batch_size * c.seq_len
-        writer = tf.summary.create_file_writer(str(self.run_dir / ckpt.EVENTS_DIR))
-        bar = tqdm(total=self._total_steps(), initial=p.step, unit="step", dynamic_ncols=True,
-                   disable=not show_progress, leave=True)
         session_start = time.monotonic()
-        stop = _StopRequest()
         reason, loss, last_val = "budget", float("nan"), p.best_val_bpc
-        with stop:
-            while not self._budget_reached(session_start):
+        with contextlib.ExitStack() as stack:
+            if stop is None:
+                stop = stack.enter_context(StopRequest())
+            writer = tf.summary.create_file_writer(str(self.run_dir / ckpt.EVENTS_DIR))
+            stack.callback(writer.close)
+            bar = tqdm(total=self._total_steps(), initial=p.step, unit="step", dynamic_ncols=True,
+                       disable=not show_progress, leave=True)
+            stack.callback(bar.close)
+            while not stop.requested and not self._budget_reached(session_start):
                 step_start = time.monotonic()
                 for x, y in self.train_data.dataset(p.window):
                     loss_t, flat = self._train_step(x, y, flatten_state(self.carried))
                     loss = float(loss_t)
-                    if not math.isfinite(loss):
-                        raise TextgenError(
-                            f"training diverged at step {p.step + 1} (loss {loss}); the last good "
-                            f"checkpoint is kept; resume with a lower --learning-rate"
-                        )
-                    self.carried = unflatten_state(flat)
                     p.step, p.window = p.step + 1, p.window + 1
+                    self._check_loss(loss)
+                    self.carried = unflatten_state(flat)
                     now = time.monotonic()
                     p.elapsed += now - step_start
                     speed = chars_per_step / max(now - step_start, 1e-9)
@@ -220,13 +316,14 @@ class Trainer:
                 else:  # the epoch's windows are exhausted: next epoch starts from a zero state
                     p.epoch, p.window = p.epoch + 1, 0
                     self.carried = self.model.initial_state(c.batch_size)
-                if stop.requested:
-                    reason = stop.requested
-                    break
-        bar.close()
-        if not p.history or p.history[-1]["step"] != p.step:
-            self._validate_and_save(loss, writer)
-        writer.flush()
+            if stop.requested and not self._budget_reached(session_start):
+                # interrupted: checkpoint this step as it is; validation stays on its schedule
+                reason = stop.requested
+                if self._saved_step != p.step:
+                    self.save()
+            elif not p.history or p.history[-1]["step"] != p.step:
+                self._validate_and_save(loss, writer)  # the budget ends between validations
+            writer.flush()
         return reason
 
 
@@ -234,25 +331,4 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-class _StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step, so the step finishes and
-    a consistent checkpoint is written (a KeyboardInterrupt could land between two updates)."""
-
-    def __init__(self):
-        self.requested: str | None = None
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        self.requested = signal.Signals(signum).name
-
-    def __enter__(self):
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+_StopRequest = StopRequest  # its old name; it lives in textgen.launch (no TensorFlow there)
