@@ -101,3 +101,15 @@ def copy_run(trained_run, tmp_path):
         return target
 
     return make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _full_precision_float32():
+    """Tests pin float32 results to 1e-5; on Ampere+ GPUs TF defaults to TF32 matmuls (~1e-3
+    relative), so TF32 is off for the whole suite (a no-op on CPU)."""
+    import tensorflow as tf
+
+    previous = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    yield
+    tf.config.experimental.enable_tensor_float_32_execution(previous)

@@ -17,7 +17,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from textgen.cell import LSTMCell
 
@@ -26,16 +25,6 @@ INPUT_DIM = 3
 BATCH = 4
 STEPS = 20
 TOL = 1e-5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _full_precision_float32():
-    """These tests pin float32 results to 1e-5; on Ampere+ GPUs TF defaults to TF32 matmuls
-    (~1e-3 relative), so switch TF32 off for this module and restore the setting afterwards."""
-    previous = tf.config.experimental.tensor_float_32_execution_enabled()
-    tf.config.experimental.enable_tensor_float_32_execution(False)
-    yield
-    tf.config.experimental.enable_tensor_float_32_execution(previous)
 
 
 def _sigmoid(x):

@@ -22,16 +22,6 @@ STEPS = 12
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _full_precision_float32():
-    """These tests pin float32 results to 1e-5; on Ampere+ GPUs TF defaults to TF32 matmuls
-    (~1e-3 relative), so switch TF32 off for this module and restore the setting afterwards."""
-    previous = tf.config.experimental.tensor_float_32_execution_enabled()
-    tf.config.experimental.enable_tensor_float_32_execution(False)
-    yield
-    tf.config.experimental.enable_tensor_float_32_execution(previous)
-
-
 def _random_weights(rng):
     return [
         rng.normal(scale=0.5, size=(INPUT_DIM, 4 * UNITS)).astype(np.float32),

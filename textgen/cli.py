@@ -13,7 +13,7 @@ import sys
 import click
 
 from textgen import __version__
-from textgen.config import ModelConfig, SampleConfig, TrainConfig
+from textgen.config import PRESETS, ModelConfig, SampleConfig, TrainConfig, apply_preset
 from textgen.errors import TextgenError
 
 RUNS_DIR = "checkpoints"
@@ -61,10 +61,16 @@ def main():
 @click.option("--embedding-dim", type=click.IntRange(1), default=_M.embedding_dim, show_default=True, help="Size of the character embedding.")
 @click.option("--units", type=click.IntRange(1), default=_M.units, show_default=True, help="LSTM units per layer.")
 @click.option("--num-layers", type=click.IntRange(1), default=_M.num_layers, show_default=True, help="Stacked LSTM layers.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="A named shape and recipe (tiny, small, medium, large); explicit options override it.")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=_M.dropout, show_default=True, help="Dropout between layers.")
+@click.option("--embedding-dropout", type=click.FloatRange(0, 1, max_open=True), default=_M.embedding_dropout, show_default=True, help="Dropout on the embedding output.")
 @click.option("--batch-size", type=click.IntRange(1), default=_T.batch_size, show_default=True, help="Parallel text streams per step.")
 @click.option("--seq-len", type=click.IntRange(1), default=_T.seq_len, show_default=True, help="Characters per window (BPTT length).")
 @click.option("--learning-rate", "--lr", type=click.FloatRange(0, min_open=True), default=_T.learning_rate, show_default=True, help="Adam learning rate.")
+@click.option("--warmup-steps", type=click.IntRange(0), default=_T.warmup_steps, show_default=True, help="Linear learning-rate warm-up steps.")
+@click.option("--lr-decay", type=click.Choice(["cosine", "none"]), default=_T.lr_decay, show_default=True, help="Learning-rate decay over the budget.")
+@click.option("--min-lr-ratio", type=click.FloatRange(0, 1), default=_T.min_lr_ratio, show_default=True, help="Final learning rate as a fraction of --learning-rate.")
+@click.option("--patience", type=click.IntRange(1), default=_T.patience, help="Stop after this many validations without a new best.")
 @click.option("--clip-norm", type=click.FloatRange(0), default=_T.clip_norm, show_default=True, help="Clip gradients to this global norm (0: off).")
 @click.option("--epochs", type=click.IntRange(1), default=_T.epochs, help="Stop after this many epochs in all.")
 @click.option("--steps", type=click.IntRange(1), default=_T.steps, help="Stop after this many steps in all.")
@@ -78,7 +84,7 @@ def main():
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 @user_errors
-def train(ctx, corpus, name, resume, runs_dir, quiet, **_options):
+def train(ctx, corpus, name, resume, runs_dir, quiet, preset, **_options):
     """Train a model on CORPUS files or directories (default: the built-in corpus).
 
     Without --epochs, --steps or --minutes it trains for 10 epochs. Progress goes to a bar,
@@ -88,13 +94,14 @@ def train(ctx, corpus, name, resume, runs_dir, quiet, **_options):
 
     model_options = given(ctx, [f.name for f in _fields(ModelConfig) if f.name != "vocab_size"])
     train_options = given(ctx, [f.name for f in _fields(TrainConfig)])
+    model_options, train_options = apply_preset(preset, model_options, train_options)
     run_dir, reason, progress = launch(
         list(corpus), model_options, train_options, runs_dir, name=name, resume=resume,
         corpus_dir=CORPUS_DIR, show_progress=not quiet, echo=lambda s: click.echo(s, err=True),
     )
     best = "-" if progress.best_val_bpc is None else f"{progress.best_val_bpc:.4f}"
     click.echo(f"stopped ({reason}) at step {progress.step}; best validation bpc {best}; run: {run_dir}", err=True)
-    if reason != "budget":
+    if reason not in ("budget", "early stopping"):
         click.echo(f"resume with: textgen train --resume --name {run_dir.name} --runs-dir {runs_dir}", err=True)
 
 
@@ -120,7 +127,7 @@ def sample(run, runs_dir, checkpoint, **options):
 
 
 @main.command("eval")
-@click.argument("run", required=False)
+@click.argument("run")
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--runs-dir", default=RUNS_DIR, show_default=True, help="Where run directories live.")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which checkpoint of the run to load.")

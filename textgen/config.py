@@ -28,6 +28,7 @@ class ModelConfig:
     units: int = 256
     num_layers: int = 2
     dropout: float = 0.0  # between stacked layers, training only
+    embedding_dropout: float = 0.0  # on the embedding output, training only
 
     def parameter_count(self) -> int:
         """Trainable parameters: embedding, each layer's kernel/recurrent_kernel/bias, the head."""
@@ -42,7 +43,10 @@ class TrainConfig:
 
     batch_size: int = 64
     seq_len: int = 100
-    learning_rate: float = 2e-3
+    learning_rate: float = 2e-3  # peak learning rate, reached after warm-up
+    warmup_steps: int = 100  # linear warm-up from ~0 to learning_rate
+    lr_decay: str = "cosine"  # "cosine" (to min_lr_ratio x learning_rate at the budget's end) or "none"
+    min_lr_ratio: float = 0.1
     clip_norm: float = 5.0  # gradient clipping by global norm; 0 disables
     epochs: int | None = None
     steps: int | None = None
@@ -51,6 +55,7 @@ class TrainConfig:
     eval_every: int = 200  # steps between validations (and checkpoints)
     eval_batches: int = 20  # at most this many windows per validation
     keep: int = 3  # newest checkpoints kept (the best one is always kept too)
+    patience: int | None = None  # stop after this many validations without a new best
     seed: int = 1234
     encoding: str = "utf-8"
 
@@ -59,6 +64,40 @@ class TrainConfig:
         if self.epochs is None and self.steps is None and self.minutes is None:
             return DEFAULT_EPOCHS
         return self.epochs
+
+
+# Named shapes and recipes; explicit options override them. Parameter counts are for a
+# 65-character vocabulary (tinyshakespeare).
+PRESETS: dict[str, dict] = {
+    "tiny": {  # ~0.22M parameters: a quick look on any CPU in minutes
+        "model": {"embedding_dim": 32, "units": 128, "num_layers": 2, "dropout": 0.0},
+        "train": {"batch_size": 32, "seq_len": 64, "learning_rate": 3e-3},
+    },
+    "small": {  # ~0.9M: the CPU workhorse (2 x 256)
+        "model": {"embedding_dim": 64, "units": 256, "num_layers": 2, "dropout": 0.1},
+        "train": {"batch_size": 64, "seq_len": 100, "learning_rate": 3e-3},
+    },
+    "medium": {  # ~5.6M: 3 x 512, for a GPU or a long CPU run
+        "model": {"embedding_dim": 128, "units": 512, "num_layers": 3, "dropout": 0.2,
+                  "embedding_dropout": 0.1},
+        "train": {"batch_size": 64, "seq_len": 128, "learning_rate": 2e-3},
+    },
+    "large": {  # ~22M: 3 x 1024, for a GPU
+        "model": {"embedding_dim": 256, "units": 1024, "num_layers": 3, "dropout": 0.25,
+                  "embedding_dropout": 0.1},
+        "train": {"batch_size": 128, "seq_len": 256, "learning_rate": 1e-3},
+    },
+}
+
+
+def apply_preset(name: str | None, model_options: dict, train_options: dict) -> tuple[dict, dict]:
+    """The preset's model and train options, overridden by the options given explicitly."""
+    if name is None:
+        return model_options, train_options
+    if name not in PRESETS:
+        raise TextgenError(f"unknown --preset {name!r}; choose one of {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    return {**preset["model"], **model_options}, {**preset["train"], **train_options}
 
 
 @dataclass

@@ -34,7 +34,8 @@ from textgen.vocab import Vocabulary
 # Options that may change when a run is resumed; everything else must match the saved run.
 BUDGET_OPTIONS = {"epochs", "steps", "minutes"}
 # The learning rate may change too: lowering it is how a diverged run is continued.
-RESUMABLE_OPTIONS = BUDGET_OPTIONS | {"eval_every", "eval_batches", "keep", "learning_rate"}
+RESUMABLE_OPTIONS = BUDGET_OPTIONS | {"eval_every", "eval_batches", "keep", "learning_rate",
+                                      "patience"}
 MAX_PARAMETERS = 2**31 - 1  # larger models are refused before TensorFlow tries to allocate them
 MAX_SEED = 2**32 - 1  # what numpy's and TensorFlow's seeding accept
 
@@ -70,13 +71,6 @@ def _check_text_encoding(encoding: str) -> None:
         pass
 
 
-def count_parameters(model: ModelConfig) -> int:
-    """Trainable parameters of the model `model` describes (embedding, LSTM layers, head)."""
-    units, emb, vocab = model.units, model.embedding_dim, model.vocab_size
-    lstm = 4 * units * (emb + units + 1) + (model.num_layers - 1) * 4 * units * (2 * units + 1)
-    return vocab * emb + lstm + units * vocab + vocab
-
-
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -95,8 +89,18 @@ def check_config(model: ModelConfig, train: TrainConfig) -> None:
         value = getattr(train, name)
         if value is not None and (not isinstance(value, int) or value < 1):
             problems.append(f"--{name} must be at least 1, got {value}")
-    if not (_finite(model.dropout) and 0 <= model.dropout < 1):
-        problems.append(f"--dropout must be a number at least 0 and below 1, got {model.dropout}")
+    for name in ("dropout", "embedding_dropout"):
+        value = getattr(model, name)
+        if not (_finite(value) and 0 <= value < 1):
+            problems.append(f"--{name.replace('_', '-')} must be a number at least 0 and below 1, got {value}")
+    if not (isinstance(train.warmup_steps, int) and train.warmup_steps >= 0):
+        problems.append(f"--warmup-steps must be 0 or more, got {train.warmup_steps}")
+    if train.lr_decay not in ("cosine", "none"):
+        problems.append(f"--lr-decay must be 'cosine' or 'none', got {train.lr_decay!r}")
+    if not (_finite(train.min_lr_ratio) and 0 <= train.min_lr_ratio <= 1):
+        problems.append(f"--min-lr-ratio must be between 0 and 1, got {train.min_lr_ratio}")
+    if train.patience is not None and (not isinstance(train.patience, int) or train.patience < 1):
+        problems.append(f"--patience must be at least 1, got {train.patience}")
     if not (_finite(train.learning_rate) and train.learning_rate > 0):
         problems.append(f"--learning-rate must be a positive number, got {train.learning_rate}")
     if not (_finite(train.clip_norm) and train.clip_norm >= 0):
@@ -107,7 +111,7 @@ def check_config(model: ModelConfig, train: TrainConfig) -> None:
         problems.append(f"--seed must be between 0 and {MAX_SEED}, got {train.seed}")
     if problems:
         raise TextgenError("; ".join(problems))
-    params = count_parameters(model)
+    params = model.parameter_count()
     if params > MAX_PARAMETERS:
         raise TextgenError(f"the model would have {params:,} parameters, more than textgen trains "
                            f"({MAX_PARAMETERS:,}); lower --units, --num-layers or --embedding-dim")

@@ -35,6 +35,8 @@ class CharLSTM(keras.Model):
             for i in range(config.num_layers)
         ]
         self.dropout = keras.layers.Dropout(config.dropout, name="dropout")
+        self.embedding_dropout = keras.layers.Dropout(config.embedding_dropout,
+                                                      name="embedding_dropout")
         self.head = keras.layers.Dense(config.vocab_size, name="logits")
 
     def initial_state(self, batch_size) -> State:
@@ -47,7 +49,7 @@ class CharLSTM(keras.Model):
         if states is None:
             states = self.initial_state(tf.shape(ids)[0])
         new_states = []
-        if self._use_projection_table(ids):
+        if self._use_projection_table(ids, training):
             first = self.lstm_layers[0]
             x, (h, c) = first.run_projected(self._projection_table(ids), states[0])
             x = self.dropout(x, training=training)
@@ -55,6 +57,7 @@ class CharLSTM(keras.Model):
             layers, states = self.lstm_layers[1:], states[1:]
         else:
             x = self.embedding(ids)  # (batch, time, embedding_dim)
+            x = self.embedding_dropout(x, training=training)
             layers = self.lstm_layers
         for layer, (h, c) in zip(layers, states):
             x, (h, c) = layer(x, initial_state=[h, c])  # (batch, time, units)
@@ -63,13 +66,15 @@ class CharLSTM(keras.Model):
         logits = self.head(x)  # (batch, time, vocab)
         return tf.cast(logits, tf.float32), new_states
 
-    def _use_projection_table(self, ids) -> bool:
+    def _use_projection_table(self, ids, training: bool = False) -> bool:
         """Whether the first layer's input projection should come from a lookup table: only on
-        the fused path, once built, and when the batch has at least as many characters as the
-        vocabulary (training windows, not single sampling steps). Decided on static shapes."""
+        the fused path, once built, without embedding dropout in play, and when the batch has at
+        least as many characters as the vocabulary (training windows, not single sampling
+        steps). Decided on static shapes."""
         first = self.lstm_layers[0]
         n_chars = ids.shape[0] * ids.shape[1] if None not in ids.shape else None
-        return (first.built and resolve_path(first.lstm_path) == "fused"
+        dropping = bool(training) and self.config.embedding_dropout > 0
+        return (first.built and resolve_path(first.lstm_path) == "fused" and not dropping
                 and n_chars is not None and n_chars >= self.config.vocab_size)
 
     def _projection_table(self, ids):

@@ -40,10 +40,12 @@ from textgen.data import StreamBatcher
 from textgen.errors import TextgenError
 from textgen.launch import StopRequest
 from textgen.model import CharLSTM, build_model, flatten_state, unflatten_state
+from textgen.schedule import WarmupCosine
 from textgen.vocab import Vocabulary
 
 LN2 = math.log(2.0)
 DIVERGENCE_FACTOR = 2.0  # a loss above this many times ln(vocab) means training has diverged
+ESTIMATE_AFTER = 20  # steps timed before a --minutes budget fixes the schedule's length
 SAMPLE_CHARS = 300  # length of the text sample logged to TensorBoard at each validation
 
 
@@ -57,6 +59,7 @@ class Progress:
     elapsed: float = 0.0  # seconds of training over all sessions
     best_val_bpc: float | None = None
     best_checkpoint: str | None = None
+    schedule_steps: int = 0  # length of the learning-rate schedule, once known
     history: list = field(default_factory=list)  # [{"step", "epoch", "train_loss", "val_bpc"}]
 
 
@@ -75,7 +78,7 @@ def _progress_problem(progress, num_windows: int) -> str | None:
     unknown = set(progress) - set(Progress.__dataclass_fields__)
     if unknown:
         return f"unknown progress field(s) {', '.join(sorted(unknown))}"
-    for key in ("step", "epoch", "window"):
+    for key in ("step", "epoch", "window", "schedule_steps"):
         if not _is_int(progress.get(key, 0)):
             return f"progress.{key} is not a non-negative integer"
     if not _is_number(progress.get("elapsed", 0.0)):
@@ -113,9 +116,11 @@ class Trainer:
         self.train_data, self.val_data = train_data, val_data
         keras.utils.set_random_seed(train_config.seed)
         self.model: CharLSTM = build_model(model_config)
+        self.schedule = WarmupCosine(
+            train_config.learning_rate, train_config.warmup_steps,
+            min_ratio=train_config.min_lr_ratio if train_config.lr_decay == "cosine" else 1.0)
         self.optimizer = keras.optimizers.Adam(
-            learning_rate=train_config.learning_rate,
-            global_clipnorm=train_config.clip_norm or None,
+            learning_rate=self.schedule, global_clipnorm=train_config.clip_norm or None,
         )
         self.optimizer.build(self.model.trainable_variables)
         self.progress = Progress()
@@ -176,7 +181,6 @@ class Trainer:
         except (KeyError, ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
             raise TextgenError(f"{ckpt_dir} does not match this run "
                                f"({' '.join(str(e).split())[:200]}); retrain or restore the run") from None
-        self.optimizer.learning_rate.assign(self.config.learning_rate)
         self.carried = unflatten_state(flat)
         self._saved_step = self.progress.step
 
@@ -265,6 +269,24 @@ class Trainer:
             return True
         return c.minutes is not None and time.monotonic() - session_start >= 60 * c.minutes
 
+    def _fix_schedule_from_speed(self, session_start: float, first_step: int) -> None:
+        """Under a --minutes budget, set the schedule's length from the speed measured so far."""
+        c, p = self.config, self.progress
+        if not c.minutes:
+            return
+        elapsed = time.monotonic() - session_start
+        rate = (p.step - first_step) / max(elapsed, 1e-9)  # steps per second
+        p.schedule_steps = p.step + int(rate * max(60 * c.minutes - elapsed, 0))
+        self.schedule.set_decay_steps(p.schedule_steps)
+
+    def _patience_exhausted(self) -> bool:
+        """Early stopping: `patience` validations in a row without a new best."""
+        c, p = self.config, self.progress
+        if not c.patience or p.best_val_bpc is None:
+            return False
+        best_index = max(i for i, h in enumerate(p.history) if h["val_bpc"] == p.best_val_bpc)
+        return len(p.history) - 1 - best_index >= c.patience
+
     def _total_steps(self) -> int | None:
         c = self.config
         per_epoch = self.train_data.num_windows
@@ -280,7 +302,10 @@ class Trainer:
         """
         c, p = self.config, self.progress
         chars_per_step = c.batch_size * c.seq_len
-        session_start = time.monotonic()
+        session_start, session_first_step = time.monotonic(), p.step
+        if self._total_steps():  # a step or epoch budget fixes the schedule's length now
+            p.schedule_steps = self._total_steps()
+        self.schedule.set_decay_steps(p.schedule_steps)
         reason, loss, last_val = "budget", float("nan"), p.best_val_bpc
         with contextlib.ExitStack() as stack:
             if stop is None:
@@ -306,8 +331,12 @@ class Trainer:
                         tf.summary.scalar("train/loss", loss)
                         tf.summary.scalar("train/chars_per_sec", speed)
                         tf.summary.scalar("train/learning_rate", float(self.optimizer.learning_rate))
+                    if not p.schedule_steps and p.step - session_first_step == ESTIMATE_AFTER:
+                        self._fix_schedule_from_speed(session_start, session_first_step)
                     if p.step % c.eval_every == 0:
                         last_val = self._validate_and_save(loss, writer)
+                        if self._patience_exhausted():
+                            stop.requested = "early stopping"
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}", val_bpc=_fmt(last_val),
                                     chars_s=f"{speed:,.0f}", refresh=False)
@@ -316,7 +345,9 @@ class Trainer:
                 else:  # the epoch's windows are exhausted: next epoch starts from a zero state
                     p.epoch, p.window = p.epoch + 1, 0
                     self.carried = self.model.initial_state(c.batch_size)
-            if stop.requested and not self._budget_reached(session_start):
+            if stop.requested == "early stopping":
+                reason = "early stopping"
+            elif stop.requested and not self._budget_reached(session_start):
                 # interrupted: checkpoint this step as it is; validation stays on its schedule
                 reason = stop.requested
                 if self._saved_step != p.step:
