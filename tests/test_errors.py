@@ -78,35 +78,29 @@ def test_unknown_encoding(corpus_file, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def _assert_answers_without_tensorflow(tmp_path, body: str) -> None:
+    """Run `body` (CliRunner calls on `main`, asserting) in a fresh interpreter, then check that
+    TensorFlow was never imported."""
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom textgen.cli import main\n"
+            + body + "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=False, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_corpus_errors_answer_before_tensorflow(tmp_path):
     """A bad corpus is refused without paying for the TensorFlow import (the comment at the
     top of launch.launch promises this)."""
-    code = (
-        "import sys\n"
-        "from click.testing import CliRunner\n"
-        "from textgen.cli import main\n"
+    _assert_answers_without_tensorflow(tmp_path, (
         "r = CliRunner().invoke(main, ['train', 'missing.txt', '--runs-dir', 'runs'])\n"
-        "assert r.exit_code == 2 and 'corpus path not found' in r.stderr, r.output\n"
-        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=False, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+        "assert r.exit_code == 2 and 'corpus path not found' in r.stderr, r.output\n"))
 
 
 def test_bad_sample_options_answer_before_tensorflow(tmp_path):
-    code = (
-        "import sys\n"
-        "from click.testing import CliRunner\n"
-        "from textgen.cli import main\n"
+    _assert_answers_without_tensorflow(tmp_path, (
         "for args in (['--temp', '-1'], ['--top-p', '0'], ['--top-p', '1.5'], ['--length', '-3']):\n"
         "    r = CliRunner().invoke(main, ['sample', '--runs-dir', 'runs', *args])\n"
-        "    assert r.exit_code == 2 and r.stderr.startswith('Error: '), (args, r.output)\n"
-        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=False, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+        "    assert r.exit_code == 2 and r.stderr.startswith('Error: '), (args, r.output)\n"))
 
 
 # ---------------------------------------------------------------------------- no run / damaged run
