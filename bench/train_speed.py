@@ -6,8 +6,7 @@ float32, mean sparse softmax cross-entropy from logits, the (h, c) state carried
 to the next (truncated BPTT, as textgen's Trainer does).
 
   textgen  `textgen.train.Trainer`'s own compiled train step on `build_model(config)` (the
-           default lstm_path "auto"); if a Trainer cannot be built here, an exact replica of
-           its step (printed as "textgen (replica)")
+           default lstm_path "auto"), with a flat learning rate like the others
   keras    Embedding -> keras.layers.LSTM(return_sequences, return_state) x L -> Dense, in a
            tf.function step built the same way
   torch    nn.Embedding -> nn.LSTM(num_layers=L, batch_first) -> nn.Linear, torch.optim.Adam,
@@ -27,7 +26,6 @@ the median of the per-repeat ratios textgen/keras and textgen/torch.
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import os
 import statistics
@@ -69,24 +67,15 @@ SHAPES = {
 
 
 class TextgenContender:
-    """textgen's model trained by the Trainer's compiled step (or an exact replica of it)."""
+    """textgen's model trained by the Trainer's own compiled step (flat learning rate here, like
+    the other contenders)."""
+
+    name = "textgen"
+    note = ""
 
     def __init__(self, shape: Shape, seed: int):
-        import tensorflow as tf
-
-        self.tf = tf
-        self.shape = shape
-        self.note = ""
-        try:
-            self._from_trainer(shape, seed)
-            self.name = "textgen"
-        except Exception as e:  # noqa: BLE001 - any API drift: fall back to the replica
-            self._replica(shape, seed)
-            self.name = "textgen (replica)"
-            self.note = f"Trainer not usable here ({type(e).__name__}: {e}); replicated its step"
-
-    def _from_trainer(self, shape: Shape, seed: int) -> None:
         import numpy as np
+        import tensorflow as tf
 
         from textgen.config import ModelConfig, TrainConfig
         from textgen.data import StreamBatcher
@@ -94,59 +83,25 @@ class TextgenContender:
         from textgen.train import Trainer
         from textgen.vocab import Vocabulary
 
-        chars = [chr(0x4E00 + i) for i in range(shape.vocab)]
-        vocab = Vocabulary(chars)
+        self.tf = tf
+        vocab = Vocabulary([chr(0x4E00 + i) for i in range(shape.vocab)])
         model_config = ModelConfig(vocab_size=shape.vocab, embedding_dim=shape.embedding_dim,
                                    units=shape.units, num_layers=shape.num_layers)
         train_config = TrainConfig(batch_size=shape.batch, seq_len=shape.seq_len,
-                                   learning_rate=LEARNING_RATE, clip_norm=CLIP_NORM, seed=seed)
-        rng = np.random.default_rng(seed)
-        n = 4 * shape.batch * (shape.seq_len + 1)
-        ids = rng.integers(0, shape.vocab, n).astype(vocab.dtype)
+                                   learning_rate=LEARNING_RATE, clip_norm=CLIP_NORM, seed=seed,
+                                   warmup_steps=0, lr_decay="none")
+        ids = np.random.default_rng(seed).integers(0, shape.vocab, 4 * shape.batch * (shape.seq_len + 1))
+        ids = ids.astype(vocab.dtype)
+        split = 3 * shape.batch * (shape.seq_len + 1)
         self._tmp = tempfile.TemporaryDirectory(prefix="textgen-bench-")
-        run_dir = Path(self._tmp.name) / "run"
         meta = {"format": "textgen-run", "version": 1, "name": "bench", "checkpoints": {}}
-        params = inspect.signature(Trainer).parameters
-        common = {"run_dir": run_dir, "vocab": vocab, "model_config": model_config,
-                  "train_config": train_config, "meta": meta}
-        if "text" in params:
-            trainer = Trainer(text=vocab.decode(ids), **common)
-        else:
-            split = 3 * shape.batch * (shape.seq_len + 1)
-            train = StreamBatcher(ids[:split], shape.batch, shape.seq_len)
-            val = StreamBatcher(ids[split:], shape.batch, shape.seq_len, name="validation")
-            trainer = Trainer(train_data=train, val_data=val, **common)
+        trainer = Trainer(Path(self._tmp.name) / "run", vocab,
+                          StreamBatcher(ids[:split], shape.batch, shape.seq_len),
+                          StreamBatcher(ids[split:], shape.batch, shape.seq_len, name="validation"),
+                          model_config, train_config, meta)
         self.model = trainer.model
         self._step_fn = trainer._train_step
         self._flat = flatten_state(self.model.initial_state(shape.batch))
-
-    def _replica(self, shape: Shape, seed: int) -> None:
-        """Exactly the Trainer's step: build_model + Adam(global_clipnorm) + textgen's loss_fn."""
-        import keras
-
-        from textgen.config import ModelConfig
-        from textgen.model import build_model, flatten_state, unflatten_state
-        from textgen.train import loss_fn
-
-        tf = self.tf
-        keras.utils.set_random_seed(seed)
-        model = build_model(ModelConfig(vocab_size=shape.vocab, embedding_dim=shape.embedding_dim,
-                                        units=shape.units, num_layers=shape.num_layers))
-        optimizer = keras.optimizers.Adam(learning_rate=LEARNING_RATE, global_clipnorm=CLIP_NORM)
-        optimizer.build(model.trainable_variables)
-
-        def step(x, y, flat_states):
-            with tf.GradientTape() as tape:
-                logits, states = model(x, unflatten_state(flat_states), training=True)
-                loss = loss_fn(logits, y)
-            variables = model.trainable_variables
-            grads = tape.gradient(loss, variables)
-            optimizer.apply_gradients(zip(grads, variables))
-            return loss, flatten_state(states)
-
-        self.model = model
-        self._step_fn = tf.function(step, reduce_retracing=True)
-        self._flat = flatten_state(model.initial_state(shape.batch))
 
     def step(self, x, y) -> float:
         loss, self._flat = self._step_fn(self.tf.constant(x), self.tf.constant(y), self._flat)

@@ -84,9 +84,12 @@ class CharLSTM(keras.Model):
         (vocab, embedding) @ (embedding, 4*units) matmul and a gather replace a
         (batch*time, embedding) @ (embedding, 4*units) matmul; gradients flow through both.
         """
+        return tf.gather(self._input_table(), ids)
+
+    def _input_table(self):
+        """embedding . W + b of the first layer for every character: (vocab, 4*units)."""
         cell = self.lstm_layers[0].cell
-        table = tf.matmul(self.embedding.embeddings, cell.kernel) + cell.bias  # (vocab, 4*units)
-        return tf.gather(table, ids)
+        return tf.matmul(self.embedding.embeddings, cell.kernel) + cell.bias
 
     def step_weights(self) -> dict:
         """The weights rearranged for single steps; compute once, outside a sampling loop.
@@ -96,7 +99,7 @@ class CharLSTM(keras.Model):
         """
         first = self.lstm_layers[0].cell
         return {
-            "table": tf.matmul(self.embedding.embeddings, first.kernel) + first.bias,
+            "table": self._input_table(),
             "recurrent": tf.convert_to_tensor(first.recurrent_kernel),
             "stacked": [(tf.concat([layer.cell.kernel, layer.cell.recurrent_kernel], axis=0),
                          tf.convert_to_tensor(layer.cell.bias)) for layer in self.lstm_layers[1:]],

@@ -150,10 +150,13 @@ class Trainer:
     def _arrays(self) -> dict:
         arrays = {f"opt_{i}": v.numpy() for i, v in enumerate(self.optimizer.variables)}
         arrays.update({f"carry_{i}": t.numpy() for i, t in enumerate(flatten_state(self.carried))})
-        weights = {id(w) for w in self.model.weights}
-        rng = [v for v in self.model.variables if id(v) not in weights]
-        arrays.update({f"rng_{i}": v.numpy() for i, v in enumerate(rng)})
+        arrays.update({f"rng_{i}": v.numpy() for i, v in enumerate(self._rng_variables())})
         return arrays
+
+    def _rng_variables(self) -> list:
+        """The model's variables that are not weights: the dropout layers' RNG states."""
+        weights = {id(w) for w in self.model.weights}
+        return [v for v in self.model.variables if id(v) not in weights]
 
     def restore(self, ckpt_dir: Path) -> None:
         """Load weights, optimizer slots, carried state, RNG and progress from a checkpoint.
@@ -173,9 +176,7 @@ class Trainer:
             for x in flat:
                 if tuple(x.shape) != (self.config.batch_size, self.model_config.units):
                     raise ValueError(f"carried state of shape {tuple(x.shape)}")
-            weights = {id(w) for w in self.model.weights}
-            rng = [v for v in self.model.variables if id(v) not in weights]
-            for i, v in enumerate(rng):
+            for i, v in enumerate(self._rng_variables()):
                 v.assign(arrays[f"rng_{i}"])
             self.progress = Progress(**state["progress"])
         except (KeyError, ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
@@ -361,5 +362,3 @@ class Trainer:
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
-
-_StopRequest = StopRequest  # its old name; it lives in textgen.launch (no TensorFlow there)
