@@ -16,7 +16,15 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest
+import tensorflow as tf
 from click.testing import CliRunner
+
+# Two logical CPU devices, so MirroredStrategy has two replicas to split batches across on a
+# machine without GPUs. Must happen before TensorFlow initialises its devices (here, at collection).
+LOGICAL_CPUS = 2
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0],
+    [tf.config.LogicalDeviceConfiguration()] * LOGICAL_CPUS)
 
 from textgen.cli import main
 

@@ -13,7 +13,8 @@ import sys
 import click
 
 from textgen import __version__
-from textgen.config import PRESETS, ModelConfig, SampleConfig, TrainConfig, apply_preset
+from textgen.config import PRECISIONS, PRESETS, ModelConfig, SampleConfig, TrainConfig, apply_preset
+from textgen.distribute import STRATEGIES
 from textgen.errors import TextgenError
 
 RUNS_DIR = "checkpoints"
@@ -80,6 +81,8 @@ def main():
 @click.option("--eval-batches", type=click.IntRange(1), default=_T.eval_batches, show_default=True, help="Validation windows per evaluation.")
 @click.option("--keep", type=click.IntRange(1), default=_T.keep, show_default=True, help="Newest checkpoints to keep (plus the best).")
 @click.option("--seed", type=int, default=_T.seed, show_default=True, help="Random seed.")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default=_T.strategy, show_default=True, help="Devices to train on: auto (all GPUs if several, else one device), single, mirrored (all local GPUs) or multiworker (hosts from TF_CONFIG).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=_T.precision, show_default=True, help="Arithmetic precision; mixed_* compute in 16 bits on GPUs, weights, logits and loss stay float32.")
 @click.option("--encoding", default=_T.encoding, show_default=True, help="Text encoding of the corpus files.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context

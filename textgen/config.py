@@ -16,6 +16,7 @@ from textgen.errors import TextgenError
 
 DEFAULT_EPOCHS = 10  # training budget when none of epochs, steps, minutes is set
 INT32_MAX = 2**31 - 1
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MAX_SAMPLES = 10_000  # --num-samples: samples are generated side by side, one batch row each
 
 
@@ -58,6 +59,8 @@ class TrainConfig:
     patience: int | None = None  # stop after this many validations without a new best
     seed: int = 1234
     encoding: str = "utf-8"
+    strategy: str = "auto"  # auto, single, mirrored or multiworker (see textgen.distribute)
+    precision: str = "float32"  # float32, mixed_float16 or mixed_bfloat16
 
     def epoch_budget(self) -> int | None:
         """Epochs to train in all: --epochs, or DEFAULT_EPOCHS when no budget is given at all."""

@@ -26,16 +26,18 @@ from pathlib import Path
 from typing import Callable
 
 from textgen import checkpoint as ckpt
-from textgen.config import ModelConfig, TrainConfig
+from textgen.config import PRECISIONS, ModelConfig, TrainConfig
 from textgen.data import StreamBatcher, default_corpus, read_corpus, split_train_val
+from textgen.distribute import STRATEGIES, is_chief_task
 from textgen.errors import TextgenError
 from textgen.vocab import Vocabulary
 
 # Options that may change when a run is resumed; everything else must match the saved run.
 BUDGET_OPTIONS = {"epochs", "steps", "minutes"}
 # The learning rate may change too: lowering it is how a diverged run is continued.
+# So may the strategy: a run moves freely between one device, several and several hosts.
 RESUMABLE_OPTIONS = BUDGET_OPTIONS | {"eval_every", "eval_batches", "keep", "learning_rate",
-                                      "patience"}
+                                      "patience", "strategy"}
 MAX_PARAMETERS = 2**31 - 1  # larger models are refused before TensorFlow tries to allocate them
 MAX_SEED = 2**32 - 1  # what numpy's and TensorFlow's seeding accept
 
@@ -107,6 +109,10 @@ def check_config(model: ModelConfig, train: TrainConfig) -> None:
         problems.append(f"--clip-norm must be 0 (off) or a positive number, got {train.clip_norm}")
     if train.minutes is not None and not (_finite(train.minutes) and train.minutes > 0):
         problems.append(f"--minutes must be a positive number, got {train.minutes}")
+    if train.strategy not in STRATEGIES:
+        problems.append(f"--strategy must be one of {', '.join(STRATEGIES)}, got {train.strategy!r}")
+    if train.precision not in PRECISIONS:
+        problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {train.precision!r}")
     if not (isinstance(train.seed, int) and 0 <= train.seed <= MAX_SEED):
         problems.append(f"--seed must be between 0 and {MAX_SEED}, got {train.seed}")
     if problems:
@@ -166,12 +172,22 @@ def _launch(corpus, model_options, train_options, runs_root, name, resume, corpu
     with contextlib.ExitStack() as stack:
         if resume:
             run_dir = ckpt.resolve_run(name, runs_root)
-            stack.enter_context(ckpt.RunLock(run_dir))
+            strategy = train_options.get("strategy") or ckpt.read_run_meta(run_dir)["train"].strategy
+            chief = is_chief_task(strategy)
+            if chief:  # the other workers of a multi-worker run only read the run
+                stack.enter_context(ckpt.RunLock(run_dir))
             stop = stack.enter_context(StopRequest())
-            trainer, meta = _reopen(run_dir, corpus, model_options, train_options, corpus_dir)
-            ckpt.recover(run_dir, meta)
+            trainer, meta = _reopen(run_dir, corpus, model_options, train_options, corpus_dir, chief)
+            if chief:
+                ckpt.recover(run_dir, meta)
             trainer.restore(ckpt.checkpoint_dir(run_dir, meta, "last"))
             echo(f"resuming {run_dir} at step {trainer.progress.step}")
+        elif not is_chief_task(train_options.get("strategy", TrainConfig.strategy)):
+            trainer, run_dir = _prepare_new(corpus, model_options, train_options, runs_root, name,
+                                            corpus_dir, chief=False)
+            stop = stack.enter_context(StopRequest())
+            trainer.save()  # the chief's step-0 checkpoint gathers from every worker; writes nothing
+            echo(f"training with the chief worker, which writes {run_dir}")
         else:
             trainer, run_dir = _prepare_new(corpus, model_options, train_options, runs_root, name,
                                             corpus_dir)
@@ -207,7 +223,7 @@ def _launch(corpus, model_options, train_options, runs_root, name, resume, corpu
 
 
 def _reopen(run_dir: Path, corpus: list[str], model_options: dict, train_options: dict,
-            corpus_dir: str | Path):
+            corpus_dir: str | Path, chief: bool = True):
     """(trainer, meta) for resuming `run_dir`, after every check that can refuse it."""
     meta = ckpt.read_run_meta(run_dir)
     changed = _differences(meta["model"], model_options) + _differences(
@@ -239,13 +255,15 @@ def _reopen(run_dir: Path, corpus: list[str], model_options: dict, train_options
 
     from textgen.train import Trainer  # TensorFlow loads only once the inputs look right
 
-    trainer = Trainer(run_dir, vocab, train_data, val_data, model_config, train_config, meta)
+    trainer = Trainer(run_dir, vocab, train_data, val_data, model_config, train_config, meta, chief)
     return trainer, meta
 
 
 def _prepare_new(corpus: list[str], model_options: dict, train_options: dict,
-                 runs_root: str | Path, name: str | None, corpus_dir: str | Path):
-    """(trainer, run_dir) of a new run; nothing is written yet."""
+                 runs_root: str | Path, name: str | None, corpus_dir: str | Path,
+                 chief: bool = True):
+    """(trainer, run_dir) of a new run; nothing is written yet. A non-chief worker's run
+    directory is the chief's (it may exist already): it is not checked."""
     if name is not None and name and (
             "\0" in name or Path(name).name in ("", ".", "..") or Path(name).name.startswith(".")):
         raise TextgenError(f"--name {name!r} is not a usable run name; use letters, digits, '-' or '_'")
@@ -256,7 +274,8 @@ def _prepare_new(corpus: list[str], model_options: dict, train_options: dict,
     model_config = ModelConfig(vocab_size=vocab.size, **model_options)
     check_config(model_config, train_config)
     run_dir = Path(runs_root) / (name or _timestamp())
-    _refuse_existing(run_dir)
+    if chief:
+        _refuse_existing(run_dir)
     meta = {"format": ckpt.RUN_FORMAT, "version": 1, "name": run_dir.name,
             "model": model_config, "train": train_config, "corpus": summary,
             "vocab_sha256": ckpt.vocab_fingerprint(vocab), "checkpoints": {}}
@@ -266,8 +285,9 @@ def _prepare_new(corpus: list[str], model_options: dict, train_options: dict,
 
     from textgen.train import Trainer  # TensorFlow loads only once the inputs look right
 
-    trainer = Trainer(run_dir, vocab, train_data, val_data, model_config, train_config, meta)
-    _refuse_existing(run_dir)  # again: building the trainer took a while
+    trainer = Trainer(run_dir, vocab, train_data, val_data, model_config, train_config, meta, chief)
+    if chief:
+        _refuse_existing(run_dir)  # again: building the trainer took a while
     return trainer, run_dir
 
 

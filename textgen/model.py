@@ -18,26 +18,49 @@ State = list  # [(h, c) per layer], each (batch, units)
 
 
 @keras.saving.register_keras_serializable(package="textgen")
+class ReplicaDropout(keras.layers.Dropout):
+    """Keras's dropout, with masks that differ between replicas under `tf.distribute`.
+
+    Keras's seed generator is a mirrored variable, so every replica would draw the same seed and
+    rows r*b+i of every replica would share one mask. Folding the replica's id into the seed keeps
+    the masks independent; with one replica it is Keras's own dropout, number for number.
+    """
+
+    def call(self, inputs, training=False):
+        context = tf.distribute.get_replica_context()
+        if not (training and self.rate > 0) or context is None or context.num_replicas_in_sync == 1:
+            return super().call(inputs, training=training)
+        seed = tf.cast(self.seed_generator.next(), tf.int64)  # (2,)
+        replica = tf.cast(context.replica_id_in_sync_group, tf.int64)
+        seed = seed + tf.stack([tf.constant(0, tf.int64), replica])
+        return tf.nn.experimental.stateless_dropout(inputs, rate=self.rate, seed=seed,
+                                                    noise_shape=self.noise_shape)
+
+
+@keras.saving.register_keras_serializable(package="textgen")
 class CharLSTM(keras.Model):
     """Char-level LSTM language model built on textgen's own `LSTMCell`."""
 
     def __init__(self, config: ModelConfig, lstm_path: str = "auto", **kwargs):
+        """`dtype` (a Keras dtype policy such as "mixed_bfloat16") applies to every layer:
+        weights stay float32, the arithmetic runs in the policy's compute dtype, logits are float32."""
         super().__init__(**kwargs)
+        policy = self.dtype_policy
         if config.vocab_size <= 0:
             raise ValueError("ModelConfig.vocab_size must be set from the vocabulary")
         self.config = config
         self.lstm_path = lstm_path
         self.embedding = keras.layers.Embedding(
-            config.vocab_size, config.embedding_dim, name="embedding"
+            config.vocab_size, config.embedding_dim, name="embedding", dtype=policy
         )
         self.lstm_layers = [
-            LSTMLayer(config.units, lstm_path=lstm_path, name=f"lstm_{i}")
+            LSTMLayer(config.units, lstm_path=lstm_path, name=f"lstm_{i}", dtype=policy)
             for i in range(config.num_layers)
         ]
-        self.dropout = keras.layers.Dropout(config.dropout, name="dropout")
-        self.embedding_dropout = keras.layers.Dropout(config.embedding_dropout,
-                                                      name="embedding_dropout")
-        self.head = keras.layers.Dense(config.vocab_size, name="logits")
+        self.dropout = ReplicaDropout(config.dropout, name="dropout", dtype=policy)
+        self.embedding_dropout = ReplicaDropout(config.embedding_dropout, name="embedding_dropout",
+                                                dtype=policy)
+        self.head = keras.layers.Dense(config.vocab_size, name="logits", dtype=policy)
 
     def initial_state(self, batch_size) -> State:
         """Zero (h, C) for every layer."""
@@ -133,9 +156,9 @@ class CharLSTM(keras.Model):
         return cls(model_config, **config)
 
 
-def build_model(config: ModelConfig, lstm_path: str = "auto") -> CharLSTM:
-    """A built (weights created) model for `config`."""
-    model = CharLSTM(config, lstm_path=lstm_path)
+def build_model(config: ModelConfig, lstm_path: str = "auto", precision: str = "float32") -> CharLSTM:
+    """A built (weights created) model for `config`; `precision` is a Keras dtype policy name."""
+    model = CharLSTM(config, lstm_path=lstm_path, dtype=precision)
     model(tf.zeros((1, 1), dtype=tf.int32))
     return model
 

@@ -153,7 +153,7 @@ class LSTMLayer(keras.layers.Layer):
         self.units = int(units)
         resolve_path(lstm_path)  # refuse an unknown path now, not at the first call
         self.lstm_path = lstm_path
-        self.cell = LSTMCell(self.units, name="cell")
+        self.cell = LSTMCell(self.units, name="cell", dtype=self.dtype_policy)
         self._rnn = None
 
     def build(self, input_shape):

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from textgen import checkpoint as ckpt
 from textgen.config import ModelConfig, SampleConfig, TrainConfig
 from textgen.data import StreamBatcher
+from textgen.distribute import Replicas, make_strategy
 from textgen.errors import TextgenError
 from textgen.launch import StopRequest
 from textgen.model import CharLSTM, build_model, flatten_state, unflatten_state
@@ -110,46 +111,83 @@ class Trainer:
 
     def __init__(self, run_dir: Path, vocab: Vocabulary, train_data: StreamBatcher,
                  val_data: StreamBatcher, model_config: ModelConfig, train_config: TrainConfig,
-                 meta: dict):
-        self.run_dir, self.vocab, self.meta = run_dir, vocab, meta
+                 meta: dict, chief: bool = True):
+        """`chief`: whether this process writes the run (False for the other workers of a
+        multi-worker run, which train in step with the chief and write nothing)."""
+        # the strategy first: MultiWorkerMirroredStrategy must exist before any TensorFlow op
+        self.strategy = make_strategy(train_config.strategy)
+        self.replicas = Replicas(self.strategy, train_config.batch_size,
+                                 multiworker=train_config.strategy == "multiworker")
+        self.run_dir, self.vocab, self.meta, self.chief = run_dir, vocab, meta, chief
         self.model_config, self.config = model_config, train_config
         self.train_data, self.val_data = train_data, val_data
         keras.utils.set_random_seed(train_config.seed)
-        self.model: CharLSTM = build_model(model_config)
-        self.schedule = WarmupCosine(
-            train_config.learning_rate, train_config.warmup_steps,
-            min_ratio=train_config.min_lr_ratio if train_config.lr_decay == "cosine" else 1.0)
-        self.optimizer = keras.optimizers.Adam(
-            learning_rate=self.schedule, global_clipnorm=train_config.clip_norm or None,
-        )
-        self.optimizer.build(self.model.trainable_variables)
+        with self.strategy.scope():  # weights and optimizer slots become mirrored variables
+            self.model: CharLSTM = build_model(model_config, precision=train_config.precision)
+            self.schedule = WarmupCosine(
+                train_config.learning_rate, train_config.warmup_steps,
+                min_ratio=train_config.min_lr_ratio if train_config.lr_decay == "cosine" else 1.0)
+            # Clipping is done by the train step, not by Keras's `global_clipnorm`: under a
+            # strategy Keras clips each replica's share of the gradient before summing them,
+            # which is not the global norm of the batch's gradient.
+            self.optimizer = keras.optimizers.Adam(learning_rate=self.schedule)
+            if train_config.precision == "mixed_float16":  # float16 gradients underflow unscaled
+                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
+            self.optimizer.build(self.model.trainable_variables)
         self.progress = Progress()
-        self.carried = self.model.initial_state(train_config.batch_size)
+        self.carried = self._zero_carry()  # flat [h0, c0, h1, c1, ...], one value per replica
         self.loss_limit = DIVERGENCE_FACTOR * math.log(max(vocab.size, 2))
         self._saved_step: int | None = None  # step of the checkpoint last written or restored
+        self._out_of_time = False  # the --minutes budget is spent (agreed between workers)
         self._train_step = tf.function(self._train_step_eager, reduce_retracing=True)
         self._eval_step = tf.function(self._eval_step_eager, reduce_retracing=True)
 
     # ------------------------------------------------------------------ compiled steps
 
-    def _train_step_eager(self, x, y, flat_states):
+    def _replica_train_step(self, x, y, flat_states):
+        """One replica's forward and backward pass on its rows of the global window, and the
+        update: every replica applies the same summed, clipped gradient to its weights."""
+        replicas, clip = self.replicas, self.config.clip_norm
+        x, y = replicas.my_rows(x), replicas.my_rows(y)  # (rows, seq_len) each
         with tf.GradientTape() as tape:
             logits, states = self.model(x, unflatten_state(flat_states), training=True)
-            loss = loss_fn(logits, y)
+            loss = loss_fn(logits, y) / replicas.count  # this replica's share of the batch mean
+            scaled = self.optimizer.scale_loss(loss)  # x the loss scale under mixed_float16
         variables = self.model.trainable_variables
-        grads = tape.gradient(loss, variables)
+        grads = replicas.sum(tape.gradient(scaled, variables))  # the whole batch's gradient
+        if clip:
+            scale = getattr(self.optimizer, "dynamic_scale", 1.0)
+            grads, _ = tf.clip_by_global_norm(grads, clip * tf.cast(scale, tf.float32))
+        if replicas.count > 1:  # Keras sums the replicas' gradients once more: hand it shares
+            grads = [g / replicas.count for g in grads]
         self.optimizer.apply_gradients(zip(grads, variables))
-        return loss, flatten_state(states)
+        return replicas.sum(loss), flatten_state(states)
+
+    def _train_step_eager(self, x, y, flat_states):
+        """x, y: the global window (batch, seq_len); flat_states: per-replica carried states."""
+        loss, flat = self.strategy.run(self._replica_train_step, args=(x, y, flat_states))
+        return self.replicas.first(loss), flat
 
     def _eval_step_eager(self, x, y, flat_states):
         logits, states = self.model(x, unflatten_state(flat_states), training=False)
         return loss_fn(logits, y), flatten_state(states)
 
+    def _zero_carry(self) -> list:
+        """Zero LSTM states for every row of the training batch, split across the replicas."""
+        shape = (self.config.batch_size, self.model_config.units)
+        return self._scatter([np.zeros(shape, np.float32)] * (2 * self.model_config.num_layers))
+
+    def _scatter(self, arrays: list) -> list:
+        """Global (batch, units) float32 arrays -> per-replica states in the compute dtype."""
+        dtype = self.model.compute_dtype
+        return self.replicas.scatter([np.asarray(a, np.float32) for a in arrays], dtype=dtype)
+
     # ------------------------------------------------------------------ state for resume
 
     def _arrays(self) -> dict:
         arrays = {f"opt_{i}": v.numpy() for i, v in enumerate(self.optimizer.variables)}
-        arrays.update({f"carry_{i}": t.numpy() for i, t in enumerate(flatten_state(self.carried))})
+        carried = self.replicas.gather(self.carried)  # a collective under multiworker
+        arrays.update({f"carry_{i}": a.astype(np.float32) for i, a in enumerate(carried)})
         arrays.update({f"rng_{i}": v.numpy() for i, v in enumerate(self._rng_variables())})
         return arrays
 
@@ -172,7 +210,7 @@ class Trainer:
         try:
             for i, v in enumerate(self.optimizer.variables):
                 v.assign(arrays[f"opt_{i}"])
-            flat = [tf.constant(arrays[f"carry_{i}"]) for i in range(2 * self.model_config.num_layers)]
+            flat = [arrays[f"carry_{i}"] for i in range(2 * self.model_config.num_layers)]
             for x in flat:
                 if tuple(x.shape) != (self.config.batch_size, self.model_config.units):
                     raise ValueError(f"carried state of shape {tuple(x.shape)}")
@@ -182,16 +220,21 @@ class Trainer:
         except (KeyError, ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
             raise TextgenError(f"{ckpt_dir} does not match this run "
                                f"({' '.join(str(e).split())[:200]}); retrain or restore the run") from None
-        self.carried = unflatten_state(flat)
+        self.carried = self._scatter(flat)
         self._saved_step = self.progress.step
 
-    def save(self) -> str:
+    def save(self) -> str | None:
         """Write a checkpoint for the current step and point run.json at it (only once the
-        checkpoint is complete); then prune old checkpoints."""
+        checkpoint is complete); then prune old checkpoints. Every worker calls it (the carried
+        states are gathered from all replicas); only the chief writes."""
         if not all(np.isfinite(w.numpy()).all() for w in self.model.weights):
             raise self._diverged("the weights are no longer finite numbers")
+        arrays = self._arrays()
+        if not self.chief:
+            self._saved_step = self.progress.step
+            return None
         state = {"step": self.progress.step, "progress": vars(self.progress)}
-        name = ckpt.save_checkpoint(self.run_dir, self.model, state, self._arrays())
+        name = ckpt.save_checkpoint(self.run_dir, self.model, state, arrays)
         checkpoints = self.meta["checkpoints"]
         checkpoints["last"] = name
         checkpoints["best"] = self.progress.best_checkpoint or name
@@ -254,21 +297,37 @@ class Trainer:
         return val_bpc
 
     def _sample_text(self) -> str:
+        """A sample for TensorBoard, from a float32 single-device copy of the current weights
+        (whatever the strategy and precision of training, sampling is what a user will run)."""
         from textgen.sample import Sampler, generate_text
 
-        self._sampler = getattr(self, "_sampler", None) or Sampler(self.model)
+        if getattr(self, "_sampler", None) is None:
+            self._sample_model = build_model(self.model_config)
+            self._sampler = Sampler(self._sample_model)
+        self._sample_model.set_weights(self.model.get_weights())
         config = SampleConfig(temperature=0.8, length=SAMPLE_CHARS, seed=self.progress.step)
-        return generate_text(self.model, self.vocab, config, sampler=self._sampler)[0]
+        return generate_text(self._sample_model, self.vocab, config, sampler=self._sampler)[0]
 
     # ------------------------------------------------------------------ the loop
 
-    def _budget_reached(self, session_start: float) -> bool:
+    def _budget_reached(self) -> bool:
         c, p = self.config, self.progress
         if c.steps is not None and p.step >= c.steps:
             return True
         if c.epoch_budget() is not None and p.epoch >= c.epoch_budget():
             return True
-        return c.minutes is not None and time.monotonic() - session_start >= 60 * c.minutes
+        return self._out_of_time
+
+    def _poll(self, stop: StopRequest, session_start: float) -> None:
+        """Read the clock and the signal flag. Workers of a multi-worker run must stop at the same
+        step (every step is a collective), so there a signal or the time limit on any worker
+        stops them all."""
+        c = self.config
+        out_of_time = c.minutes is not None and time.monotonic() - session_start >= 60 * c.minutes
+        signalled, out_of_time = self.replicas.any([bool(stop.requested), out_of_time])
+        if signalled and not stop.requested:
+            stop.requested = "a signal to another worker"
+        self._out_of_time = out_of_time
 
     def _fix_schedule_from_speed(self, session_start: float, first_step: int) -> None:
         """Under a --minutes budget, set the schedule's length from the speed measured so far."""
@@ -277,7 +336,8 @@ class Trainer:
             return
         elapsed = time.monotonic() - session_start
         rate = (p.step - first_step) / max(elapsed, 1e-9)  # steps per second
-        p.schedule_steps = p.step + int(rate * max(60 * c.minutes - elapsed, 0))
+        estimate = p.step + int(rate * max(60 * c.minutes - elapsed, 0))
+        p.schedule_steps = int(self.replicas.agree(estimate, self.chief))  # one schedule for all
         self.schedule.set_decay_steps(p.schedule_steps)
 
     def _patience_exhausted(self) -> bool:
@@ -311,19 +371,20 @@ class Trainer:
         with contextlib.ExitStack() as stack:
             if stop is None:
                 stop = stack.enter_context(StopRequest())
-            writer = tf.summary.create_file_writer(str(self.run_dir / ckpt.EVENTS_DIR))
+            writer = (tf.summary.create_file_writer(str(self.run_dir / ckpt.EVENTS_DIR))
+                      if self.chief else tf.summary.create_noop_writer())
             stack.callback(writer.close)
             bar = tqdm(total=self._total_steps(), initial=p.step, unit="step", dynamic_ncols=True,
                        disable=not show_progress, leave=True)
             stack.callback(bar.close)
-            while not stop.requested and not self._budget_reached(session_start):
+            self._poll(stop, session_start)
+            while not stop.requested and not self._budget_reached():
                 step_start = time.monotonic()
                 for x, y in self.train_data.dataset(p.window):
-                    loss_t, flat = self._train_step(x, y, flatten_state(self.carried))
+                    loss_t, self.carried = self._train_step(x, y, self.carried)
                     loss = float(loss_t)
                     p.step, p.window = p.step + 1, p.window + 1
                     self._check_loss(loss)
-                    self.carried = unflatten_state(flat)
                     now = time.monotonic()
                     p.elapsed += now - step_start
                     speed = chars_per_step / max(now - step_start, 1e-9)
@@ -341,14 +402,15 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}", val_bpc=_fmt(last_val),
                                     chars_s=f"{speed:,.0f}", refresh=False)
-                    if stop.requested or self._budget_reached(session_start):
+                    self._poll(stop, session_start)
+                    if stop.requested or self._budget_reached():
                         break
                 else:  # the epoch's windows are exhausted: next epoch starts from a zero state
                     p.epoch, p.window = p.epoch + 1, 0
-                    self.carried = self.model.initial_state(c.batch_size)
+                    self.carried = self._zero_carry()
             if stop.requested == "early stopping":
                 reason = "early stopping"
-            elif stop.requested and not self._budget_reached(session_start):
+            elif stop.requested and not self._budget_reached():
                 # interrupted: checkpoint this step as it is; validation stays on its schedule
                 reason = stop.requested
                 if self._saved_step != p.step:

@@ -1,0 +1,260 @@
+"""Training under tf.distribute: two logical CPU devices under MirroredStrategy (see conftest), two
+worker processes on 127.0.0.1 under MultiWorkerMirroredStrategy, resume across strategies, and the
+one-line errors of a bad cluster description."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import LOGICAL_CPUS, describe, invoke
+
+from textgen import checkpoint as ckpt
+from textgen.config import ModelConfig
+from textgen.distribute import Replicas, is_chief_task, make_strategy, tf_config
+from textgen.errors import TextgenError
+from textgen.model import ReplicaDropout
+
+pytestmark = pytest.mark.usefixtures("own_cwd")
+
+MODEL = ["--units", "16", "--embedding-dim", "8", "--num-layers", "2"]
+# clip-norm 0.5 is below the early gradients' norm, so the clipping is exercised too
+TRAIN = ["--batch-size", "8", "--seq-len", "12", "--eval-every", "3", "--eval-batches", "2",
+         "--clip-norm", "0.5", "--seed", "7", "--quiet"]
+PROCESS_TIMEOUT = 120
+
+
+def _weights(run_dir: Path, which: str = "last") -> list[np.ndarray]:
+    import h5py
+
+    path = ckpt.checkpoint_dir(run_dir, ckpt.read_run_meta(run_dir), which) / "model.weights.h5"
+    found = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: found.append((name, obj[()]))
+                     if isinstance(obj, h5py.Dataset) else None)
+    return [value for _, value in sorted(found, key=lambda item: item[0])]
+
+
+def _carried(run_dir: Path) -> list[np.ndarray]:
+    path = ckpt.checkpoint_dir(run_dir, ckpt.read_run_meta(run_dir), "last") / "resume.npz"
+    with np.load(path) as arrays:
+        return [arrays[k] for k in sorted(arrays.files) if k.startswith("carry_")]
+
+
+def _max_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    assert len(a) == len(b) and a
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+
+
+def _train(corpus_file, runs, name, *extra):
+    result = invoke("train", corpus_file, "--runs-dir", runs, "--name", name, *MODEL, *TRAIN, *extra)
+    assert result.exit_code == 0, describe(result)
+    return runs / name
+
+
+def test_mirrored_two_devices_match_one_device(corpus_file, tmp_path):
+    """k steps on 2 replicas (4 rows each) = k steps on one device with the global batch of 8:
+    the same weights, the same carried LSTM state for every row, the same validation history."""
+    runs = tmp_path / "runs"
+    single = _train(corpus_file, runs, "single", "--steps", "6", "--strategy", "single")
+    mirrored = _train(corpus_file, runs, "mirrored", "--steps", "6", "--strategy", "mirrored")
+    assert make_strategy("mirrored").num_replicas_in_sync == LOGICAL_CPUS
+    assert _max_difference(_weights(single), _weights(mirrored)) < 1e-5
+    assert _max_difference(_carried(single), _carried(mirrored)) < 1e-5
+    history = [[h["val_bpc"] for h in ckpt.read_run_meta(r)["history"]] for r in (single, mirrored)]
+    np.testing.assert_allclose(history[0], history[1], atol=1e-5)
+    assert ckpt.read_run_meta(mirrored)["train"].strategy == "mirrored"
+
+
+def test_mirrored_run_resumes_and_moves_between_strategies(corpus_file, tmp_path):
+    """A mirrored run stopped at step 3 and resumed, under mirrored or on one device, ends where
+    the uninterrupted mirrored run ends; a single-device run resumes under mirrored too."""
+    runs = tmp_path / "runs"
+    whole = _train(corpus_file, runs, "whole", "--steps", "7", "--strategy", "mirrored")
+    for name, first, then in (("m-m", "mirrored", "mirrored"), ("m-s", "mirrored", "single"),
+                              ("s-m", "single", "mirrored")):
+        _train(corpus_file, runs, name, "--steps", "3", "--strategy", first)
+        result = invoke("train", "--resume", "--name", name, "--runs-dir", runs, "--steps", "7",
+                        "--strategy", then, "--quiet")
+        assert result.exit_code == 0, describe(result)
+        assert "resuming" in result.stderr and "at step 3" in result.stderr
+        assert _max_difference(_weights(whole), _weights(runs / name)) < 1e-5, name
+        assert ckpt.read_run_meta(runs / name)["step"] == 7
+
+
+def test_mirrored_run_samples_on_one_device(corpus_file, tmp_path):
+    runs = tmp_path / "runs"
+    _train(corpus_file, runs, "m", "--steps", "3", "--strategy", "mirrored")
+    result = invoke("sample", "m", "--runs-dir", runs, "--length", "40", "--seed", "1")
+    assert result.exit_code == 0, describe(result)
+    assert len(result.stdout.rstrip("\n")) >= 40
+
+
+def test_batch_that_does_not_split_across_replicas_is_refused(corpus_file, tmp_path):
+    result = invoke("train", corpus_file, "--runs-dir", tmp_path / "runs", "--name", "odd", *MODEL,
+                    "--batch-size", "5", "--seq-len", "12", "--steps", "2", "--strategy",
+                    "mirrored", "--quiet")
+    assert result.exit_code == 2, describe(result)
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Error: --batch-size 5 does not split evenly across {LOGICAL_CPUS} replicas; "
+        f"use a multiple of {LOGICAL_CPUS}")
+    assert not (tmp_path / "runs" / "odd").exists()
+
+
+def test_replica_dropout_is_kerass_dropout_on_one_replica_and_differs_across_replicas():
+    x = tf.ones((4, 64))
+    ours, keras_dropout = ReplicaDropout(0.5, seed=3), __import__("keras").layers.Dropout(0.5, seed=3)
+    np.testing.assert_array_equal(ours(x, training=True).numpy(), keras_dropout(x, training=True).numpy())
+
+    strategy = make_strategy("mirrored")
+    with strategy.scope():
+        layer = ReplicaDropout(0.5, seed=3)
+    masks = strategy.experimental_local_results(
+        strategy.run(tf.function(lambda: layer(x, training=True))))
+    assert len(masks) == LOGICAL_CPUS
+    kept = [(m.numpy() != 0) for m in masks]
+    assert 0.3 < kept[0].mean() < 0.7 and 0.3 < kept[1].mean() < 0.7
+    assert (kept[0] != kept[1]).mean() > 0.3  # independent masks disagree about half the time
+
+
+def test_replicas_split_rows_and_gather_them_back_in_order():
+    strategy = make_strategy("mirrored")
+    replicas = Replicas(strategy, batch_size=6)
+    full = np.arange(6 * 3, dtype=np.float32).reshape(6, 3)
+    per_replica = replicas.scatter([full])
+    parts = strategy.experimental_local_results(per_replica[0])
+    np.testing.assert_array_equal(parts[1].numpy(), full[3:])
+    np.testing.assert_array_equal(replicas.gather(per_replica)[0], full)
+    with pytest.raises(TextgenError, match="use a multiple of 2"):
+        Replicas(strategy, batch_size=3)
+
+
+# ---------------------------------------------------------------- TF_CONFIG
+
+
+@pytest.mark.parametrize("value, message", [
+    ("{not json", "TF_CONFIG is not valid JSON"),
+    ('{"cluster": {"worker": ["a:1"]}}', "TF_CONFIG needs a 'cluster' and a 'task' object"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}',
+     "TF_CONFIG's task 'worker' #3 is not in its cluster (worker: 1)"),
+])
+def test_bad_tf_config_is_one_line_error(monkeypatch, corpus_file, tmp_path, value, message):
+    monkeypatch.setenv("TF_CONFIG", value)
+    with pytest.raises(TextgenError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        tf_config()
+    result = invoke("train", corpus_file, "--runs-dir", tmp_path / "runs", *MODEL, "--steps", "1",
+                    "--strategy", "multiworker", "--quiet")
+    assert result.exit_code == 2, describe(result)
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_multiworker_without_tf_config_is_refused(monkeypatch, corpus_file, tmp_path):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    result = invoke("train", corpus_file, "--runs-dir", tmp_path / "runs", "--strategy",
+                    "multiworker", "--quiet")
+    assert result.exit_code == 2, describe(result)
+    assert "--strategy multiworker needs the TF_CONFIG environment variable" in result.stderr
+
+
+def test_chief_is_the_chief_task_or_worker_zero(monkeypatch):
+    cluster = {"worker": ["h:1", "h:2"]}
+    for task, chief in (({"type": "worker", "index": 0}, True), ({"type": "worker", "index": 1}, False)):
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+        assert is_chief_task("multiworker") is chief
+    with_chief = {"chief": ["h:0"], **cluster}
+    for task, chief in (({"type": "chief", "index": 0}, True), ({"type": "worker", "index": 0}, False)):
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": with_chief, "task": task}))
+        assert is_chief_task("multiworker") is chief
+    assert is_chief_task("mirrored") and is_chief_task("single")
+
+
+# ---------------------------------------------------------------- two worker processes
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _workers(workdir: Path, args: list[str], tag: str) -> list[subprocess.Popen]:
+    """Two `python -m textgen train --strategy multiworker` processes on 127.0.0.1."""
+    hosts = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    processes = []
+    for index in range(2):
+        env = {k: v for k, v in os.environ.items() if k != "TEXTGEN_TF_LOGS"}
+        env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": hosts},
+                                       "task": {"type": "worker", "index": index}})
+        err = open(workdir / f"{tag}-{index}.err", "w")
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "textgen", "train", *args, "--strategy", "multiworker"],
+            cwd=workdir, env=env, stdout=err, stderr=subprocess.STDOUT))
+        err.close()
+    return processes
+
+
+def _wait(processes, workdir: Path, tag: str) -> list[str]:
+    outputs = []
+    for index, process in enumerate(processes):
+        try:
+            process.wait(timeout=PROCESS_TIMEOUT)
+        finally:
+            for p in processes:
+                if p.poll() is None:
+                    p.kill()
+        outputs.append((workdir / f"{tag}-{index}.err").read_text())
+        assert process.returncode == 0, f"worker {index} exited {process.returncode}:\n{outputs[-1]}"
+    return outputs
+
+
+def test_two_workers_train_together_and_the_chief_run_samples_on_one_device(corpus_file, tmp_path):
+    """Two processes train one model through MultiWorkerMirroredStrategy: the chief (worker 0)
+    writes the run, worker 1 writes nothing; the weights equal a single-device run with the same
+    global batch; a SIGINT to worker 1 stops both at the same step with a checkpoint; both
+    resume; the run then samples on one device."""
+    (tmp_path / "corpus.txt").write_text(corpus_file.read_text())
+    args = ["corpus.txt", "--runs-dir", "runs", "--name", "mw", *MODEL, *TRAIN]
+    _wait(_workers(tmp_path, [*args, "--steps", "4"], "first"), tmp_path, "first")
+    run = tmp_path / "runs" / "mw"
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["mw"]
+    assert ckpt.read_run_meta(run)["step"] == 4
+    single = _train(corpus_file, tmp_path / "runs-single", "single", "--steps", "4",
+                    "--strategy", "single")
+    assert _max_difference(_weights(single), _weights(run)) < 1e-5
+    assert _max_difference(_carried(single), _carried(run)) < 1e-5
+
+    # an interruption: SIGINT to the non-chief worker once training is under way
+    resume = ["--resume", "--name", "mw", "--runs-dir", "runs", "--steps", "100000", "--quiet"]
+    processes = _workers(tmp_path, resume, "second")
+    deadline = time.monotonic() + PROCESS_TIMEOUT
+    while ckpt.read_run_meta(run)["step"] < 7 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    processes[1].send_signal(signal.SIGINT)
+    outputs = _wait(processes, tmp_path, "second")
+    stopped = ckpt.read_run_meta(run)["step"]
+    assert 7 <= stopped < 100000
+    assert "saved checkpoint" in outputs[0], outputs[0]
+
+    final = ["--resume", "--name", "mw", "--runs-dir", "runs", "--steps", str(stopped + 2), "--quiet"]
+    outputs = _wait(_workers(tmp_path, final, "third"), tmp_path, "third")
+    assert f"at step {stopped}" in outputs[0] and f"at step {stopped}" in outputs[1]
+    assert ckpt.read_run_meta(run)["step"] == stopped + 2
+
+    result = invoke("sample", run, "--length", "30", "--seed", "2")
+    assert result.exit_code == 0, describe(result)
+    assert len(result.stdout.rstrip("\n")) >= 30
