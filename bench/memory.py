@@ -6,9 +6,10 @@ is installed the parent also polls the child's RSS every 20 ms as a cross-check.
 
 Scenarios:
   baseline    import tensorflow + textgen and build a tiny model: the fixed cost of the runtime
-  data        read_corpus + Vocabulary.from_text + encode + StreamBatcher on the generated
-              corpus, without TensorFlow: the data path alone
-  train       textgen.launch.launch(...) on the generated corpus (30 steps of a tiny model)
+  data        encode_corpus (the streaming encode into the memory-mapped id cache) + StreamBatcher
+              windows read from all over the training slice, without TensorFlow: the data path
+  train       textgen.launch.launch(...) on the generated corpus (encodes it into the cache,
+              then 30 steps of a tiny model)
   sample-N    generate N characters from a tiny model with textgen's Sampler (one stream)
 
 The training corpus is generated deterministically (random words from a small word list, with
@@ -16,6 +17,7 @@ punctuation and newlines) into a temporary directory, a few MB at a time.
 
     python bench/memory.py                    # 200 MB corpus
     python bench/memory.py --corpus-mb 50 --scenarios data,train
+    python bench/memory.py --corpus-mb 2000 --scenarios data,train   # 2 GB: flat
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ MiB = 1024**2
 TRAIN_TARGET = 2 * GiB
 SAMPLE_LENGTHS = {"sample-100k": 100_000, "sample-1m": 1_000_000}
 ALL_SCENARIOS = ["baseline", "data", "train", "sample-100k", "sample-1m"]
+WINDOWS_READ = 5_000  # windows read across the whole training slice in the data scenario
 
 WORDS = (
     "the of and to in a is that for it as was with be by on not he i this are or his from at "
@@ -100,23 +103,21 @@ def child(scenario: str, corpus: str | None, workdir: str) -> dict:
 
         _tiny_model()
     elif scenario == "data":
-        from textgen.data import StreamBatcher, read_corpus, split_train_val
-        from textgen.vocab import Vocabulary
+        import numpy as np
+
+        from textgen.corpus_cache import encode_corpus
+        from textgen.data import StreamBatcher, split_train_val
 
         marks = {}
-        text = read_corpus([corpus])
-        marks["read_corpus"] = _peak_rss_bytes()
-        vocab = Vocabulary.from_text(text)
-        marks["from_text"] = _peak_rss_bytes()
-        ids = vocab.encode(text)
-        marks["encode"] = _peak_rss_bytes()
-        train, _ = split_train_val(ids, 0.1)
+        encoded = encode_corpus([corpus], "utf-8", Path(workdir) / "cache")
+        marks["encode_corpus"] = _peak_rss_bytes()
+        train, _ = split_train_val(encoded.ids, 0.1)
         batcher = StreamBatcher(train, 64, 100)
-        for k in (0, batcher.num_windows - 1):
-            batcher.window(k)
-        marks["batcher"] = _peak_rss_bytes()
-        info.update(chars=len(text), vocab=vocab.size, ids_dtype=str(ids.dtype),
-                    peak_after=marks)
+        for k in np.linspace(0, batcher.num_windows - 1, WINDOWS_READ).astype(int):
+            batcher.window(int(k))
+        marks[f"{WINDOWS_READ}_windows"] = _peak_rss_bytes()
+        info.update(chars=encoded.num_chars, vocab=len(encoded.chars),
+                    ids_dtype=str(encoded.ids.dtype), peak_after=marks)
     elif scenario == "train":
         from textgen.launch import launch
 

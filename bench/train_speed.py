@@ -79,7 +79,6 @@ class TextgenContender:
 
         from textgen.config import ModelConfig, TrainConfig
         from textgen.data import StreamBatcher
-        from textgen.model import flatten_state
         from textgen.train import Trainer
         from textgen.vocab import Vocabulary
 
@@ -101,7 +100,7 @@ class TextgenContender:
                           model_config, train_config, meta)
         self.model = trainer.model
         self._step_fn = trainer._train_step
-        self._flat = flatten_state(self.model.initial_state(shape.batch))
+        self._flat = trainer.carried  # flat [h0, c0, ...] for the default (single) strategy
 
     def step(self, x, y) -> float:
         loss, self._flat = self._step_fn(self.tf.constant(x), self.tf.constant(y), self._flat)

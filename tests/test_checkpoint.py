@@ -24,7 +24,7 @@ from conftest import CORPUS_TEXT, describe, invoke, tree_hashes
 
 from textgen import checkpoint as ckpt
 from textgen.errors import TextgenError
-from textgen.launch import launch
+from textgen.launch import CACHE_DIR, launch
 from textgen.train import Trainer
 
 MODEL = {"embedding_dim": 8, "units": 16, "num_layers": 1, "dropout": 0.1}
@@ -217,7 +217,7 @@ def test_leftover_staging_of_a_killed_new_run_is_ignored_and_cleaned(corpus, tmp
     assert result.exit_code == 2 and "no run found" in result.stderr, describe(result)
     run_dir, reason, _ = train(corpus, runs, "r", steps=2)
     assert reason == "budget" and not stale.exists()
-    assert sorted(p.name for p in runs.iterdir()) == ["r"]
+    assert sorted(p.name for p in runs.iterdir()) == [CACHE_DIR, "r"]  # the encoded corpus
     assert ckpt.is_complete(run_dir / "ckpt-00000000") or run_meta(run_dir)["step"] == 2
 
 

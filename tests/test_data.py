@@ -246,3 +246,86 @@ def test_stream_batcher_dataset_does_not_copy_the_streams():
     grown = proc.memory_info().rss - before
     assert len(elements) == 3 and tuple(elements[0][0].shape) == (64, 100)
     assert grown < ids.nbytes // 4, f"RSS grew by {grown / 2**20:.0f} MiB building one epoch"
+
+
+# ---------------------------------------------------------------- streaming (iter_text)
+
+
+def test_iter_text_joins_to_read_corpus_at_any_block_size(tmp_path):
+    from textgen.data import iter_text
+
+    root = tmp_path / "corpus"
+    write(root / "a.txt", "\ufeffone\r\ntwo 中文 😀\r")  # BOM, CRLF, trailing lone CR
+    write(root / "b.txt", "\nthree\r\n" * 50)  # bigger than the small blocks
+    write(root / "c.txt", b"ok\r\n" * 50 + b"\xff")  # bad only at its end: skipped whole
+    write(root / "d.txt", b"x" * 9000 + b"\0 NUL past the sniffed prefix is text")
+    named = write(tmp_path / "named.txt", "\ufeffnamed")
+    expected = ("one\ntwo 中文 😀\r\n" + "\nthree\n" * 50 + "x" * 9000
+                + "\0 NUL past the sniffed prefix is text\nnamed")
+    assert read_corpus([root, named]) == expected
+    for block_bytes in (1, 2, 3, 4, 13, 1 << 20):
+        blocks = list(iter_text([root, named], block_bytes=block_bytes))
+        assert all(blocks) and "".join(blocks) == expected
+
+
+def test_iter_text_progress_counts_bytes_read(tmp_path):
+    from textgen.data import iter_text
+
+    path = write(tmp_path / "a.txt", "héllo\n" * 100)
+    seen = []
+    list(iter_text([path], block_bytes=64, progress=seen.append))
+    assert sum(seen) == path.stat().st_size
+
+
+def test_undecodable_offset_with_a_character_split_between_blocks(tmp_path):
+    from textgen.data import iter_text
+
+    raw = "中".encode() * 10 + b"\xe4\xb8" + b"X rest"  # a truncated character at byte 30
+    path = write(tmp_path / "bad.txt", raw)
+    expected = (f"{path} is not valid UTF-8 at byte offset 30; "
+                "pass --encoding to read it with another encoding")
+    for block_bytes in (1, 2, 4, 31, 32, 1 << 20):
+        with pytest.raises(TextgenError) as err:
+            list(iter_text([path], block_bytes=block_bytes))
+        assert str(err.value) == expected
+
+
+def test_named_file_with_nul_after_the_first_block_is_binary(tmp_path):
+    from textgen.data import iter_text
+
+    path = write(tmp_path / "data.txt", b"text " * 5000 + b"\0")
+    with pytest.raises(TextgenError, match="looks like a binary file"):
+        list(iter_text([path], block_bytes=1024))
+
+
+# ---------------------------------------------------------------- batching from a memmap
+
+
+def test_stream_batcher_dataset_over_a_memmap_releasing_pages(tmp_path):
+    path = tmp_path / "ids.bin"
+    np.arange(4003, dtype=np.uint16).tofile(path)
+    mapped = np.memmap(path, dtype=np.uint16, mode="r")
+    train, val = split_train_val(mapped, 0.25)
+    assert isinstance(train, np.memmap) and np.shares_memory(train, mapped)
+    assert isinstance(val, np.memmap) and np.shares_memory(val, mapped)
+    batcher = StreamBatcher(train, 3, 10, release_every=2)
+    assert batcher._mapping is not None and np.shares_memory(batcher.streams, mapped)
+    reference = StreamBatcher(np.arange(len(train), dtype=np.uint16), 3, 10)
+    elements = list(batcher.dataset(start_window=5))
+    assert len(elements) == len(reference) - 5
+    for k, (x, y) in enumerate(elements, start=5):
+        ref_x, ref_y = reference.window(k)
+        assert np.array_equal(x.numpy(), ref_x) and np.array_equal(y.numpy(), ref_y)
+        assert np.array_equal(batcher.window(k)[0], ref_x)
+
+
+def test_utf16_without_bom_is_read_in_native_order_at_any_block_size(tmp_path):
+    import sys
+
+    from textgen.data import iter_text
+
+    native = "utf-16-le" if sys.byteorder == "little" else "utf-16-be"
+    path = write(tmp_path / "u16.txt", "no BOM 中文\r\n".encode(native))
+    assert read_corpus([path], encoding="utf-16") == "no BOM 中文\n"
+    for block_bytes in (1, 3, 1 << 20):
+        assert "".join(iter_text([path], "utf-16", block_bytes=block_bytes)) == "no BOM 中文\n"

@@ -22,6 +22,7 @@ from textgen import checkpoint as ckpt
 from textgen.config import ModelConfig
 from textgen.distribute import Replicas, is_chief_task, make_strategy, tf_config
 from textgen.errors import TextgenError
+from textgen.launch import CACHE_DIR
 from textgen.model import ReplicaDropout
 
 pytestmark = pytest.mark.usefixtures("own_cwd")
@@ -209,16 +210,19 @@ def _workers(workdir: Path, args: list[str], tag: str) -> list[subprocess.Popen]
 
 
 def _wait(processes, workdir: Path, tag: str) -> list[str]:
-    outputs = []
+    """Wait for every worker (killing all of them if one overruns); their outputs."""
+    deadline = time.monotonic() + PROCESS_TIMEOUT
+    try:
+        for process in processes:
+            process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    outputs = [(workdir / f"{tag}-{i}.err").read_text() for i in range(len(processes))]
     for index, process in enumerate(processes):
-        try:
-            process.wait(timeout=PROCESS_TIMEOUT)
-        finally:
-            for p in processes:
-                if p.poll() is None:
-                    p.kill()
-        outputs.append((workdir / f"{tag}-{index}.err").read_text())
-        assert process.returncode == 0, f"worker {index} exited {process.returncode}:\n{outputs[-1]}"
+        assert process.returncode == 0, f"worker {index} exited {process.returncode}:\n{outputs[index]}"
     return outputs
 
 
@@ -231,7 +235,7 @@ def test_two_workers_train_together_and_the_chief_run_samples_on_one_device(corp
     args = ["corpus.txt", "--runs-dir", "runs", "--name", "mw", *MODEL, *TRAIN]
     _wait(_workers(tmp_path, [*args, "--steps", "4"], "first"), tmp_path, "first")
     run = tmp_path / "runs" / "mw"
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["mw"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [CACHE_DIR, "mw"]
     assert ckpt.read_run_meta(run)["step"] == 4
     single = _train(corpus_file, tmp_path / "runs-single", "single", "--steps", "4",
                     "--strategy", "single")

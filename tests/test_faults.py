@@ -24,6 +24,7 @@ import pytest
 from conftest import describe, invoke
 
 from textgen import checkpoint as ckpt
+from textgen.launch import CACHE_DIR
 
 SEED = int(os.environ.get("TEXTGEN_FAULT_SEED", "4242"))  # the kill schedule (override to stress)
 STEPS = 40
@@ -148,7 +149,10 @@ def assert_tidy(run_dir: Path) -> None:
     """No lock, no temporary checkpoint, no staging directory left once training has ended."""
     assert not (run_dir / ckpt.LOCK_FILE).exists()
     assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
-    assert not [p.name for p in run_dir.parent.iterdir() if p.name.startswith(".")]
+    assert not [p.name for p in run_dir.parent.iterdir()
+                if p.name.startswith(".") and p.name != CACHE_DIR]
+    for cached in (run_dir.parent / CACHE_DIR).iterdir():  # the encoded corpus: complete
+        assert sorted(p.name for p in cached.iterdir()) == ["corpus.json", "ids.bin"]
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from typing import Callable
 
 from textgen import checkpoint as ckpt
 from textgen.config import PRECISIONS, ModelConfig, TrainConfig
-from textgen.data import StreamBatcher, default_corpus, read_corpus, split_train_val
+from textgen.data import StreamBatcher, default_corpus, split_train_val
 from textgen.distribute import STRATEGIES, is_chief_task
 from textgen.errors import TextgenError
 from textgen.vocab import Vocabulary
@@ -42,16 +42,56 @@ MAX_PARAMETERS = 2**31 - 1  # larger models are refused before TensorFlow tries 
 MAX_SEED = 2**32 - 1  # what numpy's and TensorFlow's seeding accept
 
 
-def load_corpus(paths: list[str], encoding: str, corpus_dir: str | Path) -> tuple[str, dict]:
-    """The corpus text and a summary for run.json; no paths means the built-in default corpus."""
+CACHE_DIR = ".corpus-cache"  # under the runs directory: encoded corpora, shared by runs
+
+
+def load_corpus(paths: list[str], encoding: str, corpus_dir: str | Path, runs_root: str | Path,
+                show_progress: bool = False):
+    """The corpus as ids in a memory-mapped cache (`textgen.corpus_cache`, built on first use)
+    and a summary for run.json; no paths means the built-in default corpus."""
+    from textgen.corpus_cache import encode_corpus, source_bytes
+
     _check_text_encoding(encoding)
     default = not paths
     if default:
         paths = [str(default_corpus(corpus_dir))]
-    text = read_corpus(paths, encoding=encoding)
+    cache_root = Path(runs_root) / CACHE_DIR
+    created = [d for d in (Path(runs_root), cache_root) if not d.exists()]
+    try:
+        with _EncodingBar(show_progress, lambda: 2 * source_bytes(paths)) as bar:
+            corpus = encode_corpus(paths, encoding, cache_root, progress=bar.update)
+    except TextgenError:
+        for directory in reversed(created):  # a refused corpus leaves no empty directories
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
     summary = {"default": default, "paths": [str(Path(p).resolve()) for p in paths],
-               "encoding": encoding, "chars": len(text)}
-    return text, summary
+               "encoding": encoding, "chars": corpus.num_chars}
+    return corpus, summary
+
+
+class _EncodingBar:
+    """A tqdm bar for encoding a corpus that appears only if encoding really happens (a cache
+    that is reused reports no progress, and shows nothing)."""
+
+    def __init__(self, show: bool, total: Callable[[], int]):
+        self.show, self.total, self.bar = show, total, None
+
+    def update(self, n: int) -> None:
+        if self.show and self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total(), unit="B", unit_scale=True, leave=False,
+                            desc="encoding the corpus", dynamic_ncols=True)
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _check_text_encoding(encoding: str) -> None:
@@ -133,9 +173,9 @@ def _differences(saved, given: dict) -> list[str]:
             if getattr(saved, k) != v]
 
 
-def _vocab_difference(saved: Vocabulary, text: str) -> str | None:
+def _vocab_difference(saved: Vocabulary, chars: list[str]) -> str | None:
     """A description of how the corpus's characters differ from the run's vocabulary."""
-    current = set(text)
+    current = set(chars)
     added = sorted(current - set(saved.chars))
     missing = sorted(set(saved.chars) - current)
     if not added and not missing:
@@ -177,20 +217,21 @@ def _launch(corpus, model_options, train_options, runs_root, name, resume, corpu
             if chief:  # the other workers of a multi-worker run only read the run
                 stack.enter_context(ckpt.RunLock(run_dir))
             stop = stack.enter_context(StopRequest())
-            trainer, meta = _reopen(run_dir, corpus, model_options, train_options, corpus_dir, chief)
+            trainer, meta = _reopen(run_dir, corpus, model_options, train_options, corpus_dir, chief,
+                                    show_progress)
             if chief:
                 ckpt.recover(run_dir, meta)
             trainer.restore(ckpt.checkpoint_dir(run_dir, meta, "last"))
             echo(f"resuming {run_dir} at step {trainer.progress.step}")
         elif not is_chief_task(train_options.get("strategy", TrainConfig.strategy)):
             trainer, run_dir = _prepare_new(corpus, model_options, train_options, runs_root, name,
-                                            corpus_dir, chief=False)
+                                            corpus_dir, False, show_progress)
             stop = stack.enter_context(StopRequest())
             trainer.save()  # the chief's step-0 checkpoint gathers from every worker; writes nothing
             echo(f"training with the chief worker, which writes {run_dir}")
         else:
             trainer, run_dir = _prepare_new(corpus, model_options, train_options, runs_root, name,
-                                            corpus_dir)
+                                            corpus_dir, True, show_progress)
             root = run_dir.parent
             try:
                 root.mkdir(parents=True, exist_ok=True)
@@ -223,7 +264,7 @@ def _launch(corpus, model_options, train_options, runs_root, name, resume, corpu
 
 
 def _reopen(run_dir: Path, corpus: list[str], model_options: dict, train_options: dict,
-            corpus_dir: str | Path, chief: bool = True):
+            corpus_dir: str | Path, chief: bool = True, show_progress: bool = False):
     """(trainer, meta) for resuming `run_dir`, after every check that can refuse it."""
     meta = ckpt.read_run_meta(run_dir)
     changed = _differences(meta["model"], model_options) + _differences(
@@ -240,16 +281,16 @@ def _reopen(run_dir: Path, corpus: list[str], model_options: dict, train_options
     meta["train"] = train_config
     saved_corpus = meta.get("corpus", {})
     paths = corpus or ([] if saved_corpus.get("default") else saved_corpus.get("paths", []))
-    text, summary = load_corpus(paths, train_config.encoding, corpus_dir)
+    corpus, summary = load_corpus(paths, train_config.encoding, corpus_dir, run_dir.parent,
+                                  show_progress)
     vocab = Vocabulary.load(run_dir / ckpt.VOCAB_FILE)
     ckpt.check_vocab(run_dir, meta, vocab)
-    difference = _vocab_difference(vocab, text)
+    difference = _vocab_difference(vocab, corpus.chars)
     if difference:
         raise TextgenError(f"the corpus's characters differ from run {run_dir.name}'s vocabulary "
                            f"({difference}); resume with the original corpus or start a new run")
     ckpt.checkpoint_dir(run_dir, meta, "last")  # refuse a run without a loadable checkpoint early
-    train_data, val_data = make_batchers(vocab.encode(text), train_config)
-    del text
+    train_data, val_data = make_batchers(corpus.ids, train_config)
     summary.update(train_chars=int(train_data.streams.size), vocab_size=vocab.size)
     meta["corpus"] = summary
 
@@ -261,7 +302,7 @@ def _reopen(run_dir: Path, corpus: list[str], model_options: dict, train_options
 
 def _prepare_new(corpus: list[str], model_options: dict, train_options: dict,
                  runs_root: str | Path, name: str | None, corpus_dir: str | Path,
-                 chief: bool = True):
+                 chief: bool = True, show_progress: bool = False):
     """(trainer, run_dir) of a new run; nothing is written yet. A non-chief worker's run
     directory is the chief's (it may exist already): it is not checked."""
     if name is not None and name and (
@@ -269,8 +310,9 @@ def _prepare_new(corpus: list[str], model_options: dict, train_options: dict,
         raise TextgenError(f"--name {name!r} is not a usable run name; use letters, digits, '-' or '_'")
     train_config = TrainConfig(**train_options)
     check_config(ModelConfig(vocab_size=1, **model_options), train_config)  # before reading the corpus
-    text, summary = load_corpus(corpus, train_config.encoding, corpus_dir)
-    vocab = Vocabulary.from_text(text)
+    encoded, summary = load_corpus(corpus, train_config.encoding, corpus_dir, runs_root,
+                                   show_progress)
+    vocab = encoded.vocabulary()
     model_config = ModelConfig(vocab_size=vocab.size, **model_options)
     check_config(model_config, train_config)
     run_dir = Path(runs_root) / (name or _timestamp())
@@ -279,8 +321,7 @@ def _prepare_new(corpus: list[str], model_options: dict, train_options: dict,
     meta = {"format": ckpt.RUN_FORMAT, "version": 1, "name": run_dir.name,
             "model": model_config, "train": train_config, "corpus": summary,
             "vocab_sha256": ckpt.vocab_fingerprint(vocab), "checkpoints": {}}
-    train_data, val_data = make_batchers(vocab.encode(text), train_config)
-    del text
+    train_data, val_data = make_batchers(encoded.ids, train_config)
     summary.update(train_chars=int(train_data.streams.size), vocab_size=vocab.size)
 
     from textgen.train import Trainer  # TensorFlow loads only once the inputs look right

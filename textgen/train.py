@@ -290,9 +290,10 @@ class Trainer:
         if p.best_val_bpc is None or val_bpc < p.best_val_bpc:
             p.best_val_bpc = val_bpc
             p.best_checkpoint = ckpt.checkpoint_name(p.step)
-        with writer.as_default(step=p.step):
-            tf.summary.scalar("val/bpc", val_bpc)
-            tf.summary.text("sample", self._sample_text())
+        if self.chief:  # the other workers validate too (early stopping), but log nothing
+            with writer.as_default(step=p.step):
+                tf.summary.scalar("val/bpc", val_bpc)
+                tf.summary.text("sample", self._sample_text())
         self.save()
         return val_bpc
 

@@ -1,0 +1,246 @@
+"""Corpora larger than memory: encode the text once into a memory-mapped file of character ids.
+
+`encode_corpus(paths, encoding, cache_root)` returns the corpus as a read-only `np.memmap` of
+ids plus its sorted character list, so training never holds the text or the id array in memory:
+`StreamBatcher` reads windows straight from the mapping. The design:
+
+* The text is `data.iter_text`, which streams exactly what `read_corpus` returns (same files,
+  order, skipping rules, BOM and CRLF handling, newlines between files, errors), in ~1 MiB blocks.
+* Building takes two streaming passes in constant memory. Pass 1 marks the code points seen in
+  a bool table of 0x110000 entries (1.1 MB), giving the characters in code-point order, i.e.
+  `Vocabulary.from_text(text).chars`. Pass 2 encodes block by block through the vocabulary's
+  lookup table and appends the ids, in the most compact dtype (uint8 up to 256 characters,
+  uint16 up to 65536, else uint32), to a temporary file with plain writes: a writable mapping
+  would leave dirty pages counted in the resident memory. Ids equal
+  `Vocabulary(chars).encode(read_corpus(paths, encoding))`.
+* Commit: the temporary file (unique: pid and random suffix) is fsynced and renamed to
+  `ids.bin`, and only then `corpus.json` (format, version, encoding, dtype, num_chars, chars,
+  fingerprint) is written atomically. `corpus.json` is the commit marker: it is removed before a
+  rebuild replaces `ids.bin`, so a crash at any instant leaves either a valid cache or one that
+  is rebuilt. Two processes building the same cache at once each write their own temporary file
+  and rename identical contents into place, so both end with a valid cache.
+* The cache lives in `<cache_root>/corpus-<key>`, key = 16 hex digits of the SHA-256 of the
+  resolved source paths and the encoding. It is reused, without reading the text, while its
+  fingerprint still matches: (resolved path, size, mtime_ns) of every file the reading visits,
+  the encoding and the format version. A changed, added or removed file, or a missing, damaged
+  or truncated cache, rebuilds it. An edit that keeps a file's size and mtime is not noticed.
+
+No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import codecs
+import errno
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from textgen.atomic import _umask, atomic_write_text
+from textgen.data import _check_encoding, _path_list, corpus_files, iter_text
+from textgen.errors import TextgenError
+from textgen.vocab import MAX_CODE_POINT, Vocabulary, _code_points
+
+FORMAT = "textgen-corpus-cache"
+VERSION = 1
+IDS_FILE, META_FILE = "ids.bin", "corpus.json"
+BLOCK_BYTES = 1 << 20  # bytes of source text read at a time
+STALE_TEMP_SECONDS = 3600  # a dead build's temporary file this old is deleted
+
+Progress = Callable[[int], object]
+
+
+@dataclass
+class EncodedCorpus:
+    """A corpus encoded into a cache directory."""
+
+    ids: np.ndarray  # read-only np.memmap of the character ids, shape (num_chars,)
+    chars: list[str]  # distinct characters in code-point order; an id indexes this list
+    num_chars: int  # characters in the corpus (len(ids))
+    directory: Path  # the cache directory holding ids.bin and corpus.json
+    rebuilt: bool  # True when this call built the cache, False when it reused it
+    paths: list[str]  # resolved source paths
+
+    def vocabulary(self) -> Vocabulary:
+        """The corpus's vocabulary (the same as `Vocabulary.from_text` of its text)."""
+        return Vocabulary(self.chars)
+
+
+def encode_corpus(paths: Sequence[str | Path], encoding: str, cache_root: str | Path,
+                  progress: Progress | None = None,
+                  block_bytes: int = BLOCK_BYTES) -> EncodedCorpus:
+    """The corpus of `paths` as ids in a memory-mapped cache under `cache_root`, built if needed.
+
+    `progress(n)` is called with the number of source bytes read, during a build only: each
+    pass reads the corpus once, so a progress bar's total is 2 * `source_bytes(paths)`.
+    Source problems raise the same one-line TextgenError as `read_corpus`; so does a cache that
+    cannot be written (read-only directory, disk full).
+    """
+    encoding = _canonical(encoding)
+    paths = _path_list(paths)
+    fingerprint = _fingerprint(paths, encoding)  # refuses missing paths first
+    resolved = [str(Path(p).resolve()) for p in paths]
+    key = hashlib.sha256(json.dumps([resolved, encoding]).encode()).hexdigest()[:16]
+    directory = Path(cache_root) / f"corpus-{key}"
+    meta = _read_meta(directory, fingerprint)
+    rebuilt = meta is None
+    if rebuilt:
+        meta = _build(directory, paths, encoding, fingerprint, progress, block_bytes)
+    ids = np.memmap(directory / IDS_FILE, dtype=meta["dtype"], mode="r",
+                    shape=(meta["num_chars"],))  # (num_chars,), read-only
+    return EncodedCorpus(ids, meta["chars"], meta["num_chars"], directory, rebuilt, resolved)
+
+
+def source_bytes(paths: Sequence[str | Path]) -> int:
+    """Total size in bytes of the files the corpus reading visits (for a progress bar)."""
+    return sum(size or 0 for _, size, _ in _fingerprint(paths, "")["files"])
+
+
+def dtype_for(num_distinct: int) -> np.dtype:
+    """The most compact unsigned dtype holding ids 0..num_distinct-1."""
+    return np.dtype("uint8" if num_distinct <= 256 else "uint16" if num_distinct <= 65536
+                    else "uint32")
+
+
+def _canonical(encoding: str) -> str:
+    """Python's name for `encoding`; TextgenError if it is unknown."""
+    _check_encoding(encoding)
+    return codecs.lookup(encoding).name
+
+
+def _fingerprint(paths: Sequence[str | Path], encoding: str) -> dict:
+    """What the cache's validity depends on: every visited file's identity, size and mtime."""
+    files = []
+    for file, _ in corpus_files(paths):
+        try:
+            st = file.stat()
+            files.append([str(file.resolve()), st.st_size, st.st_mtime_ns])
+        except OSError:
+            files.append([str(file), None, None])  # unreadable: the reading reports or skips it
+    return {"version": VERSION, "encoding": encoding, "files": files}
+
+
+def _read_meta(directory: Path, fingerprint: dict) -> dict | None:
+    """The cache's metadata if the cache is complete and matches `fingerprint`, else None."""
+    try:
+        meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+        if not (isinstance(meta, dict) and meta.get("format") == FORMAT
+                and meta.get("version") == VERSION and meta.get("fingerprint") == fingerprint):
+            return None
+        chars, num_chars = Vocabulary(meta["chars"]).chars, meta["num_chars"]
+        if meta["dtype"] != dtype_for(len(chars)).name or type(num_chars) is not int:
+            return None
+        size = (directory / IDS_FILE).stat().st_size
+        if num_chars < 1 or size != num_chars * np.dtype(meta["dtype"]).itemsize:
+            return None
+    except (OSError, ValueError, KeyError, TypeError, TextgenError):
+        return None  # missing, unreadable or malformed: rebuild
+    return meta
+
+
+def _build(directory: Path, paths: list, encoding: str, fingerprint: dict,
+           progress: Progress | None, block_bytes: int) -> dict:
+    """Encode the corpus into `directory` (two passes, atomic commit); returns its metadata."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(directory)
+        fd, tmp = tempfile.mkstemp(prefix=f".{IDS_FILE}.{os.getpid()}.", suffix=".tmp",
+                                   dir=directory)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give it normal permissions
+    except OSError as e:
+        raise _unwritable(directory, e) from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            chars, num_chars = _scan(paths, encoding, block_bytes, progress)
+            dtype = dtype_for(len(chars))
+            written = _write_ids(out, paths, encoding, Vocabulary(chars), dtype, block_bytes,
+                                 progress)
+            out.flush()
+            os.fsync(out.fileno())
+        if written != num_chars or _fingerprint(paths, encoding) != fingerprint:
+            raise _changed(paths)
+        meta = {"format": FORMAT, "version": VERSION, "encoding": encoding, "dtype": dtype.name,
+                "num_chars": num_chars, "chars": chars, "fingerprint": fingerprint}
+        (directory / META_FILE).unlink(missing_ok=True)  # uncommit before replacing ids.bin
+        os.replace(tmp, directory / IDS_FILE)
+        atomic_write_text(directory / META_FILE, json.dumps(meta))  # commit
+        return meta
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        _remove_if_empty(directory)  # a source error leaves no empty cache directory behind
+        if isinstance(e, OSError):  # reading problems are TextgenErrors: this is the cache
+            raise _unwritable(directory, e) from None
+        raise
+
+
+def _scan(paths: list, encoding: str, block_bytes: int,
+          progress: Progress | None) -> tuple[list[str], int]:
+    """Pass 1: (distinct characters in code-point order, number of characters)."""
+    seen = np.zeros(MAX_CODE_POINT + 1, dtype=bool)  # (0x110000,), 1.1 MB
+    count = 0
+    for block in iter_text(paths, encoding, block_bytes, progress):
+        seen[_code_points(block)] = True
+        count += len(block)
+    return [chr(c) for c in np.flatnonzero(seen)], count
+
+
+def _write_ids(out, paths: list, encoding: str, vocab: Vocabulary, dtype: np.dtype,
+               block_bytes: int, progress: Progress | None) -> int:
+    """Pass 2: append the ids of each block to `out`; returns how many were written."""
+    written = 0
+    for block in iter_text(paths, encoding, block_bytes, progress):
+        try:
+            ids = vocab.encode(block)  # (len(block),) uint16 or int32, ids < vocab.size
+        except TextgenError:  # a character pass 1 did not see: the corpus changed meanwhile
+            raise _changed(paths) from None
+        out.write(ids.astype(dtype, copy=False).data)
+        written += len(ids)
+    return written
+
+
+def _remove_stale_temps(directory: Path) -> None:
+    """Delete temporary id files of builds that died (killed mid-build) over an hour ago.
+
+    A temporary file is `.ids.bin.<pid>.<random>.tmp`; it is stale when no process has that
+    pid any more and it has not been written for STALE_TEMP_SECONDS (the age guards against a
+    live build in another pid namespace sharing the directory). POSIX only: on Windows
+    `os.kill(pid, 0)` would terminate the process.
+    """
+    if os.name != "posix":
+        return
+    for tmp in directory.glob(f".{IDS_FILE}.*.tmp"):
+        try:
+            if time.time() - tmp.stat().st_mtime < STALE_TEMP_SECONDS:
+                continue
+            os.kill(int(tmp.name.split(".")[3]), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, IndexError, OSError):
+            pass  # not named by us, gone already, or its process is alive under another user
+
+
+def _remove_if_empty(directory: Path) -> None:
+    try:
+        directory.rmdir()
+    except OSError:
+        pass  # not empty (another build's files), or already gone
+
+
+def _changed(paths: list) -> TextgenError:
+    names = ", ".join(str(p) for p in paths)
+    return TextgenError(f"the corpus changed while it was being encoded ({names}); "
+                        "run again once it has stopped changing")
+
+
+def _unwritable(directory: Path, error: OSError) -> TextgenError:
+    full = error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+    fix = "free some disk space" if full else "make it writable"
+    return TextgenError(f"cannot write the corpus cache {directory}: {error.strerror}; "
+                        f"{fix} or choose another --runs-dir")
