@@ -23,8 +23,8 @@ import pytest
 from conftest import CORPUS_TEXT, describe, invoke, tree_hashes
 
 from textgen import checkpoint as ckpt
-from textgen.errors import TextgenError
 from textgen.launch import CACHE_DIR, launch
+from textgen.runlock import LOCK_FILE
 from textgen.train import Trainer
 
 MODEL = {"embedding_dim": 8, "units": 16, "num_layers": 1, "dropout": 0.1}
@@ -270,7 +270,7 @@ def test_disk_full_stops_with_one_line_and_keeps_the_previous_checkpoint(fail, c
             f"ckpt-00000006/{f}" for f in ckpt.CHECKPOINT_FILES}
         after = {k: v for k, v in after.items() if not k.startswith("ckpt-00000006/")}
     assert after == before, "the previous checkpoint or run.json changed"
-    assert hidden(run_dir) == [] and not (run_dir / ckpt.LOCK_FILE).exists()
+    assert hidden(run_dir) == [] and not (run_dir / LOCK_FILE).exists()
     ckpt.load_for_inference(str(run_dir), run_dir.parent, "last")  # still loads
     if fail != "weights":
         return
@@ -308,60 +308,6 @@ def test_real_write_failure_is_one_line(copy_run, tmp_path):
     assert run_meta(run_dir)["checkpoints"]["last"] == "ckpt-00000003"
     assert hidden(run_dir) == []
     assert_samples(run_dir)
-
-
-# ---------------------------------------------------------------------------- locking
-
-
-def test_live_lock_is_refused_with_its_pid_then_released(copy_run, tmp_path):
-    run_dir = copy_run()
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         ("import sys\nfrom textgen.checkpoint import RunLock\n"
-          f"with RunLock({str(run_dir)!r}):\n    print('locked', flush=True)\n    sys.stdin.read()\n")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        before = tree_hashes(run_dir)
-        result = invoke("train", "--resume", "--name", run_dir.name, "--runs-dir", run_dir.parent,
-                        "--steps", 6, "--quiet")
-        assert result.exit_code == 2, describe(result)
-        assert result.stderr == (f"Error: run {run_dir} is being trained by process {holder.pid}; "
-                                 "wait for it or stop it\n")
-        assert tree_hashes(run_dir) == before
-        assert ckpt.lock_owner(run_dir) == holder.pid
-        with pytest.raises(TextgenError, match=f"process {holder.pid}"), ckpt.RunLock(run_dir):
-            pass
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=30)
-    assert not (run_dir / ckpt.LOCK_FILE).exists()  # released and removed by its owner
-    result = invoke("train", "--resume", "--name", run_dir.name, "--runs-dir", run_dir.parent,
-                    "--steps", 6, "--quiet")
-    assert result.exit_code == 0, describe(result)
-
-
-def test_stale_lock_of_a_dead_process_is_taken_over(copy_run):
-    run_dir = copy_run()
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (run_dir / ckpt.LOCK_FILE).write_text(f"{dead.pid}\n")
-    assert ckpt.lock_owner(run_dir) is None
-    result = invoke("train", "--resume", "--name", run_dir.name, "--runs-dir", run_dir.parent,
-                    "--steps", 6, "--quiet")
-    assert result.exit_code == 0, describe(result)
-    assert "stopped (budget) at step 6" in result.stderr
-    assert not (run_dir / ckpt.LOCK_FILE).exists()
-
-
-def test_lock_is_exclusive_within_one_process_too(tmp_path):
-    with ckpt.RunLock(tmp_path):
-        assert (tmp_path / ckpt.LOCK_FILE).read_text().split() == [str(os.getpid())]
-        with pytest.raises(TextgenError, match=f"process {os.getpid()}"), ckpt.RunLock(tmp_path):
-            pass
-    assert not (tmp_path / ckpt.LOCK_FILE).exists()
-    with ckpt.RunLock(tmp_path):  # free again
-        pass
 
 
 # ---------------------------------------------------------------------------- safe loading

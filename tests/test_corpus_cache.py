@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from textgen import corpus_cache
+from textgen.corpus import iter_text, read_corpus
 from textgen.corpus_cache import encode_corpus, source_bytes
-from textgen.data import StreamBatcher, _read_only_mapping, iter_text, read_corpus, split_train_val
+from textgen.data import StreamBatcher, _read_only_mapping, split_train_val
 from textgen.errors import TextgenError
 from textgen.vocab import Vocabulary
 

@@ -19,8 +19,7 @@ import tensorflow as tf
 from conftest import LOGICAL_CPUS, describe, invoke
 
 from textgen import checkpoint as ckpt
-from textgen.config import ModelConfig
-from textgen.distribute import Replicas, is_chief_task, make_strategy, tf_config
+from textgen.distribute import Replicas, is_chief_task, make_strategy, resolve_strategy, tf_config
 from textgen.errors import TextgenError
 from textgen.launch import CACHE_DIR
 from textgen.model import ReplicaDropout
@@ -125,6 +124,16 @@ def test_replica_dropout_is_kerass_dropout_on_one_replica_and_differs_across_rep
     kept = [(m.numpy() != 0) for m in masks]
     assert 0.3 < kept[0].mean() < 0.7 and 0.3 < kept[1].mean() < 0.7
     assert (kept[0] != kept[1]).mean() > 0.3  # independent masks disagree about half the time
+
+
+@pytest.mark.parametrize("name, gpus, chosen", [
+    ("auto", 0, "single"), ("auto", 1, "single"), ("auto", 2, "mirrored"), ("auto", 8, "mirrored"),
+    ("single", 4, "single"), ("mirrored", 0, "mirrored"), ("multiworker", 0, "multiworker"),
+])
+def test_auto_strategy_is_mirrored_only_with_several_gpus(name, gpus, chosen):
+    assert resolve_strategy(name, gpus) == chosen
+    with pytest.raises(TextgenError, match="unknown --strategy 'ring'"):
+        resolve_strategy("ring", 2)
 
 
 def test_replicas_split_rows_and_gather_them_back_in_order():

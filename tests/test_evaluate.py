@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from textgen.cli import main
 from textgen.config import ModelConfig
-from textgen.data import iter_text
+from textgen.corpus import iter_text
 from textgen.evaluate import evaluate
 from textgen.model import build_model, count_params
 from textgen.vocab import Vocabulary

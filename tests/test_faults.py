@@ -25,6 +25,7 @@ from conftest import describe, invoke
 
 from textgen import checkpoint as ckpt
 from textgen.launch import CACHE_DIR
+from textgen.runlock import LOCK_FILE
 
 SEED = int(os.environ.get("TEXTGEN_FAULT_SEED", "4242"))  # the kill schedule (override to stress)
 STEPS = 40
@@ -147,7 +148,7 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
 
 def assert_tidy(run_dir: Path) -> None:
     """No lock, no temporary checkpoint, no staging directory left once training has ended."""
-    assert not (run_dir / ckpt.LOCK_FILE).exists()
+    assert not (run_dir / LOCK_FILE).exists()
     assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
     assert not [p.name for p in run_dir.parent.iterdir()
                 if p.name.startswith(".") and p.name != CACHE_DIR]
@@ -207,7 +208,7 @@ def test_sigkill_at_random_moments_loses_nothing(workdir, reference):
             assert rc == 0 and run_step(run_dir) == STEPS, info
             break
         assert rc == -signal.SIGKILL, info
-        lock = run_dir / ckpt.LOCK_FILE
+        lock = run_dir / LOCK_FILE
         if lock.exists():  # left behind by a killed trainer: the next one must take it over
             assert lock.read_text().split() in ([], *([pid] for pid in killed_pids)), info
             stale_locks += 1
@@ -254,7 +255,7 @@ def _stop_with(workdir: Path, run_dir: Path, sig: signal.Signals, resume: bool, 
     assert f"{sig.name}: saved checkpoint {Path('runs') / run_dir.name / last.name}" in err, err
     assert f"stopped ({sig.name}) at step {stopped}" in err, err
     assert f"resume with: textgen train --resume --name {run_dir.name} --runs-dir runs" in err, err
-    assert not (run_dir / ckpt.LOCK_FILE).exists()
+    assert not (run_dir / LOCK_FILE).exists()
     assert_loads(run_dir)
     return stopped
 

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from textgen.checkpoint import load_for_inference
 from textgen.config import PRESETS, ModelConfig, apply_preset
 from textgen.errors import TextgenError
 from textgen.evaluate import evaluate
 from textgen.launch import launch
 from textgen.model import build_model
-from textgen.checkpoint import load_for_inference
+from textgen.progress import Progress
 from textgen.schedule import WarmupCosine
-from textgen.train import Progress, Trainer
+from textgen.train import Trainer
 
 
 def reference_lr(step, peak, warmup, total, floor):

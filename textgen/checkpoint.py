@@ -47,7 +47,8 @@ from typing import Any
 
 from textgen.atomic import atomic_write_text
 from textgen.config import ModelConfig, TrainConfig, from_dict, to_dict
-from textgen.errors import TextgenError
+from textgen.errors import TextgenError, os_reason
+from textgen.runlock import lock_owner, process_alive
 
 RUN_FILE = "run.json"
 VOCAB_FILE = "vocab.json"
@@ -55,18 +56,10 @@ WEIGHTS_FILE = "model.weights.h5"
 RESUME_FILE = "resume.npz"
 STATE_FILE = "state.json"
 EVENTS_DIR = "events"
-LOCK_FILE = "train.lock"
 RUN_FORMAT = "textgen-run"
 CHECKPOINT_FILES = (WEIGHTS_FILE, RESUME_FILE, STATE_FILE)
 CHECKPOINT_RE = re.compile(r"ckpt-(\d{8})")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-def _why(e: OSError) -> str:
-    """A one-line reason for an OSError (h5py's messages span several lines)."""
-    if e.errno:
-        return os.strerror(e.errno)
-    return " ".join(str(e.strerror or e).split())
 
 
 def _fsync_path(path: Path, directory: bool = False) -> None:
@@ -159,7 +152,7 @@ def new_run_dir(root: str | Path, name: str) -> Path:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise TextgenError(f"cannot create run directory {run_dir}: {_why(e)}") from None
+        raise TextgenError(f"cannot create run directory {run_dir}: {os_reason(e)}") from None
     return run_dir
 
 
@@ -197,7 +190,7 @@ def clean_stale_staging(root: Path, name: str) -> None:
     for path in Path(root).glob(f".{glob_escape(name)}.new-*"):
         pid = path.name.rsplit("-", 1)[-1]
         if (path.is_dir() and lock_owner(path) is None
-                and not (pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)))):
+                and not (pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid)))):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -214,7 +207,7 @@ def publish_run(staging: Path, run_dir: Path) -> None:
         if e.errno in (errno_codes.ENOTEMPTY, errno_codes.EEXIST, errno_codes.ENOTDIR):
             raise TextgenError(f"run directory {run_dir} already exists; use --resume to continue it "
                                "or pick another --name") from None
-        raise TextgenError(f"cannot create run directory {run_dir}: {_why(e)}") from None
+        raise TextgenError(f"cannot create run directory {run_dir}: {os_reason(e)}") from None
     _fsync_path(run_dir.parent, directory=True)
 
 
@@ -237,7 +230,7 @@ def write_run_meta(run_dir: Path, meta: dict) -> None:
     try:
         atomic_write_text(path, json.dumps(meta, indent=2, ensure_ascii=False))
     except OSError as e:
-        raise TextgenError(f"cannot write {path}: {_why(e)}; the run keeps its previous "
+        raise TextgenError(f"cannot write {path}: {os_reason(e)}; the run keeps its previous "
                            "checkpoint; free space or fix permissions, then resume") from None
     _fsync_path(run_dir, directory=True)
 
@@ -321,7 +314,7 @@ def save_checkpoint(run_dir: Path, model, state: dict, arrays: dict) -> str:
             with contextlib.suppress(OSError):
                 os.replace(aside, final)
         raise TextgenError(
-            f"cannot write checkpoint {final}: {_why(e)}; the previous checkpoint is kept; "
+            f"cannot write checkpoint {final}: {os_reason(e)}; the previous checkpoint is kept; "
             "free space or fix permissions, then resume with --resume"
         ) from None
     shutil.rmtree(aside, ignore_errors=True)
@@ -388,7 +381,7 @@ def recover(run_dir: Path, meta: dict) -> None:
                 os.replace(aside, target)
                 _fsync_path(run_dir, directory=True)
             except OSError as e:
-                raise TextgenError(f"cannot restore checkpoint {target} from {aside.name}: {_why(e)}; "
+                raise TextgenError(f"cannot restore checkpoint {target} from {aside.name}: {os_reason(e)}; "
                                    "training needs a writable run directory") from None
         else:
             shutil.rmtree(aside, ignore_errors=True)
@@ -503,116 +496,3 @@ def load_for_inference(run: str | None, runs_dir: str | Path, which: str = "best
             raise
         return model, vocab, meta
     raise AssertionError("unreachable")
-
-
-# ---------------------------------------------------------------------------- the lock
-
-
-class RunLock:
-    """An exclusive lock on a run directory: `train.lock`, flocked, holding the owner's PID.
-
-    A second trainer on the same run is refused, with the owner's PID. The kernel drops a flock
-    when its process dies (even by SIGKILL), so a lock file left by a dead process is taken over.
-    Where flock is unavailable (Windows), the PID alone decides: a lock whose PID is not a
-    running process is stale.
-    """
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK_FILE
-        self._fd: int | None = None
-
-    def __enter__(self):
-        for _ in range(5):
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as e:
-                raise TextgenError(f"cannot lock run {self.path.parent}: {_why(e)}; training needs "
-                                   "a writable run directory") from None
-            if not _try_lock(fd, self.path):
-                os.close(fd)
-                pid = _read_pid(self.path)
-                who = f"process {pid}" if pid else "another process"
-                raise TextgenError(
-                    f"run {self.path.parent} is being trained by {who}; wait for it or stop it"
-                )
-            try:  # the file may have been unlinked by its previous owner between open and lock
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except OSError:
-                same = False
-            if not same:
-                os.close(fd)
-                continue
-            try:
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
-                os.fsync(fd)
-            except OSError as e:
-                os.close(fd)
-                raise TextgenError(f"cannot lock run {self.path.parent}: {_why(e)}") from None
-            self._fd = fd
-            return self
-        raise TextgenError(f"cannot take the lock {self.path}; remove it if no trainer is running")
-
-    def moved(self, run_dir: Path) -> None:
-        """The locked directory was renamed to `run_dir` (the flock stays with the file)."""
-        self.path = Path(run_dir) / LOCK_FILE
-
-    def __exit__(self, *exc):
-        if self._fd is None:
-            return
-        with contextlib.suppress(OSError):
-            if os.fstat(self._fd).st_ino == os.stat(self.path).st_ino:
-                self.path.unlink()
-        os.close(self._fd)  # releases the flock
-        self._fd = None
-
-
-def lock_owner(run_dir: Path) -> int | None:
-    """PID of the live process holding `run_dir`'s lock, None if nobody holds it."""
-    path = Path(run_dir) / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        if _try_lock(fd, path, shared=True):
-            return None
-        return _read_pid(path) or -1
-    finally:
-        os.close(fd)
-
-
-def _try_lock(fd: int, path: Path, shared: bool = False) -> bool:
-    """Take a non-blocking flock on `fd` (released when the fd is closed or the process dies)."""
-    try:
-        import fcntl
-    except ImportError:  # no flock: fall back to the PID in the file
-        pid = _read_pid(path)
-        return pid is None or pid == os.getpid() or not _alive(pid)
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    except OSError:  # a filesystem without flock: fall back to the PID
-        pid = _read_pid(path)
-        return pid is None or pid == os.getpid() or not _alive(pid)
-    return True
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except (OverflowError, ValueError):
-        return False
-    return True

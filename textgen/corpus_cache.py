@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from textgen.atomic import _umask, atomic_write_text
-from textgen.data import _check_encoding, _path_list, corpus_files, iter_text
+from textgen.corpus import _check_encoding, _path_list, corpus_files, iter_text
 from textgen.errors import TextgenError
 from textgen.vocab import MAX_CODE_POINT, Vocabulary, _code_points
 

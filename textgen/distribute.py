@@ -67,26 +67,40 @@ def is_chief_task(strategy_name: str) -> bool:
     return kind == "worker" and index == 0
 
 
-@functools.lru_cache(maxsize=None)
 def make_strategy(name: str):
-    """The `tf.distribute.Strategy` for `--strategy name` (see the module docstring).
-
-    One per process and name: strategies created side by side number their collective operations
-    alike, and TensorFlow then mixes up the second's with the first's."""
+    """The `tf.distribute.Strategy` for `--strategy name` (see the module docstring)."""
     import tensorflow as tf
 
-    if name not in STRATEGIES:
-        raise TextgenError(f"unknown --strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     if name == "multiworker":
         is_chief_task(name)  # TF_CONFIG must be present and sane
+        return _strategy("multiworker")
+    return _strategy(resolve_strategy(name, len(tf.config.list_physical_devices("GPU"))))
+
+
+@functools.lru_cache(maxsize=None)
+def _strategy(kind: str):
+    """One strategy object per process and kind: strategies created side by side number their
+    collective operations alike, and TensorFlow then mixes up the second's with the first's."""
+    import tensorflow as tf
+
+    if kind == "multiworker":
         return tf.distribute.MultiWorkerMirroredStrategy()
-    gpus = tf.config.list_physical_devices("GPU")
-    if name == "single" or (name == "auto" and len(gpus) < 2):
+    if kind == "single":
         return tf.distribute.get_strategy()
-    if gpus:
+    if tf.config.list_physical_devices("GPU"):
         return tf.distribute.MirroredStrategy()
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
     return tf.distribute.MirroredStrategy(devices=cpus)
+
+
+def resolve_strategy(name: str, gpu_count: int) -> str:
+    """The concrete strategy `--strategy name` means with `gpu_count` GPUs visible: "auto" is
+    mirrored with several GPUs, else single."""
+    if name not in STRATEGIES:
+        raise TextgenError(f"unknown --strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    if name == "auto":
+        return "mirrored" if gpu_count >= 2 else "single"
+    return name
 
 
 class Replicas:

@@ -105,7 +105,7 @@ def evaluate_files(run: str | None, runs_dir: str, which: str, paths: list[str],
     from tqdm.auto import tqdm
 
     from textgen.checkpoint import load_for_inference
-    from textgen.data import iter_text
+    from textgen.corpus import iter_text
 
     for path in paths:  # refuse a missing path before loading the model
         if not os.path.exists(path):

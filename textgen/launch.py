@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import signal
 from pathlib import Path
 from typing import Callable
 
 from textgen import checkpoint as ckpt
-from textgen.config import PRECISIONS, ModelConfig, TrainConfig
-from textgen.data import StreamBatcher, default_corpus, split_train_val
-from textgen.distribute import STRATEGIES, is_chief_task
-from textgen.errors import TextgenError
+from textgen.config import ModelConfig, TrainConfig, check_config
+from textgen.corpus import default_corpus
+from textgen.data import StreamBatcher, split_train_val
+from textgen.distribute import is_chief_task
+from textgen.errors import TextgenError, os_reason
+from textgen.runlock import RunLock
 from textgen.vocab import Vocabulary
 
 # Options that may change when a run is resumed; everything else must match the saved run.
@@ -38,8 +39,6 @@ BUDGET_OPTIONS = {"epochs", "steps", "minutes"}
 # So may the strategy: a run moves freely between one device, several and several hosts.
 RESUMABLE_OPTIONS = BUDGET_OPTIONS | {"eval_every", "eval_batches", "keep", "learning_rate",
                                       "patience", "strategy"}
-MAX_PARAMETERS = 2**31 - 1  # larger models are refused before TensorFlow tries to allocate them
-MAX_SEED = 2**32 - 1  # what numpy's and TensorFlow's seeding accept
 
 
 CACHE_DIR = ".corpus-cache"  # under the runs directory: encoded corpora, shared by runs
@@ -113,56 +112,6 @@ def _check_text_encoding(encoding: str) -> None:
         pass
 
 
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_config(model: ModelConfig, train: TrainConfig) -> None:
-    """Refuse option values (from the command line or a run.json) that cannot train: NaN or
-    infinite rates, seeds numpy refuses, models too large to allocate. One line each."""
-    problems = []
-    for name in ("embedding_dim", "units", "num_layers"):
-        if not isinstance(getattr(model, name), int) or getattr(model, name) < 1:
-            problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(model, name)}")
-    for name in ("batch_size", "seq_len", "eval_every", "eval_batches", "keep"):
-        if not isinstance(getattr(train, name), int) or getattr(train, name) < 1:
-            problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(train, name)}")
-    for name in ("steps", "epochs"):
-        value = getattr(train, name)
-        if value is not None and (not isinstance(value, int) or value < 1):
-            problems.append(f"--{name} must be at least 1, got {value}")
-    for name in ("dropout", "embedding_dropout"):
-        value = getattr(model, name)
-        if not (_finite(value) and 0 <= value < 1):
-            problems.append(f"--{name.replace('_', '-')} must be a number at least 0 and below 1, got {value}")
-    if not (isinstance(train.warmup_steps, int) and train.warmup_steps >= 0):
-        problems.append(f"--warmup-steps must be 0 or more, got {train.warmup_steps}")
-    if train.lr_decay not in ("cosine", "none"):
-        problems.append(f"--lr-decay must be 'cosine' or 'none', got {train.lr_decay!r}")
-    if not (_finite(train.min_lr_ratio) and 0 <= train.min_lr_ratio <= 1):
-        problems.append(f"--min-lr-ratio must be between 0 and 1, got {train.min_lr_ratio}")
-    if train.patience is not None and (not isinstance(train.patience, int) or train.patience < 1):
-        problems.append(f"--patience must be at least 1, got {train.patience}")
-    if not (_finite(train.learning_rate) and train.learning_rate > 0):
-        problems.append(f"--learning-rate must be a positive number, got {train.learning_rate}")
-    if not (_finite(train.clip_norm) and train.clip_norm >= 0):
-        problems.append(f"--clip-norm must be 0 (off) or a positive number, got {train.clip_norm}")
-    if train.minutes is not None and not (_finite(train.minutes) and train.minutes > 0):
-        problems.append(f"--minutes must be a positive number, got {train.minutes}")
-    if train.strategy not in STRATEGIES:
-        problems.append(f"--strategy must be one of {', '.join(STRATEGIES)}, got {train.strategy!r}")
-    if train.precision not in PRECISIONS:
-        problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {train.precision!r}")
-    if not (isinstance(train.seed, int) and 0 <= train.seed <= MAX_SEED):
-        problems.append(f"--seed must be between 0 and {MAX_SEED}, got {train.seed}")
-    if problems:
-        raise TextgenError("; ".join(problems))
-    params = model.parameter_count()
-    if params > MAX_PARAMETERS:
-        raise TextgenError(f"the model would have {params:,} parameters, more than textgen trains "
-                           f"({MAX_PARAMETERS:,}); lower --units, --num-layers or --embedding-dim")
-
-
 def _out_of_memory(e: BaseException) -> bool:
     return isinstance(e, MemoryError) or type(e).__name__ == "ResourceExhaustedError"
 
@@ -215,7 +164,7 @@ def _launch(corpus, model_options, train_options, runs_root, name, resume, corpu
             strategy = train_options.get("strategy") or ckpt.read_run_meta(run_dir)["train"].strategy
             chief = is_chief_task(strategy)
             if chief:  # the other workers of a multi-worker run only read the run
-                stack.enter_context(ckpt.RunLock(run_dir))
+                stack.enter_context(RunLock(run_dir))
             stop = stack.enter_context(StopRequest())
             trainer, meta = _reopen(run_dir, corpus, model_options, train_options, corpus_dir, chief,
                                     show_progress)
@@ -236,14 +185,14 @@ def _launch(corpus, model_options, train_options, runs_root, name, resume, corpu
             try:
                 root.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise TextgenError(f"cannot create the runs directory {root}: {ckpt._why(e)}") from None
+                raise TextgenError(f"cannot create the runs directory {root}: {os_reason(e)}") from None
             ckpt.clean_stale_staging(root, run_dir.name)
             staging = ckpt.staging_dir(root, run_dir.name)
             try:
                 staging.mkdir()
             except OSError as e:
-                raise TextgenError(f"cannot create run directory {run_dir}: {ckpt._why(e)}") from None
-            lock = stack.enter_context(ckpt.RunLock(staging))
+                raise TextgenError(f"cannot create run directory {run_dir}: {os_reason(e)}") from None
+            lock = stack.enter_context(RunLock(staging))
             stop = stack.enter_context(StopRequest())
             try:
                 _write_new_run(trainer, staging)
@@ -281,16 +230,16 @@ def _reopen(run_dir: Path, corpus: list[str], model_options: dict, train_options
     meta["train"] = train_config
     saved_corpus = meta.get("corpus", {})
     paths = corpus or ([] if saved_corpus.get("default") else saved_corpus.get("paths", []))
-    corpus, summary = load_corpus(paths, train_config.encoding, corpus_dir, run_dir.parent,
-                                  show_progress)
+    encoded, summary = load_corpus(paths, train_config.encoding, corpus_dir, run_dir.parent,
+                                   show_progress)
     vocab = Vocabulary.load(run_dir / ckpt.VOCAB_FILE)
     ckpt.check_vocab(run_dir, meta, vocab)
-    difference = _vocab_difference(vocab, corpus.chars)
+    difference = _vocab_difference(vocab, encoded.chars)
     if difference:
         raise TextgenError(f"the corpus's characters differ from run {run_dir.name}'s vocabulary "
                            f"({difference}); resume with the original corpus or start a new run")
     ckpt.checkpoint_dir(run_dir, meta, "last")  # refuse a run without a loadable checkpoint early
-    train_data, val_data = make_batchers(corpus.ids, train_config)
+    train_data, val_data = make_batchers(encoded.ids, train_config)
     summary.update(train_chars=int(train_data.streams.size), vocab_size=vocab.size)
     meta["corpus"] = summary
 
@@ -347,7 +296,7 @@ def _write_new_run(trainer, staging: Path) -> None:
     try:
         trainer.vocab.save(staging / ckpt.VOCAB_FILE)
     except OSError as e:
-        raise TextgenError(f"cannot write {staging / ckpt.VOCAB_FILE}: {ckpt._why(e)}") from None
+        raise TextgenError(f"cannot write {staging / ckpt.VOCAB_FILE}: {os_reason(e)}") from None
     trainer.save()  # step 0: a run always has a checkpoint to sample from and resume
 
 
