@@ -83,7 +83,8 @@ def test_eval_and_info_commands(trained_run):
     assert "out-of-vocabulary characters skipped: 2 (1 distinct: '~')" in result.stdout
     info = CliRunner().invoke(main, ["info", "--runs-dir", "runs"])
     assert info.exit_code == 0, info.output
-    for fragment in ("1 x 16 LSTM", "steps:            20", "best val bpc:", "c.txt"):
+    for fragment in ("1 x 16 LSTM", "steps:            20", "best val bpc:", "c.txt",
+                     "strategy auto, precision float32"):
         assert fragment in info.stdout
     params = ModelConfig(vocab_size=len(set(TEXT)), embedding_dim=8, units=16, num_layers=1)
     assert f"parameters:       {params.parameter_count():,}" in info.stdout
