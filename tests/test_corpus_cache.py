@@ -277,6 +277,23 @@ def test_disk_full_leaves_no_half_written_ids(tmp_path, monkeypatch):
     assert_encodes(encode_corpus([path], "utf-8", tmp_path / "cache"), [path])
 
 
+def test_corpus_changed_while_encoding_is_one_line_and_leaves_no_cache(tmp_path):
+    path = write(tmp_path / "a.txt", "abc\n" * 1000)
+    appended = []
+
+    def grow_once(_bytes):  # the source grows between the two passes
+        if not appended:
+            appended.append(True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write("xyz\n")
+
+    message = error_of(encode_corpus, [path], "utf-8", tmp_path / "cache", progress=grow_once)
+    assert message == (f"the corpus changed while it was being encoded ({path}); "
+                       "run again once it has stopped changing")
+    assert [p.name for p in (tmp_path / "cache").rglob("*")] == []
+    assert_encodes(encode_corpus([path], "utf-8", tmp_path / "cache"), [path])
+
+
 # ---------------------------------------------------------------- batching from the mapping
 
 

@@ -80,7 +80,8 @@ PRESETS: dict[str, dict] = {
         "train": {"batch_size": 32, "seq_len": 64, "learning_rate": 3e-3},
     },
     "small": {  # ~0.9M: the CPU workhorse (2 x 256). Batch 32, not 64: on a CPU the step time
-        # is proportional to the batch, so 32 streams read text as fast and update twice as often
+        # is nearly proportional to the batch (bench/step_time.py), so 32 streams read text about
+        # as fast and update twice as often
         # (10 minutes on tinyshakespeare: 2.14 val bpc against 2.22 with batch 64, bench/QUALITY.md)
         "model": {"embedding_dim": 64, "units": 256, "num_layers": 2, "dropout": 0.1},
         "train": {"batch_size": 32, "seq_len": 100, "learning_rate": 3e-3},

@@ -4,7 +4,7 @@
 ids plus its sorted character list, so training never holds the text or the id array in memory:
 `StreamBatcher` reads windows straight from the mapping. The design:
 
-* The text is `data.iter_text`, which streams exactly what `read_corpus` returns (same files,
+* The text is `corpus.iter_text`, which streams exactly what `read_corpus` returns (same files,
   order, skipping rules, BOM and CRLF handling, newlines between files, errors), in ~1 MiB blocks.
 * Building takes two streaming passes in constant memory. Pass 1 marks the code points seen in
   a bool table of 0x110000 entries (1.1 MB), giving the characters in code-point order, i.e.
@@ -46,7 +46,7 @@ import numpy as np
 from textgen.atomic import _umask, atomic_write_text
 from textgen.corpus import _check_encoding, _path_list, corpus_files, iter_text
 from textgen.errors import TextgenError
-from textgen.vocab import MAX_CODE_POINT, Vocabulary, _code_points
+from textgen.vocab import Vocabulary
 
 FORMAT = "textgen-corpus-cache"
 VERSION = 1
@@ -183,12 +183,16 @@ def _build(directory: Path, paths: list, encoding: str, fingerprint: dict,
 def _scan(paths: list, encoding: str, block_bytes: int,
           progress: Progress | None) -> tuple[list[str], int]:
     """Pass 1: (distinct characters in code-point order, number of characters)."""
-    seen = np.zeros(MAX_CODE_POINT + 1, dtype=bool)  # (0x110000,), 1.1 MB
     count = 0
-    for block in iter_text(paths, encoding, block_bytes, progress):
-        seen[_code_points(block)] = True
-        count += len(block)
-    return [chr(c) for c in np.flatnonzero(seen)], count
+
+    def counted(blocks):
+        nonlocal count
+        for block in blocks:
+            count += len(block)
+            yield block
+
+    vocab = Vocabulary.from_blocks(counted(iter_text(paths, encoding, block_bytes, progress)))
+    return vocab.chars, count
 
 
 def _write_ids(out, paths: list, encoding: str, vocab: Vocabulary, dtype: np.dtype,

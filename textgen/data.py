@@ -84,17 +84,17 @@ class StreamBatcher:
         """Window k as int32 arrays x, y of shape (batch_size, seq_len)."""
         if not 0 <= k < self.num_windows:
             raise IndexError(f"window {k} out of range 0..{self.num_windows - 1}")
-        start = k * self.seq_len
-        x = self.streams[:, start : start + self.seq_len]  # (batch, seq_len)
-        y = self.streams[:, start + 1 : start + self.seq_len + 1]  # (batch, seq_len)
-        x, y = x.astype(np.int32), y.astype(np.int32)  # copies of this window only
-        self._window_read(k)
-        return x, y
+        block = self._block(k)
+        return block[:, :-1], block[:, 1:]  # x, y: (batch, seq_len) each
 
-    def _window_read(self, k: int) -> None:
-        """Called once window k has been copied out: release the mapping's pages now and then."""
+    def _block(self, k: int) -> np.ndarray:
+        """Window k and its one-step-ahead targets as one int32 copy, (batch, seq_len + 1);
+        every `release_every` windows the mapping's pages are released once it is copied."""
+        start = k * self.seq_len
+        block = self.streams[:, start : start + self.seq_len + 1].astype(np.int32)
         if self._mapping is not None and (k + 1) % self.release_every == 0:
             _release_pages(self._mapping)
+        return block
 
     def dataset(self, start_window: int = 0):
         """A tf.data.Dataset of windows start_window..num_windows-1, in order (one epoch).
@@ -109,17 +109,10 @@ class StreamBatcher:
 
         if not 0 <= start_window <= self.num_windows:
             raise IndexError(f"start_window {start_window} out of range 0..{self.num_windows}")
-        streams = self.streams  # (batch, stream_len), compact dtype; shared, not copied
-        batch, seq_len, window_read = self.batch_size, self.seq_len, self._window_read
-
-        def block(k):  # numpy: window k and its one-step-ahead targets, (batch, seq_len + 1)
-            start = int(k) * seq_len
-            w = streams[:, start : start + seq_len + 1].astype(np.int32)
-            window_read(int(k))
-            return w
+        batch, seq_len = self.batch_size, self.seq_len
 
         def cut(k):
-            w = tf.numpy_function(block, [k], tf.int32, stateful=False)
+            w = tf.numpy_function(lambda k: self._block(int(k)), [k], tf.int32, stateful=False)
             w.set_shape((batch, seq_len + 1))
             return w[:, :-1], w[:, 1:]  # x, y: (batch, seq_len) each
 

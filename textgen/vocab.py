@@ -66,9 +66,15 @@ class Vocabulary:
         Same result as `sorted(set(text))`, computed chunk by chunk with a 1.1 MB table of the
         code points seen, so nothing proportional to the text is built.
         """
-        seen = np.zeros(MAX_CODE_POINT + 1, dtype=bool)
-        for _, cps in _code_point_chunks(text):
-            seen[cps] = True
+        return cls.from_blocks(text[start : start + CHUNK_CHARS]
+                               for start in range(0, len(text), CHUNK_CHARS))
+
+    @classmethod
+    def from_blocks(cls, blocks: Iterable[str]) -> Vocabulary:
+        """The vocabulary of the text that `blocks` join to (a stream, read once)."""
+        seen = np.zeros(MAX_CODE_POINT + 1, dtype=bool)  # (0x110000,), 1.1 MB
+        for block in blocks:
+            seen[_code_points(block)] = True
         return cls(chr(int(c)) for c in np.flatnonzero(seen))
 
     def _table(self) -> np.ndarray:
