@@ -7,6 +7,8 @@ ones, instead of hiding them in a stateful layer. The trainer carries them from 
 
 from __future__ import annotations
 
+import os
+
 import keras
 import tensorflow as tf
 
@@ -15,6 +17,32 @@ from textgen.config import ModelConfig
 from textgen.recurrent import LSTMLayer, resolve_path
 
 State = list  # [(h, c) per layer], each (batch, units)
+
+# Fewest rows worth a loop of their own: below this the per-step matmul is too small to pay for
+# another loop's overhead. On 2 cores, batch 64 runs as 2 x 32 rows (1.4x the step rate of one
+# loop, bench/RESULTS.md).
+MIN_ROWS_PER_PART = 16
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def parallel_parts(batch: int | None, cpus: int | None = None) -> int:
+    """How many independent row groups a batch of `batch` streams is split into: one per core,
+    at least MIN_ROWS_PER_PART rows each; 1 when the batch size is not static."""
+    if batch is None:
+        return 1
+    return max(1, min(cpus or available_cpus(), batch // MIN_ROWS_PER_PART))
+
+
+def row_split_sizes(batch: int, parts: int) -> list[int]:
+    """Sizes of `parts` contiguous row groups covering `batch` rows, as equal as possible."""
+    return [batch // parts + (1 if k < batch % parts else 0) for k in range(parts)]
 
 
 @keras.saving.register_keras_serializable(package="textgen")
@@ -68,26 +96,63 @@ class CharLSTM(keras.Model):
         return [(zeros, zeros) for _ in self.lstm_layers]
 
     def call(self, ids, states: State | None = None, training: bool = False):
-        """ids: (batch, time) int. Returns (logits (batch, time, vocab) float32, new states)."""
+        """ids: (batch, time) int. Returns (logits (batch, time, vocab) float32, new states).
+
+        On the fused CPU path a training batch runs as `parallel_parts` independent groups of
+        rows (streams never interact before the logits), each through the whole layer stack:
+        TensorFlow runs the groups' recurrent loops side by side, one per core, where a single
+        loop's small per-step matmul would keep only one core busy.
+        """
         if states is None:
             states = self.initial_state(tf.shape(ids)[0])
+        table = self._input_table() if self._use_projection_table(ids, training) else None
+        parts = self._parallel_parts(ids)
+        if parts == 1:
+            x, new_states = self._recurrent_stack(ids, states, table, training)
+        else:
+            sizes = row_split_sizes(ids.shape[0], parts)
+            split_states = [tf.split(t, sizes) for t in flatten_state(states)]
+            results = [
+                self._recurrent_stack(part_ids, unflatten_state([s[k] for s in split_states]), table, training)
+                for k, part_ids in enumerate(tf.split(ids, sizes))
+            ]
+            x = tf.concat([r[0] for r in results], axis=0)  # (batch, time, units)
+            new_states = unflatten_state(
+                [tf.concat(parts_of, axis=0) for parts_of in zip(*(flatten_state(r[1]) for r in results))])
+        logits = self.head(x)  # (batch, time, vocab)
+        return tf.cast(logits, tf.float32), new_states
+
+    def _recurrent_stack(self, ids, states: State, table, training):
+        """Embedding (or the first layer's projection `table`) -> LSTM layers, for some rows.
+
+        ids: (batch, time). Returns (the last layer's outputs (batch, time, units), new states).
+        The fused path runs time-major inside (ids transposed once, outputs once) so that no
+        layer has to transpose its (time, batch, 4*units) projections.
+        """
+        time_major = resolve_path(self.lstm_layers[0].lstm_path) == "fused"
+        if time_major:
+            ids = tf.transpose(ids)  # (time, batch)
         new_states = []
-        if self._use_projection_table(ids, training):
-            first = self.lstm_layers[0]
-            x, (h, c) = first.run_projected(self._projection_table(ids), states[0])
+        if table is not None:
+            x, (h, c) = self.lstm_layers[0].run_projected(tf.gather(table, ids), states[0], time_major)
             x = self.dropout(x, training=training)
             new_states.append((h, c))
             layers, states = self.lstm_layers[1:], states[1:]
         else:
-            x = self.embedding(ids)  # (batch, time, embedding_dim)
+            x = self.embedding(ids)  # (batch, time, embedding_dim), or time-major
             x = self.embedding_dropout(x, training=training)
             layers = self.lstm_layers
         for layer, (h, c) in zip(layers, states):
-            x, (h, c) = layer(x, initial_state=[h, c])  # (batch, time, units)
+            x, (h, c) = layer(x, initial_state=[h, c], time_major=time_major)  # (..., units)
             x = self.dropout(x, training=training)  # on non-recurrent connections only
             new_states.append((h, c))
-        logits = self.head(x)  # (batch, time, vocab)
-        return tf.cast(logits, tf.float32), new_states
+        return (tf.transpose(x, [1, 0, 2]) if time_major else x), new_states
+
+    def _parallel_parts(self, ids) -> int:
+        """Row groups for this batch: only on the fused path, with a static batch size."""
+        if resolve_path(self.lstm_layers[0].lstm_path) != "fused":
+            return 1
+        return parallel_parts(ids.shape[0])
 
     def _use_projection_table(self, ids, training: bool = False) -> bool:
         """Whether the first layer's input projection should come from a lookup table: only on
@@ -100,17 +165,13 @@ class CharLSTM(keras.Model):
         return (first.built and resolve_path(first.lstm_path) == "fused" and not dropping
                 and n_chars is not None and n_chars >= self.config.vocab_size)
 
-    def _projection_table(self, ids):
-        """First-layer input projections x.W + b by lookup: (batch, time, 4*units).
+    def _input_table(self):
+        """embedding . W + b of the first layer for every character: (vocab, 4*units).
 
         For characters, embedding(id).W + b takes only vocab_size distinct values, so one
         (vocab, embedding) @ (embedding, 4*units) matmul and a gather replace a
         (batch*time, embedding) @ (embedding, 4*units) matmul; gradients flow through both.
         """
-        return tf.gather(self._input_table(), ids)
-
-    def _input_table(self):
-        """embedding . W + b of the first layer for every character: (vocab, 4*units)."""
         cell = self.lstm_layers[0].cell
         return tf.matmul(self.embedding.embeddings, cell.kernel) + cell.bias
 

@@ -18,7 +18,7 @@ import importlib
 import keras
 import tensorflow as tf
 
-from textgen.cell import LSTMCell, gate_activations
+from textgen.cell import LSTMCell, gate_activations, lstm_gates
 
 PATHS = ("auto", "fused", "cudnn", "rnn")
 
@@ -60,37 +60,63 @@ def cudnn_lstm_sequence(inputs, h0, c0, kernel, recurrent_kernel, bias):
 
 
 def fused_lstm_sequence(
-    inputs_proj: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, recurrent_kernel: tf.Tensor
+    inputs_proj: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, recurrent_kernel: tf.Tensor,
+    time_major: bool = False,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Run the recurrence given precomputed input projections, with a hand-written backward pass.
 
-    inputs_proj: (batch, time, 4*units) = x.W + b for every step; h0, c0: (batch, units);
-    recurrent_kernel: (units, 4*units) as a tensor. Returns (outputs (batch, time, units), h_T, c_T).
+    inputs_proj: (batch, time, 4*units) = x.W + b for every step, or (time, batch, 4*units) with
+    `time_major`; h0, c0: (batch, units); recurrent_kernel: (units, 4*units) as a tensor.
+    Returns (outputs (batch, time, units), or (time, batch, units) with `time_major`, h_T, C_T).
     """
-    proj_tm = tf.transpose(inputs_proj, [1, 0, 2])  # (time, batch, 4*units)
+    proj_tm = inputs_proj if time_major else _swap_time_batch(inputs_proj)
     outputs_tm, h, c = _lstm_time_major(proj_tm, h0, c0, recurrent_kernel)
-    return tf.transpose(outputs_tm, [1, 0, 2]), h, c
+    return (outputs_tm if time_major else _swap_time_batch(outputs_tm)), h, c
 
 
 def _forward_loop(proj_tm, h0, c0, recurrent_kernel):
-    """The forward recurrence; also returns the activated gates and cell states for backward."""
+    """The forward recurrence; also returns the pre-activations and cell states for backward.
+
+    The pre-activations z are stored as they come out of the matmul: storing the activated gates
+    would need a concat per step, which costs more here than recomputing the activations for all
+    steps at once in the backward pass.
+    """
     steps = tf.shape(proj_tm)[0]
     dtype = proj_tm.dtype
     hs = tf.TensorArray(dtype, size=steps)
     cs = tf.TensorArray(dtype, size=steps)
-    acts = tf.TensorArray(dtype, size=steps)
+    zs = tf.TensorArray(dtype, size=steps)
 
-    def body(t, h, c, hs, cs, acts):
+    def body(t, h, c, hs, cs, zs):
         z = proj_tm[t] + tf.matmul(h, recurrent_kernel)  # (batch, 4*units)
-        i, f, g, o = gate_activations(z)  # kept for the backward pass
-        c = f * c + i * g
-        h = o * tf.tanh(c)
-        return t + 1, h, c, hs.write(t, h), cs.write(t, c), acts.write(t, tf.concat([i, f, g, o], -1))
+        h, c = lstm_gates(z, c)
+        return t + 1, h, c, hs.write(t, h), cs.write(t, c), zs.write(t, z)
 
-    _, h, c, hs, cs, acts = tf.while_loop(
-        lambda t, *_: t < steps, body, (tf.constant(0), h0, c0, hs, cs, acts)
+    _, h, c, hs, cs, zs = tf.while_loop(
+        lambda t, *_: t < steps, body, (tf.constant(0), h0, c0, hs, cs, zs)
     )
-    return hs.stack(), cs.stack(), acts.stack(), h, c  # (time, batch, ...)
+    return hs.stack(), cs.stack(), zs.stack(), h, c  # (time, batch, ...)
+
+
+@tf.function(jit_compile=True)
+def _backward_coefficients(zs, cs, c0):
+    """The step-independent factors of backpropagation through time, for all steps at once.
+
+    zs: (time, batch, 4*units) pre-activations; cs: (time, batch, units) cell states.
+    Returns (dC_t/dh_t, dz/d(dC or dh) per gate (time, batch, 4*units), f_t). Compiled with XLA,
+    which fuses these dozen elementwise passes over (time, batch, units) tensors into one.
+    """
+    i, f, g, o = gate_activations(zs)  # (time, batch, units) each
+    tanh_c = tf.tanh(cs)
+    c_prev = tf.concat([c0[None], cs[:-1]], axis=0)  # C_{t-1}
+    dc_per_dh = o * (1.0 - tanh_c * tanh_c)  # dC_t/dh_t through h_t = o_t * tanh(C_t)
+    dz_scale = tf.concat([
+        g * i * (1.0 - i),  # dz_i per dC_t
+        c_prev * f * (1.0 - f),  # dz_f per dC_t
+        i * (1.0 - g * g),  # dz_c per dC_t
+        tanh_c * o * (1.0 - o),  # dz_o per dh_t
+    ], axis=-1)
+    return dc_per_dh, dz_scale, f
 
 
 @tf.custom_gradient
@@ -101,7 +127,7 @@ def _lstm_time_major(proj_tm, h0, c0, recurrent_kernel):
     matmul per step; here the loop only carries dh and dC back, and the weight gradient is a single
     (units x time*batch) @ (time*batch x 4*units) matmul after it.
     """
-    hs, cs, acts, h_last, c_last = _forward_loop(proj_tm, h0, c0, recurrent_kernel)
+    hs, cs, zs, h_last, c_last = _forward_loop(proj_tm, h0, c0, recurrent_kernel)
 
     def grad(d_outputs, d_h_last, d_c_last):
         steps = tf.shape(proj_tm)[0]
@@ -110,16 +136,7 @@ def _lstm_time_major(proj_tm, h0, c0, recurrent_kernel):
         d_outputs = tf.zeros_like(hs) if d_outputs is None else d_outputs
         # Everything that does not depend on the recurrence is computed for all steps at once,
         # so the sequential loop is down to a few ops and one matmul per step.
-        i, f, g, o = tf.split(acts, 4, axis=-1)  # (time, batch, units) each
-        tanh_c = tf.tanh(cs)
-        c_prev = tf.concat([c0[None], cs[:-1]], axis=0)  # C_{t-1}
-        dc_per_dh = o * (1.0 - tanh_c * tanh_c)  # dC_t/dh_t through h_t = o_t * tanh(C_t)
-        dz_scale = tf.concat([
-            g * i * (1.0 - i),  # dz_i per dC_t
-            c_prev * f * (1.0 - f),  # dz_f per dC_t
-            i * (1.0 - g * g),  # dz_c per dC_t
-            tanh_c * o * (1.0 - o),  # dz_o per dh_t
-        ], axis=-1)  # (time, batch, 4*units)
+        dc_per_dh, dz_scale, f = _backward_coefficients(zs, cs, c0)
         kernel_t = tf.transpose(recurrent_kernel)  # (4*units, units)
         dzs = tf.TensorArray(proj_tm.dtype, size=steps)
 
@@ -131,13 +148,20 @@ def _lstm_time_major(proj_tm, h0, c0, recurrent_kernel):
 
         _, d_h0, d_c0, dzs = tf.while_loop(lambda t, *_: t >= 0, body, (steps - 1, d_h, d_c, dzs))
         dz_all = dzs.stack()  # (time, batch, 4*units)
-        h_prev = tf.concat([h0[None], hs[:-1]], axis=0)  # h_{t-1}: (time, batch, units)
         units = tf.shape(h0)[-1]
-        d_kernel = tf.matmul(tf.reshape(h_prev, (-1, units)), tf.reshape(dz_all, (-1, 4 * units)),
-                             transpose_a=True)  # (units, 4*units), one matmul for all steps
+        # dU = sum_t h_{t-1}^T dz_t: h_0's term plus one matmul over the stored h_1..h_{T-1}
+        # (slices along time are free; concatenating h_0 in front would copy them all).
+        d_kernel = tf.matmul(h0, dz_all[0], transpose_a=True) + tf.matmul(
+            tf.reshape(hs[:-1], (-1, units)), tf.reshape(dz_all[1:], (-1, 4 * units)),
+            transpose_a=True)  # (units, 4*units)
         return dz_all, d_h0, d_c0, d_kernel
 
     return (hs, h_last, c_last), grad
+
+
+def _swap_time_batch(x: tf.Tensor) -> tf.Tensor:
+    """(batch, time, features) <-> (time, batch, features)."""
+    return tf.transpose(x, [1, 0, 2])
 
 
 @keras.saving.register_keras_serializable(package="textgen")
@@ -161,30 +185,42 @@ class LSTMLayer(keras.layers.Layer):
         if resolve_path(self.lstm_path) == "rnn":
             self._rnn = keras.layers.RNN(self.cell, return_sequences=True, return_state=True)
 
-    def call(self, inputs, initial_state=None):
-        """inputs: (batch, time, features). Returns (outputs (batch, time, units), [h_T, C_T])."""
-        batch = tf.shape(inputs)[0]
+    def call(self, inputs, initial_state=None, time_major: bool = False):
+        """inputs: (batch, time, features), or (time, batch, features) with `time_major`.
+
+        Returns (outputs in the layout of the inputs, [h_T, C_T]). The fused path runs time-major
+        inside, so a time-major caller saves a transpose in and out of every layer.
+        """
+        batch = tf.shape(inputs)[1 if time_major else 0]
         if initial_state is None:
             initial_state = self.cell.get_initial_state(batch)
         h0, c0 = initial_state
         path = resolve_path(self.lstm_path)
-        if path == "rnn":
-            outputs, h, c = self._rnn(inputs, initial_state=[h0, c0])
-            return outputs, [h, c]
-        if path == "cudnn":
-            cell = self.cell
-            result = cudnn_lstm_sequence(inputs, h0, c0, cell.kernel, cell.recurrent_kernel, cell.bias)
+        if path != "fused":
+            result = self._library_sequence(path, _swap_time_batch(inputs) if time_major else inputs, h0, c0)
             if result is not None:
                 outputs, h, c = result
-                return outputs, [h, c]
-        proj = tf.einsum("btd,dg->btg", inputs, self.cell.kernel) + self.cell.bias
-        return self.run_projected(proj, [h0, c0])
+                return (_swap_time_batch(outputs) if time_major else outputs), [h, c]
+        cell = self.cell
+        features = tf.shape(inputs)[-1]
+        proj = tf.matmul(tf.reshape(inputs, (-1, features)), cell.kernel) + cell.bias  # (time*batch, 4*units)
+        proj = tf.reshape(proj, tf.concat([tf.shape(inputs)[:2], [4 * self.units]], axis=0))
+        return self.run_projected(proj, [h0, c0], time_major=time_major)
 
-    def run_projected(self, inputs_proj, initial_state):
-        """The fused recurrence from precomputed projections x.W + b: (batch, time, 4*units)."""
+    def _library_sequence(self, path, inputs, h0, c0):
+        """(outputs, h, c) from the "rnn" or "cudnn" path on batch-major inputs; None if cuDNN
+        is unavailable (then the fused path runs instead)."""
+        if path == "rnn":
+            return self._rnn(inputs, initial_state=[h0, c0])
+        cell = self.cell
+        return cudnn_lstm_sequence(inputs, h0, c0, cell.kernel, cell.recurrent_kernel, cell.bias)
+
+    def run_projected(self, inputs_proj, initial_state, time_major: bool = False):
+        """The fused recurrence from precomputed projections x.W + b: (batch, time, 4*units),
+        or (time, batch, 4*units) with `time_major` (and then time-major outputs)."""
         h0, c0 = initial_state
         kernel = tf.convert_to_tensor(self.cell.recurrent_kernel)
-        outputs, h, c = fused_lstm_sequence(inputs_proj, h0, c0, kernel)
+        outputs, h, c = fused_lstm_sequence(inputs_proj, h0, c0, kernel, time_major=time_major)
         return outputs, [h, c]
 
     def get_config(self):
