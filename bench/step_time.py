@@ -27,7 +27,6 @@ def step_time(units: int, batch: int, seq_len: int, steps: int, warmup: int) -> 
 
     from textgen.config import ModelConfig
     from textgen.model import build_model
-    from textgen.train import loss_fn
 
     model = build_model(ModelConfig(vocab_size=65, units=units, num_layers=2, dropout=0.1))
     optimizer = keras.optimizers.Adam(1e-3)
@@ -35,8 +34,7 @@ def step_time(units: int, batch: int, seq_len: int, steps: int, warmup: int) -> 
     @tf.function
     def step(x, y):
         with tf.GradientTape() as tape:
-            logits, _ = model(x, training=True)
-            loss = loss_fn(logits, y)
+            loss, _ = model.sequence_loss(x, y, training=True)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
@@ -57,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    print(f"{os.cpu_count()} CPUs; {args.steps} timed steps after {args.warmup} warm-up steps")
+    from textgen.parallel import configure_threads
+
+    # as the trainer does, from the smallest batch (one plan per process)
+    threads = configure_threads(min(int(shape.split("x")[1]) for shape in args.shapes.split(",")))
+    print(f"{os.cpu_count()} CPUs; thread pools (intra-op, inter-op): {threads or 'TensorFlow default'}; "
+          f"{args.steps} timed steps after {args.warmup} warm-up steps")
     for shape in args.shapes.split(","):
         units, batch, seq_len = (int(v) for v in shape.split("x"))
         seconds = step_time(units, batch, seq_len, args.steps, args.warmup)

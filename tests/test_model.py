@@ -98,3 +98,82 @@ def test_fast_training_path_matches_the_plain_cell_path():
     for g_fast, g_plain in zip(results[0][1], results[1][1]):
         assert np.abs(g_plain).max() > 0
         np.testing.assert_allclose(g_fast, g_plain, atol=1e-5)
+
+
+def _logits_loss_and_grads(model, ids, targets, probe, use_sequence_loss):
+    """(logits or None, loss, states, gradients) of one forward and backward pass."""
+    from textgen.train import loss_fn
+
+    states = model.initial_state(ids.shape[0])
+    with tf.GradientTape() as tape:
+        if use_sequence_loss:
+            logits = None
+            loss, states = model.sequence_loss(ids, targets, states, training=True)
+        else:
+            logits, states = model(ids, states, training=True)
+            loss = loss_fn(logits, targets) + tf.reduce_mean(logits * probe)
+        loss = loss + tf.reduce_sum(states[-1][1]) * 1e-2  # gradients through the carried state
+    grads = tape.gradient(loss, model.trainable_variables)
+    return logits, loss, states, [np.asarray(tf.convert_to_tensor(g)) for g in grads]
+
+
+@pytest.mark.parametrize("use_sequence_loss", [False, True])
+def test_row_groups_compute_what_one_group_computes(monkeypatch, use_sequence_loss):
+    """The batch split into row groups (one per core, textgen.parallel) gives the logits, loss,
+    states and gradients of the unsplit batch, through the projection table and both layers."""
+    import textgen.model as model_module
+
+    config = ModelConfig(vocab_size=13, embedding_dim=6, units=8, num_layers=2, dropout=0.0)
+    tf.keras.utils.set_random_seed(7)
+    model = build_model(config, lstm_path="fused")
+    rng = np.random.default_rng(8)
+    ids = tf.constant(rng.integers(0, 13, (7, 9)), tf.int32)
+    targets = tf.constant(rng.integers(0, 13, (7, 9)), tf.int32)
+    probe = tf.constant(rng.normal(size=(7, 9, 13)), tf.float32)
+    results = {}
+    for parts in (1, 3):
+        monkeypatch.setattr(model_module, "parallel_parts", lambda batch, parts=parts: parts)
+        assert model._parallel_parts(ids) == parts
+        results[parts] = _logits_loss_and_grads(model, ids, targets, probe, use_sequence_loss)
+    (logits_1, loss_1, states_1, grads_1), (logits_3, loss_3, states_3, grads_3) = results[1], results[3]
+    if not use_sequence_loss:
+        np.testing.assert_allclose(logits_3.numpy(), logits_1.numpy(), atol=1e-5)
+    np.testing.assert_allclose(float(loss_3), float(loss_1), rtol=1e-6)
+    for a, b in zip(flatten_state(states_3), flatten_state(states_1)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+    for g3, g1 in zip(grads_3, grads_1):
+        assert np.abs(g1).max() > 0
+        np.testing.assert_allclose(g3, g1, atol=1e-6)
+
+
+def test_sequence_loss_is_the_mean_cross_entropy_of_the_logits(model):
+    """sequence_loss = mean over every character of -log softmax(logits)[target], by numpy."""
+    ids, targets = random_ids(5, 6, seed=11), random_ids(5, 6, seed=12)
+    logits, states = model(ids)
+    loss, loss_states = model.sequence_loss(ids, targets)
+    z = logits.numpy().astype(np.float64)
+    log_probs = z - z.max(-1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+    expected = -np.take_along_axis(log_probs, targets.numpy()[..., None], -1).mean()
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    for a, b in zip(flatten_state(loss_states), flatten_state(states)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_gather_rows_gradient_is_tf_gathers_summed_densely():
+    from textgen.model import gather_rows
+
+    rng = np.random.default_rng(3)
+    table = tf.constant(rng.normal(size=(6, 4)), tf.float32)
+    ids = tf.constant([[0, 5, 5], [2, 0, 5]], tf.int32)
+    weights = tf.constant(rng.normal(size=(2, 3, 4)), tf.float32)
+    grads = []
+    for gather in (gather_rows, tf.gather):
+        with tf.GradientTape() as tape:
+            tape.watch(table)
+            loss = tf.reduce_sum(gather(table, ids) * weights)
+        grads.append(tf.convert_to_tensor(tape.gradient(loss, table)).numpy())
+    expected = np.zeros((6, 4), np.float32)
+    np.add.at(expected, ids.numpy().ravel(), weights.numpy().reshape(-1, 4))
+    np.testing.assert_allclose(grads[0], expected, atol=1e-6)
+    np.testing.assert_allclose(grads[1], expected, atol=1e-6)

@@ -178,3 +178,15 @@ def test_state_carry_across_chunks(path):
     assert _max_abs_diff(np.concatenate(chunks, axis=1), whole) < TOL
     assert _max_abs_diff(state[0], h_w) < TOL
     assert _max_abs_diff(state[1], c_w) < TOL
+
+
+@pytest.mark.parametrize("path", ["fused", "rnn"])
+def test_time_major_call_is_the_batch_major_call_transposed(path):
+    """`time_major=True` takes and returns (time, batch, ...) and computes the same numbers."""
+    x, h0, c0, weights, _ = _problem(seed=6)
+    layer = _layer(path, weights)
+    out, (h, c) = layer(x, initial_state=[h0, c0])
+    out_tm, (h_tm, c_tm) = layer(np.transpose(x, (1, 0, 2)), initial_state=[h0, c0], time_major=True)
+    assert out_tm.shape == (STEPS, BATCH, UNITS)
+    assert _max_abs_diff(np.transpose(out_tm, (1, 0, 2)), out) < 1e-6
+    assert _max_abs_diff(h_tm, h) < 1e-6 and _max_abs_diff(c_tm, c) < 1e-6

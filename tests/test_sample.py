@@ -101,6 +101,26 @@ def test_greedy_matches_a_python_loop_over_model_steps(model_and_vocab):
     assert text == expected
 
 
+def test_many_streams_run_as_groups_that_draw_independently(model_and_vocab):
+    """More than ROWS_PER_GROUP streams run as several compiled loops: the first group draws
+    what a run of just those streams draws, the other groups differ from it (their own keys),
+    the greedy streams agree with a single loop, and a seed still fixes every stream."""
+    from textgen.parallel import row_split_sizes
+    from textgen.sample import ROWS_PER_GROUP
+
+    model, vocab = model_and_vocab
+    many = SampleConfig(length=40, seed=5, num_samples=ROWS_PER_GROUP + 3, prime="ab")
+    texts = generate_text(model, vocab, many)
+    assert texts == generate_text(model, vocab, many)
+    first = row_split_sizes(ROWS_PER_GROUP + 3, 2)[0]  # 18 streams in group 0, 17 in group 1
+    few = SampleConfig(length=40, seed=5, num_samples=ROWS_PER_GROUP, prime="ab")
+    assert texts[:first] == generate_text(model, vocab, few)[:first]
+    assert texts[first:first + 3] != texts[:3]  # same prime and state: only the keys differ
+    greedy = SampleConfig(temperature=0, length=30, num_samples=ROWS_PER_GROUP + 3, prime="ab")
+    one = generate_text(model, vocab, SampleConfig(temperature=0, length=30, prime="ab"))[0]
+    assert generate_text(model, vocab, greedy) == [one] * (ROWS_PER_GROUP + 3)
+
+
 def test_prime_outside_vocabulary_is_refused_by_name(model_and_vocab):
     _, vocab = model_and_vocab
     with pytest.raises(TextgenError, match="'z'"):

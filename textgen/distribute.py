@@ -67,6 +67,15 @@ def is_chief_task(strategy_name: str) -> bool:
     return kind == "worker" and index == 0
 
 
+def worker_count(strategy_name: str) -> int:
+    """Processes that share each global batch: the cluster's chief and workers under
+    multiworker, else 1."""
+    config = tf_config() if strategy_name == "multiworker" else None
+    if config is None:
+        return 1
+    return sum(len(config["cluster"].get(kind, [])) for kind in ("chief", "worker"))
+
+
 def make_strategy(name: str):
     """The `tf.distribute.Strategy` for `--strategy name` (see the module docstring)."""
     import tensorflow as tf

@@ -7,42 +7,30 @@ ones, instead of hiding them in a stateful layer. The trainer carries them from 
 
 from __future__ import annotations
 
-import os
-
 import keras
 import tensorflow as tf
 
 from textgen.cell import lstm_gates
 from textgen.config import ModelConfig
+from textgen.parallel import parallel_parts, row_split_sizes
 from textgen.recurrent import LSTMLayer, resolve_path
 
 State = list  # [(h, c) per layer], each (batch, units)
 
-# Fewest rows worth a loop of their own: below this the per-step matmul is too small to pay for
-# another loop's overhead. On 2 cores, batch 64 runs as 2 x 32 rows (1.4x the step rate of one
-# loop, bench/RESULTS.md).
-MIN_ROWS_PER_PART = 16
 
+@tf.custom_gradient
+def gather_rows(table, ids):
+    """tf.gather(table, ids), whose gradient is a dense (rows, columns) table.
 
-def available_cpus() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    tf.gather's own gradient is an IndexedSlices of one row per id; with several row groups
+    TensorFlow concatenates all of them and sums them in one single-threaded op. Summing each
+    group's rows here keeps that work inside the group, on the group's core.
+    """
 
+    def grad(d_rows):
+        return tf.math.unsorted_segment_sum(d_rows, ids, tf.shape(table)[0]), None
 
-def parallel_parts(batch: int | None, cpus: int | None = None) -> int:
-    """How many independent row groups a batch of `batch` streams is split into: one per core,
-    at least MIN_ROWS_PER_PART rows each; 1 when the batch size is not static."""
-    if batch is None:
-        return 1
-    return max(1, min(cpus or available_cpus(), batch // MIN_ROWS_PER_PART))
-
-
-def row_split_sizes(batch: int, parts: int) -> list[int]:
-    """Sizes of `parts` contiguous row groups covering `batch` rows, as equal as possible."""
-    return [batch // parts + (1 if k < batch % parts else 0) for k in range(parts)]
+    return tf.gather(table, ids), grad
 
 
 @keras.saving.register_keras_serializable(package="textgen")
@@ -96,12 +84,30 @@ class CharLSTM(keras.Model):
         return [(zeros, zeros) for _ in self.lstm_layers]
 
     def call(self, ids, states: State | None = None, training: bool = False):
-        """ids: (batch, time) int. Returns (logits (batch, time, vocab) float32, new states).
+        """ids: (batch, time) int. Returns (logits (batch, time, vocab) float32, new states)."""
+        logits, new_states = self._row_groups(ids, states, training, lambda logits, rows: logits)
+        return tf.concat(logits, axis=0), new_states
 
-        On the fused CPU path a training batch runs as `parallel_parts` independent groups of
-        rows (streams never interact before the logits), each through the whole layer stack:
-        TensorFlow runs the groups' recurrent loops side by side, one per core, where a single
-        loop's small per-step matmul would keep only one core busy.
+    def sequence_loss(self, ids, targets, states: State | None = None, training: bool = False):
+        """Mean cross-entropy in nats of `targets` (batch, time) after `ids`, and the new states.
+
+        The number `loss_fn(self(ids, states)[0], targets)` gives, without assembling the
+        (batch, time, vocab) logits: each row group scores its own rows (for a 6,000-character
+        vocabulary the logits are the largest tensor of a training step).
+        """
+        def group_loss(logits, rows):
+            return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=targets[rows[0]:rows[1]], logits=logits))
+
+        sums, new_states = self._row_groups(ids, states, training, group_loss)
+        return tf.add_n(sums) / tf.cast(tf.size(targets), tf.float32), new_states
+
+    def _row_groups(self, ids, states, training, finish):
+        """Run the batch as `parallel_parts` independent groups of rows (see textgen.parallel).
+
+        Each group goes through the whole layer stack and the head; `finish(logits, (start, end))`
+        maps its float32 logits (rows, time, vocab) to what the caller keeps. Returns (the list of
+        those, one per group in row order, the new states of the whole batch).
         """
         if states is None:
             states = self.initial_state(tf.shape(ids)[0])
@@ -109,18 +115,17 @@ class CharLSTM(keras.Model):
         parts = self._parallel_parts(ids)
         if parts == 1:
             x, new_states = self._recurrent_stack(ids, states, table, training)
-        else:
-            sizes = row_split_sizes(ids.shape[0], parts)
-            split_states = [tf.split(t, sizes) for t in flatten_state(states)]
-            results = [
-                self._recurrent_stack(part_ids, unflatten_state([s[k] for s in split_states]), table, training)
-                for k, part_ids in enumerate(tf.split(ids, sizes))
-            ]
-            x = tf.concat([r[0] for r in results], axis=0)  # (batch, time, units)
-            new_states = unflatten_state(
-                [tf.concat(parts_of, axis=0) for parts_of in zip(*(flatten_state(r[1]) for r in results))])
-        logits = self.head(x)  # (batch, time, vocab)
-        return tf.cast(logits, tf.float32), new_states
+            return [finish(tf.cast(self.head(x), tf.float32), (0, None))], new_states
+        sizes = row_split_sizes(ids.shape[0], parts)
+        split_states = [tf.split(t, sizes) for t in flatten_state(states)]
+        kept, group_states, start = [], [], 0
+        for k, group_ids in enumerate(tf.split(ids, sizes)):
+            x, group_state = self._recurrent_stack(
+                group_ids, unflatten_state([s[k] for s in split_states]), table, training)
+            kept.append(finish(tf.cast(self.head(x), tf.float32), (start, start + sizes[k])))
+            group_states.append(flatten_state(group_state))
+            start += sizes[k]
+        return kept, unflatten_state([tf.concat(pieces, axis=0) for pieces in zip(*group_states)])
 
     def _recurrent_stack(self, ids, states: State, table, training):
         """Embedding (or the first layer's projection `table`) -> LSTM layers, for some rows.
@@ -134,7 +139,7 @@ class CharLSTM(keras.Model):
             ids = tf.transpose(ids)  # (time, batch)
         new_states = []
         if table is not None:
-            x, (h, c) = self.lstm_layers[0].run_projected(tf.gather(table, ids), states[0], time_major)
+            x, (h, c) = self.lstm_layers[0].run_projected(gather_rows(table, ids), states[0], time_major)
             x = self.dropout(x, training=training)
             new_states.append((h, c))
             layers, states = self.lstm_layers[1:], states[1:]
@@ -146,7 +151,7 @@ class CharLSTM(keras.Model):
             x, (h, c) = layer(x, initial_state=[h, c], time_major=time_major)  # (..., units)
             x = self.dropout(x, training=training)  # on non-recurrent connections only
             new_states.append((h, c))
-        return (tf.transpose(x, [1, 0, 2]) if time_major else x), new_states
+        return (tf.transpose(x, [1, 0, 2]) if time_major else x), new_states  # (batch, time, units)
 
     def _parallel_parts(self, ids) -> int:
         """Row groups for this batch: only on the fused path, with a static batch size."""
@@ -172,8 +177,10 @@ class CharLSTM(keras.Model):
         (vocab, embedding) @ (embedding, 4*units) matmul and a gather replace a
         (batch*time, embedding) @ (embedding, 4*units) matmul; gradients flow through both.
         """
-        cell = self.lstm_layers[0].cell
-        return tf.matmul(self.embedding.embeddings, cell.kernel) + cell.bias
+        cell, dtype = self.lstm_layers[0].cell, self.compute_dtype
+        # explicit casts: `sequence_loss` runs outside Keras's autocasting `call`
+        return (tf.matmul(tf.cast(self.embedding.embeddings, dtype), tf.cast(cell.kernel, dtype))
+                + tf.cast(cell.bias, dtype))
 
     def step_weights(self) -> dict:
         """The weights rearranged for single steps; compute once, outside a sampling loop.

@@ -219,7 +219,8 @@ class LSTMLayer(keras.layers.Layer):
         """The fused recurrence from precomputed projections x.W + b: (batch, time, 4*units),
         or (time, batch, 4*units) with `time_major` (and then time-major outputs)."""
         h0, c0 = initial_state
-        kernel = tf.convert_to_tensor(self.cell.recurrent_kernel)
+        # an explicit cast: the model also calls this outside Keras's autocasting `call`
+        kernel = tf.cast(self.cell.recurrent_kernel, self.compute_dtype)
         outputs, h, c = fused_lstm_sequence(inputs_proj, h0, c0, kernel, time_major=time_major)
         return outputs, [h, c]
 

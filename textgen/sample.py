@@ -16,9 +16,11 @@ import tensorflow as tf
 from textgen.config import SampleConfig
 from textgen.errors import TextgenError
 from textgen.model import flatten_state, unflatten_state
+from textgen.parallel import row_split_sizes
 from textgen.vocab import Vocabulary
 
 CHUNK = 64  # characters generated per graph call before they are streamed out
+ROWS_PER_GROUP = 32  # streams per compiled sampling loop; more run as several loops side by side
 
 
 def filter_logits(logits, temperature, top_k, top_p):
@@ -60,22 +62,49 @@ class Sampler:
         self.model, self.chunk = model, chunk
         # XLA fuses each step's small element-wise ops (gates, filters) into a few kernels: the
         # loop is latency-bound, so this is most of the speed. `steps` is static for XLA.
-        self._run = tf.function(self._run_eager, jit_compile=jit_compile)
+        self._run_group = tf.function(self._run_eager, jit_compile=jit_compile)
+        self._run = tf.function(self._run_groups)
         self._prime = tf.function(lambda ids, flat: self._prime_eager(ids, flat), reduce_retracing=True)
 
     def _prime_eager(self, ids, flat_states):
         _, states = self.model(ids, unflatten_state(flat_states))
         return flatten_state(states)
 
-    def _run_eager(self, last, flat_states, steps, temperature, top_k, top_p, seed, offset):
-        """Generate `steps` ids after `last` (batch,); returns (ids (batch, steps), new state)."""
+    def _run_groups(self, last, flat_states, steps, temperature, top_k, top_p, seed, offset):
+        """Generate `steps` ids after `last` (batch,); returns (ids (batch, steps), new state).
+
+        Streams run in groups of up to ROWS_PER_GROUP, each group its own compiled loop, and
+        TensorFlow runs the loops side by side: a step's matmuls are too small to use a second
+        core, a second loop does (64 streams on 2 cores: 1.4x). The grouping depends only on the
+        number of streams, never on the machine, so a seed gives the same text everywhere. Group
+        0 keeps the run's key (up to ROWS_PER_GROUP streams sample as before grouping existed);
+        later groups fold their index into it, so no two groups draw alike.
+        """
+        batch = last.shape[0]
+        sizes = row_split_sizes(batch, -(-batch // ROWS_PER_GROUP))
+        key = tf.stack([seed, 0])
+        lasts = tf.split(last, sizes)
+        flats = [tf.split(state, sizes) for state in flat_states]
+        ids, new_flats = [], []
+        for k, group_last in enumerate(lasts):
+            group_key = key if k == 0 else tf.random.experimental.stateless_fold_in(key, k)
+            group_ids, group_flat = self._run_group(
+                group_last, [state[k] for state in flats], steps, temperature, top_k, top_p,
+                group_key, offset)
+            ids.append(group_ids)
+            new_flats.append(group_flat)
+        return tf.concat(ids, axis=0), [tf.concat(pieces, axis=0) for pieces in zip(*new_flats)]
+
+    def _run_eager(self, last, flat_states, steps, temperature, top_k, top_p, key, offset):
+        """One group's compiled loop: `steps` ids after `last` (rows,), drawn with the stateless
+        RNG at key + (0, position); returns (ids (rows, steps), new state)."""
         batch = tf.shape(last)[0]
         out = tf.TensorArray(tf.int32, size=steps)
         weights = self.model.step_weights()  # once per chunk, outside the loop
 
         def body(t, last, flat, out):
             logits, states = self.model.step(last, unflatten_state(flat), weights)  # (batch, vocab)
-            nxt = choose_next(logits, temperature, top_k, top_p, tf.stack([seed, offset + t]))
+            nxt = choose_next(logits, temperature, top_k, top_p, key + tf.stack([0, offset + t]))
             return t + 1, nxt, flatten_state(states), out.write(t, nxt)
 
         _, last, flat, out = tf.while_loop(

@@ -36,10 +36,11 @@ from tqdm.auto import tqdm
 from textgen import checkpoint as ckpt
 from textgen.config import ModelConfig, SampleConfig, TrainConfig
 from textgen.data import StreamBatcher
-from textgen.distribute import Replicas, make_strategy
+from textgen.distribute import Replicas, make_strategy, worker_count
 from textgen.errors import TextgenError
 from textgen.launch import StopRequest
 from textgen.model import CharLSTM, build_model, flatten_state, unflatten_state
+from textgen.parallel import configure_threads
 from textgen.progress import Progress, progress_problem
 from textgen.schedule import WarmupCosine
 from textgen.vocab import Vocabulary
@@ -65,7 +66,8 @@ class Trainer:
                  meta: dict, chief: bool = True):
         """`chief`: whether this process writes the run (False for the other workers of a
         multi-worker run, which train in step with the chief and write nothing)."""
-        # the strategy first: MultiWorkerMirroredStrategy must exist before any TensorFlow op
+        # thread pools and strategy first: both must be set up before any TensorFlow op runs
+        self.threads = configure_threads(train_config.batch_size // worker_count(train_config.strategy))
         self.strategy = make_strategy(train_config.strategy)
         self.replicas = Replicas(self.strategy, train_config.batch_size,
                                  multiworker=train_config.strategy == "multiworker")
@@ -101,8 +103,8 @@ class Trainer:
         replicas, clip = self.replicas, self.config.clip_norm
         x, y = replicas.my_rows(x), replicas.my_rows(y)  # (rows, seq_len) each
         with tf.GradientTape() as tape:
-            logits, states = self.model(x, unflatten_state(flat_states), training=True)
-            loss = loss_fn(logits, y) / replicas.count  # this replica's share of the batch mean
+            loss, states = self.model.sequence_loss(x, y, unflatten_state(flat_states), training=True)
+            loss = loss / replicas.count  # this replica's share of the batch mean
             scaled = self.optimizer.scale_loss(loss)  # x the loss scale under mixed_float16
         variables = self.model.trainable_variables
         grads = replicas.sum(tape.gradient(scaled, variables))  # the whole batch's gradient
@@ -120,8 +122,8 @@ class Trainer:
         return self.replicas.first(loss), flat
 
     def _eval_step_eager(self, x, y, flat_states):
-        logits, states = self.model(x, unflatten_state(flat_states), training=False)
-        return loss_fn(logits, y), flatten_state(states)
+        loss, states = self.model.sequence_loss(x, y, unflatten_state(flat_states), training=False)
+        return loss, flatten_state(states)
 
     def _zero_carry(self) -> list:
         """Zero LSTM states for every row of the training batch, split across the replicas."""
