@@ -5,7 +5,7 @@ logits, random init) and sample at temperature 1.0:
 
   textgen   `Sampler(model).generate(prime_ids, SampleConfig(temperature=1.0, length=L,
             num_samples=S))`: each chunk of characters is one graph call running a tf.while_loop
-            (the sampler always applies its top-k/top-p filter ops, here switched off by value)
+            (top-k/top-p are off, so its compiled step branches past the filter's sort)
   tutorial  the TensorFlow text-generation tutorial's approach: a Python loop calling one
             tf.function per character, which runs one model step and tf.random.categorical on
             temperature-scaled logits; the recurrent state is carried in Python and the ids are

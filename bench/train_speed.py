@@ -100,6 +100,9 @@ class TextgenContender:
                           model_config, train_config, meta)
         self.model = trainer.model
         self._step_fn = trainer._train_step
+        self.note = (f"textgen set TF's thread pools to intra-op {trainer.threads[0]}, inter-op "
+                     f"{trainer.threads[1]} (one row group per core)" if trainer.threads
+                     else "textgen kept TF's default thread pools")
         self._flat = trainer.carried  # flat [h0, c0, ...] for the default (single) strategy
 
     def step(self, x, y) -> float:

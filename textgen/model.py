@@ -85,7 +85,12 @@ class CharLSTM(keras.Model):
 
     def call(self, ids, states: State | None = None, training: bool = False):
         """ids: (batch, time) int. Returns (logits (batch, time, vocab) float32, new states)."""
-        logits, new_states = self._row_groups(ids, states, training, lambda logits, rows: logits)
+        def group_logits(x, rows, time_major):
+            if time_major:
+                x = tf.transpose(x, [1, 0, 2])  # (rows, time, units): fewer numbers than logits
+            return tf.cast(self.head(x), tf.float32)  # (rows, time, vocab)
+
+        logits, new_states = self._row_groups(ids, states, training, group_logits)
         return tf.concat(logits, axis=0), new_states
 
     def sequence_loss(self, ids, targets, states: State | None = None, training: bool = False):
@@ -93,11 +98,14 @@ class CharLSTM(keras.Model):
 
         The number `loss_fn(self(ids, states)[0], targets)` gives, without assembling the
         (batch, time, vocab) logits: each row group scores its own rows (for a 6,000-character
-        vocabulary the logits are the largest tensor of a training step).
+        vocabulary the logits are the largest tensor of a training step), in the layout its
+        layers ran in (time-major on the fused path: the targets are transposed, not the outputs).
         """
-        def group_loss(logits, rows):
+        def group_loss(x, rows, time_major):
+            labels = targets[rows[0]:rows[1]]
+            logits = tf.cast(self.head(x), tf.float32)  # (rows, time, vocab), or time-major
             return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=targets[rows[0]:rows[1]], logits=logits))
+                labels=tf.transpose(labels) if time_major else labels, logits=logits))
 
         sums, new_states = self._row_groups(ids, states, training, group_loss)
         return tf.add_n(sums) / tf.cast(tf.size(targets), tf.float32), new_states
@@ -105,36 +113,36 @@ class CharLSTM(keras.Model):
     def _row_groups(self, ids, states, training, finish):
         """Run the batch as `parallel_parts` independent groups of rows (see textgen.parallel).
 
-        Each group goes through the whole layer stack and the head; `finish(logits, (start, end))`
-        maps its float32 logits (rows, time, vocab) to what the caller keeps. Returns (the list of
-        those, one per group in row order, the new states of the whole batch).
+        Each group goes through the whole layer stack; `finish(x, (start, end), time_major)` maps
+        the last layer's outputs for rows start..end, (rows, time, units) or (time, rows, units),
+        to what the caller keeps. Returns (the list of those in row order, the batch's new states).
         """
         if states is None:
             states = self.initial_state(tf.shape(ids)[0])
         table = self._input_table() if self._use_projection_table(ids, training) else None
+        time_major = resolve_path(self.lstm_layers[0].lstm_path) == "fused"
         parts = self._parallel_parts(ids)
         if parts == 1:
-            x, new_states = self._recurrent_stack(ids, states, table, training)
-            return [finish(tf.cast(self.head(x), tf.float32), (0, None))], new_states
+            x, new_states = self._recurrent_stack(ids, states, table, training, time_major)
+            return [finish(x, (0, None), time_major)], new_states
         sizes = row_split_sizes(ids.shape[0], parts)
         split_states = [tf.split(t, sizes) for t in flatten_state(states)]
         kept, group_states, start = [], [], 0
         for k, group_ids in enumerate(tf.split(ids, sizes)):
             x, group_state = self._recurrent_stack(
-                group_ids, unflatten_state([s[k] for s in split_states]), table, training)
-            kept.append(finish(tf.cast(self.head(x), tf.float32), (start, start + sizes[k])))
+                group_ids, unflatten_state([s[k] for s in split_states]), table, training, time_major)
+            kept.append(finish(x, (start, start + sizes[k]), time_major))
             group_states.append(flatten_state(group_state))
             start += sizes[k]
         return kept, unflatten_state([tf.concat(pieces, axis=0) for pieces in zip(*group_states)])
 
-    def _recurrent_stack(self, ids, states: State, table, training):
+    def _recurrent_stack(self, ids, states: State, table, training, time_major: bool):
         """Embedding (or the first layer's projection `table`) -> LSTM layers, for some rows.
 
-        ids: (batch, time). Returns (the last layer's outputs (batch, time, units), new states).
-        The fused path runs time-major inside (ids transposed once, outputs once) so that no
-        layer has to transpose its (time, batch, 4*units) projections.
+        ids: (batch, time). Returns (the last layer's outputs, (time, batch, units) if
+        `time_major` else (batch, time, units), new states). The fused path runs time-major so
+        that no layer transposes its (time, batch, 4*units) projections.
         """
-        time_major = resolve_path(self.lstm_layers[0].lstm_path) == "fused"
         if time_major:
             ids = tf.transpose(ids)  # (time, batch)
         new_states = []
@@ -151,7 +159,7 @@ class CharLSTM(keras.Model):
             x, (h, c) = layer(x, initial_state=[h, c], time_major=time_major)  # (..., units)
             x = self.dropout(x, training=training)  # on non-recurrent connections only
             new_states.append((h, c))
-        return (tf.transpose(x, [1, 0, 2]) if time_major else x), new_states  # (batch, time, units)
+        return x, new_states
 
     def _parallel_parts(self, ids) -> int:
         """Row groups for this batch: only on the fused path, with a static batch size."""

@@ -5,7 +5,9 @@ Three paths compute the same equations with the same weights (so checkpoints mov
 - "fused" (default on CPU): the input projection x.W + b of every time step is one big matmul
   before the loop, so the loop itself does only h.U and the gate arithmetic; the backward pass is
   written out by hand (see `_lstm_time_major`). Hand-written because the generic
-  `keras.layers.RNN` loop recomputes x.W step by step and autodiff of the loop is slow.
+  `keras.layers.RNN` loop recomputes x.W step by step and autodiff of the loop is slow. It runs
+  time-major inside (a time-major caller skips the transposes); the model runs one such loop per
+  group of batch rows, side by side (see `textgen.parallel`).
 - "cudnn" (default when a GPU is visible): NVIDIA's fused LSTM kernel through Keras's own cuDNN
   binding, fed our kernel, recurrent_kernel and bias as they are (same layout, same gate order).
 - "rnn": the reference, `keras.layers.RNN(cell)`, kept for tests and comparison.
@@ -18,7 +20,7 @@ import importlib
 import keras
 import tensorflow as tf
 
-from textgen.cell import LSTMCell, gate_activations, lstm_gates
+from textgen.cell import LSTMCell, gate_activations
 
 PATHS = ("auto", "fused", "cudnn", "rnn")
 
@@ -75,38 +77,35 @@ def fused_lstm_sequence(
 
 
 def _forward_loop(proj_tm, h0, c0, recurrent_kernel):
-    """The forward recurrence; also returns the pre-activations and cell states for backward.
+    """The forward recurrence. Returns the stacked (time, batch, units) h, C and gates i, f, C~, o
+    (what the backward pass needs), then the final h and C.
 
-    The pre-activations z are stored as they come out of the matmul: storing the activated gates
-    would need a concat per step, which costs more here than recomputing the activations for all
-    steps at once in the backward pass.
+    Each gate goes to a TensorArray of its own: storing them side by side would need a concat per
+    step, and storing the pre-activations would make the backward pass recompute every sigmoid
+    and tanh; both measured slower.
     """
     steps = tf.shape(proj_tm)[0]
-    dtype = proj_tm.dtype
-    hs = tf.TensorArray(dtype, size=steps)
-    cs = tf.TensorArray(dtype, size=steps)
-    zs = tf.TensorArray(dtype, size=steps)
+    stored = [tf.TensorArray(proj_tm.dtype, size=steps) for _ in range(6)]  # h, C, i, f, C~, o
 
-    def body(t, h, c, hs, cs, zs):
+    def body(t, h, c, *stored):
         z = proj_tm[t] + tf.matmul(h, recurrent_kernel)  # (batch, 4*units)
-        h, c = lstm_gates(z, c)
-        return t + 1, h, c, hs.write(t, h), cs.write(t, c), zs.write(t, z)
+        i, f, g, o = gate_activations(z)
+        c = f * c + i * g
+        h = o * tf.tanh(c)
+        return (t + 1, h, c) + tuple(ta.write(t, v) for ta, v in zip(stored, (h, c, i, f, g, o)))
 
-    _, h, c, hs, cs, zs = tf.while_loop(
-        lambda t, *_: t < steps, body, (tf.constant(0), h0, c0, hs, cs, zs)
-    )
-    return hs.stack(), cs.stack(), zs.stack(), h, c  # (time, batch, ...)
+    _, h, c, *stored = tf.while_loop(lambda t, *_: t < steps, body, (tf.constant(0), h0, c0, *stored))
+    return [ta.stack() for ta in stored] + [h, c]
 
 
 @tf.function(jit_compile=True)
-def _backward_coefficients(zs, cs, c0):
+def _backward_coefficients(cs, c0, i, f, g, o):
     """The step-independent factors of backpropagation through time, for all steps at once.
 
-    zs: (time, batch, 4*units) pre-activations; cs: (time, batch, units) cell states.
-    Returns (dC_t/dh_t, dz/d(dC or dh) per gate (time, batch, 4*units), f_t). Compiled with XLA,
-    which fuses these dozen elementwise passes over (time, batch, units) tensors into one.
+    cs, i, f, g, o: (time, batch, units) cell states and gates. Returns (dC_t/dh_t (time, batch,
+    units), dz/d(dC or dh) per gate (time, batch, 4*units)). Compiled with XLA, which fuses these
+    elementwise passes over (time, batch, units) tensors.
     """
-    i, f, g, o = gate_activations(zs)  # (time, batch, units) each
     tanh_c = tf.tanh(cs)
     c_prev = tf.concat([c0[None], cs[:-1]], axis=0)  # C_{t-1}
     dc_per_dh = o * (1.0 - tanh_c * tanh_c)  # dC_t/dh_t through h_t = o_t * tanh(C_t)
@@ -116,7 +115,7 @@ def _backward_coefficients(zs, cs, c0):
         i * (1.0 - g * g),  # dz_c per dC_t
         tanh_c * o * (1.0 - o),  # dz_o per dh_t
     ], axis=-1)
-    return dc_per_dh, dz_scale, f
+    return dc_per_dh, dz_scale
 
 
 @tf.custom_gradient
@@ -127,7 +126,7 @@ def _lstm_time_major(proj_tm, h0, c0, recurrent_kernel):
     matmul per step; here the loop only carries dh and dC back, and the weight gradient is a single
     (units x time*batch) @ (time*batch x 4*units) matmul after it.
     """
-    hs, cs, zs, h_last, c_last = _forward_loop(proj_tm, h0, c0, recurrent_kernel)
+    hs, cs, i, f, g, o, h_last, c_last = _forward_loop(proj_tm, h0, c0, recurrent_kernel)
 
     def grad(d_outputs, d_h_last, d_c_last):
         steps = tf.shape(proj_tm)[0]
@@ -136,7 +135,7 @@ def _lstm_time_major(proj_tm, h0, c0, recurrent_kernel):
         d_outputs = tf.zeros_like(hs) if d_outputs is None else d_outputs
         # Everything that does not depend on the recurrence is computed for all steps at once,
         # so the sequential loop is down to a few ops and one matmul per step.
-        dc_per_dh, dz_scale, f = _backward_coefficients(zs, cs, c0)
+        dc_per_dh, dz_scale = _backward_coefficients(cs, c0, i, f, g, o)
         kernel_t = tf.transpose(recurrent_kernel)  # (4*units, units)
         dzs = tf.TensorArray(proj_tm.dtype, size=steps)
 
@@ -203,7 +202,9 @@ class LSTMLayer(keras.layers.Layer):
                 return (_swap_time_batch(outputs) if time_major else outputs), [h, c]
         cell = self.cell
         features = tf.shape(inputs)[-1]
-        proj = tf.matmul(tf.reshape(inputs, (-1, features)), cell.kernel) + cell.bias  # (time*batch, 4*units)
+        # bias_add, not +: its gradient (BiasAddGrad) sums the rows faster than a broadcast's Sum
+        proj = tf.nn.bias_add(tf.matmul(tf.reshape(inputs, (-1, features)), cell.kernel),
+                              cell.bias)  # (time*batch, 4*units)
         proj = tf.reshape(proj, tf.concat([tf.shape(inputs)[:2], [4 * self.units]], axis=0))
         return self.run_projected(proj, [h0, c0], time_major=time_major)
 
