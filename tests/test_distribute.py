@@ -19,7 +19,8 @@ import tensorflow as tf
 from conftest import LOGICAL_CPUS, describe, invoke
 
 from textgen import checkpoint as ckpt
-from textgen.distribute import Replicas, is_chief_task, make_strategy, resolve_strategy, tf_config
+from textgen.distribute import (Replicas, is_chief_task, make_strategy, resolve_strategy, tf_config,
+                                worker_count)
 from textgen.errors import TextgenError
 from textgen.launch import CACHE_DIR
 from textgen.model import ReplicaDropout
@@ -187,6 +188,17 @@ def test_chief_is_the_chief_task_or_worker_zero(monkeypatch):
         assert is_chief_task("multiworker") is chief
     assert is_chief_task("mirrored") and is_chief_task("single")
 
+
+
+def test_worker_count_is_the_processes_sharing_a_batch(monkeypatch):
+    """The trainer sizes its thread pools from its own share of the batch (textgen.parallel)."""
+    task = {"type": "worker", "index": 0}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["h:1", "h:2"]}, "task": task}))
+    assert worker_count("multiworker") == 2
+    assert worker_count("mirrored") == worker_count("single") == worker_count("auto") == 1
+    cluster = {"chief": ["h:0"], "worker": ["h:1", "h:2"], "ps": ["h:3"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+    assert worker_count("multiworker") == 3
 
 # ---------------------------------------------------------------- two worker processes
 

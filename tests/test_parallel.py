@@ -8,8 +8,13 @@ import sys
 
 import pytest
 
-from textgen.parallel import (MIN_ROWS_PER_PART, configure_threads, parallel_parts, row_split_sizes,
-                              thread_plan)
+from textgen.parallel import (
+    MIN_ROWS_PER_PART,
+    configure_threads,
+    parallel_parts,
+    row_split_sizes,
+    thread_plan,
+)
 
 
 @pytest.mark.parametrize("batch, parts, expected", [
