@@ -120,7 +120,8 @@ def _logits_loss_and_grads(model, ids, targets, probe, use_sequence_loss):
 @pytest.mark.parametrize("use_sequence_loss", [False, True])
 def test_row_groups_compute_what_one_group_computes(monkeypatch, use_sequence_loss):
     """The batch split into row groups (one per core, textgen.parallel) gives the logits, loss,
-    states and gradients of the unsplit batch, through the projection table and both layers."""
+    states and gradients of the unsplit batch, through the projection table and both layers,
+    and those of the plain cell path."""
     import textgen.model as model_module
 
     config = ModelConfig(vocab_size=13, embedding_dim=6, units=8, num_layers=2, dropout=0.0)
@@ -135,9 +136,16 @@ def test_row_groups_compute_what_one_group_computes(monkeypatch, use_sequence_lo
         monkeypatch.setattr(model_module, "parallel_parts", lambda batch, parts=parts: parts)
         assert model._parallel_parts(ids) == parts
         results[parts] = _logits_loss_and_grads(model, ids, targets, probe, use_sequence_loss)
+    plain = build_model(config, lstm_path="rnn")  # the plain cell under keras.layers.RNN
+    plain.set_weights(model.get_weights())
+    results["plain"] = _logits_loss_and_grads(plain, ids, targets, probe, use_sequence_loss)
     (logits_1, loss_1, states_1, grads_1), (logits_3, loss_3, states_3, grads_3) = results[1], results[3]
     if not use_sequence_loss:
         np.testing.assert_allclose(logits_3.numpy(), logits_1.numpy(), atol=1e-5)
+        np.testing.assert_allclose(logits_3.numpy(), results["plain"][0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(float(loss_3), float(results["plain"][1]), rtol=1e-5)
+    for g3, g_plain in zip(grads_3, results["plain"][3]):
+        np.testing.assert_allclose(g3, g_plain, atol=1e-5)
     np.testing.assert_allclose(float(loss_3), float(loss_1), rtol=1e-6)
     for a, b in zip(flatten_state(states_3), flatten_state(states_1)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
