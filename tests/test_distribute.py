@@ -19,8 +19,14 @@ import tensorflow as tf
 from conftest import LOGICAL_CPUS, describe, invoke
 
 from textgen import checkpoint as ckpt
-from textgen.distribute import (Replicas, is_chief_task, make_strategy, resolve_strategy, tf_config,
-                                worker_count)
+from textgen.distribute import (
+    Replicas,
+    is_chief_task,
+    make_strategy,
+    resolve_strategy,
+    tf_config,
+    worker_count,
+)
 from textgen.errors import TextgenError
 from textgen.launch import CACHE_DIR
 from textgen.model import ReplicaDropout

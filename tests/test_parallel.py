@@ -66,3 +66,19 @@ def test_configure_threads_sets_the_pools_of_a_fresh_process():
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[:2] == ["(1, 2) None", "1 2"]
+
+
+def test_split_rows_and_concat_rows_round_trip():
+    import numpy as np
+    import tensorflow as tf
+
+    from textgen.parallel import concat_rows, split_rows
+
+    a = tf.reshape(tf.range(12), (6, 2))
+    b = tf.reshape(tf.range(6.0), (6, 1))
+    groups = split_rows([a, b], [4, 2])
+    assert [[t.shape[0] for t in group] for group in groups] == [[4, 4], [2, 2]]
+    np.testing.assert_array_equal(groups[1][0].numpy(), [[8, 9], [10, 11]])
+    joined = concat_rows(groups)
+    np.testing.assert_array_equal(joined[0].numpy(), a.numpy())
+    np.testing.assert_array_equal(joined[1].numpy(), b.numpy())

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from textgen.cell import lstm_gates
 from textgen.config import ModelConfig
-from textgen.parallel import parallel_parts, row_split_sizes
+from textgen.parallel import concat_rows, parallel_parts, row_split_sizes, split_rows
 from textgen.recurrent import LSTMLayer, resolve_path
 
 State = list  # [(h, c) per layer], each (batch, units)
@@ -120,21 +120,21 @@ class CharLSTM(keras.Model):
         if states is None:
             states = self.initial_state(tf.shape(ids)[0])
         table = self._input_table() if self._use_projection_table(ids, training) else None
-        time_major = resolve_path(self.lstm_layers[0].lstm_path) == "fused"
+        time_major = self._fused
         parts = self._parallel_parts(ids)
         if parts == 1:
             x, new_states = self._recurrent_stack(ids, states, table, training, time_major)
             return [finish(x, (0, None), time_major)], new_states
         sizes = row_split_sizes(ids.shape[0], parts)
-        split_states = [tf.split(t, sizes) for t in flatten_state(states)]
         kept, group_states, start = [], [], 0
-        for k, group_ids in enumerate(tf.split(ids, sizes)):
+        for size, group_ids, group_state in zip(sizes, tf.split(ids, sizes),
+                                                split_rows(flatten_state(states), sizes)):
             x, group_state = self._recurrent_stack(
-                group_ids, unflatten_state([s[k] for s in split_states]), table, training, time_major)
-            kept.append(finish(x, (start, start + sizes[k]), time_major))
+                group_ids, unflatten_state(group_state), table, training, time_major)
+            kept.append(finish(x, (start, start + size), time_major))
             group_states.append(flatten_state(group_state))
-            start += sizes[k]
-        return kept, unflatten_state([tf.concat(pieces, axis=0) for pieces in zip(*group_states)])
+            start += size
+        return kept, unflatten_state(concat_rows(group_states))
 
     def _recurrent_stack(self, ids, states: State, table, training, time_major: bool):
         """Embedding (or the first layer's projection `table`) -> LSTM layers, for some rows.
@@ -161,11 +161,14 @@ class CharLSTM(keras.Model):
             new_states.append((h, c))
         return x, new_states
 
+    @property
+    def _fused(self) -> bool:
+        """Whether the layers run the fused CPU path (time-major, row groups, projection table)."""
+        return resolve_path(self.lstm_layers[0].lstm_path) == "fused"
+
     def _parallel_parts(self, ids) -> int:
         """Row groups for this batch: only on the fused path, with a static batch size."""
-        if resolve_path(self.lstm_layers[0].lstm_path) != "fused":
-            return 1
-        return parallel_parts(ids.shape[0])
+        return parallel_parts(ids.shape[0]) if self._fused else 1
 
     def _use_projection_table(self, ids, training: bool = False) -> bool:
         """Whether the first layer's input projection should come from a lookup table: only on
@@ -175,7 +178,7 @@ class CharLSTM(keras.Model):
         first = self.lstm_layers[0]
         n_chars = ids.shape[0] * ids.shape[1] if None not in ids.shape else None
         dropping = bool(training) and self.config.embedding_dropout > 0
-        return (first.built and resolve_path(first.lstm_path) == "fused" and not dropping
+        return (first.built and self._fused and not dropping
                 and n_chars is not None and n_chars >= self.config.vocab_size)
 
     def _input_table(self):

@@ -42,6 +42,21 @@ def row_split_sizes(batch: int, parts: int) -> list[int]:
     return [batch // parts + (1 if k < batch % parts else 0) for k in range(parts)]
 
 
+def split_rows(tensors: list, sizes: list[int]) -> list[list]:
+    """Tensors sharing a batch dimension -> for each group of `sizes` rows, its slice of each."""
+    import tensorflow as tf
+
+    pieces = [tf.split(t, sizes) for t in tensors]
+    return [[p[k] for p in pieces] for k in range(len(sizes))]
+
+
+def concat_rows(groups: list[list]) -> list:
+    """The inverse of `split_rows`: each tensor's slices joined back along the batch."""
+    import tensorflow as tf
+
+    return [tf.concat(list(pieces), axis=0) for pieces in zip(*groups)]
+
+
 def thread_plan(rows_per_process: int, cpus: int, gpus: int) -> tuple[int, int] | None:
     """(intra-op, inter-op) pool sizes for a training process, or None to keep TensorFlow's.
 

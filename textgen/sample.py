@@ -16,7 +16,7 @@ import tensorflow as tf
 from textgen.config import SampleConfig
 from textgen.errors import TextgenError
 from textgen.model import flatten_state, unflatten_state
-from textgen.parallel import row_split_sizes
+from textgen.parallel import concat_rows, row_split_sizes, split_rows
 from textgen.vocab import Vocabulary
 
 CHUNK = 64  # characters generated per graph call before they are streamed out
@@ -92,17 +92,14 @@ class Sampler:
         """
         batch = last.shape[0]
         sizes = row_split_sizes(batch, -(-batch // ROWS_PER_GROUP))
-        lasts = tf.split(last, sizes)
-        flats = [tf.split(state, sizes) for state in flat_states]
         ids, new_flats = [], []
-        for k, group_last in enumerate(lasts):
+        for k, (group_last, *group_flat) in enumerate(split_rows([last, *flat_states], sizes)):
             group_key = key if k == 0 else tf.random.experimental.stateless_fold_in(key, k)
             group_ids, group_flat = self._run_group(
-                group_last, [state[k] for state in flats], steps, temperature, top_k, top_p,
-                group_key, offset)
+                group_last, group_flat, steps, temperature, top_k, top_p, group_key, offset)
             ids.append(group_ids)
             new_flats.append(group_flat)
-        return tf.concat(ids, axis=0), [tf.concat(pieces, axis=0) for pieces in zip(*new_flats)]
+        return tf.concat(ids, axis=0), concat_rows(new_flats)
 
     def _run_eager(self, last, flat_states, steps, temperature, top_k, top_p, key, offset):
         """One group's compiled loop: `steps` ids after `last` (rows,), drawn with the stateless
