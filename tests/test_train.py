@@ -73,3 +73,28 @@ def test_keep_bounds_old_checkpoints_but_keeps_the_best(corpus, tmp_path):
     names = sorted(p.name for p in run_dir.glob("ckpt-*"))
     assert names[-2:] == [ckpt.checkpoint_name(50), ckpt.checkpoint_name(60)]
     assert progress.best_checkpoint in names and len(names) <= 3
+
+
+def test_a_signal_landing_after_the_vote_waits_for_the_next_poll():
+    """Workers stop on the agreed vote, not on their live flag: a signal that arrives while the
+    vote is in flight must not stop this worker a step before the others (they would wait
+    forever in the next step's collective)."""
+    from types import SimpleNamespace
+
+    from textgen.launch import StopRequest
+    from textgen.train import Trainer
+
+    stop = StopRequest()
+
+    class Replicas:  # the all-reduce of the flags; the signal lands while it runs
+        def any(self, flags):
+            self.votes = flags
+            stop.requested = stop.requested or "SIGINT"
+            return [bool(f) for f in flags]
+
+    trainer = SimpleNamespace(config=SimpleNamespace(minutes=None), replicas=Replicas(),
+                              _stopping=None, _out_of_time=False)
+    Trainer._poll(trainer, stop, session_start=0.0)
+    assert trainer.replicas.votes == [False, False] and trainer._stopping is None  # one more step
+    Trainer._poll(trainer, stop, session_start=0.0)
+    assert trainer.replicas.votes == [True, False] and trainer._stopping == "SIGINT"

@@ -92,6 +92,7 @@ class Trainer:
         self.loss_limit = DIVERGENCE_FACTOR * math.log(max(vocab.size, 2))
         self._saved_step: int | None = None  # step of the checkpoint last written or restored
         self._out_of_time = False  # the --minutes budget is spent (agreed between workers)
+        self._stopping: str | None = None  # why the loop stops early (agreed between workers)
         self._train_step = tf.function(self._train_step_eager, reduce_retracing=True)
         self._eval_step = tf.function(self._eval_step_eager, reduce_retracing=True)
 
@@ -275,12 +276,15 @@ class Trainer:
     def _poll(self, stop: StopRequest, session_start: float) -> None:
         """Read the clock and the signal flag. Workers of a multi-worker run must stop at the same
         step (every step is a collective), so there a signal or the time limit on any worker
-        stops them all."""
+        stops them all. The loop acts on the agreed `_stopping`, never on the live flag: a signal
+        landing just after a worker gave its vote must wait for the next poll, or that worker
+        would stop one step before the others (and leave them waiting in a collective)."""
         c = self.config
+        requested = stop.requested  # this worker's vote, read once
         out_of_time = c.minutes is not None and time.monotonic() - session_start >= 60 * c.minutes
-        signalled, out_of_time = self.replicas.any([bool(stop.requested), out_of_time])
-        if signalled and not stop.requested:
-            stop.requested = "a signal to another worker"
+        signalled, out_of_time = self.replicas.any([bool(requested), out_of_time])
+        if signalled:
+            self._stopping = requested or "a signal to another worker"
         self._out_of_time = out_of_time
 
     def _fix_schedule_from_speed(self, session_start: float, first_step: int) -> None:
@@ -322,6 +326,7 @@ class Trainer:
             p.schedule_steps = self._total_steps()
         self.schedule.set_decay_steps(p.schedule_steps)
         reason, loss, last_val = "budget", float("nan"), p.best_val_bpc
+        self._stopping = None
         with contextlib.ExitStack() as stack:
             if stop is None:
                 stop = stack.enter_context(StopRequest())
@@ -332,7 +337,7 @@ class Trainer:
                        disable=not show_progress, leave=True)
             stack.callback(bar.close)
             self._poll(stop, session_start)
-            while not stop.requested and not self._budget_reached():
+            while not self._stopping and not self._budget_reached():
                 step_start = time.monotonic()
                 for x, y in self.train_data.dataset(p.window):
                     loss_t, self.carried = self._train_step(x, y, self.carried)
@@ -352,21 +357,21 @@ class Trainer:
                     if p.step % c.eval_every == 0:
                         last_val = self._validate_and_save(loss, writer)
                         if self._patience_exhausted():
-                            stop.requested = "early stopping"
+                            self._stopping = "early stopping"  # same history on every worker
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}", val_bpc=_fmt(last_val),
                                     chars_s=f"{speed:,.0f}", refresh=False)
                     self._poll(stop, session_start)
-                    if stop.requested or self._budget_reached():
+                    if self._stopping or self._budget_reached():
                         break
                 else:  # the epoch's windows are exhausted: next epoch starts from a zero state
                     p.epoch, p.window = p.epoch + 1, 0
                     self.carried = self._zero_carry()
-            if stop.requested == "early stopping":
+            if self._stopping == "early stopping":
                 reason = "early stopping"
-            elif stop.requested and not self._budget_reached():
+            elif self._stopping and not self._budget_reached():
                 # interrupted: checkpoint this step as it is; validation stays on its schedule
-                reason = stop.requested
+                reason = self._stopping
                 if self._saved_step != p.step:
                     self.save()
             elif not p.history or p.history[-1]["step"] != p.step:
