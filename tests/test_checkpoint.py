@@ -23,6 +23,8 @@ import pytest
 from conftest import CORPUS_TEXT, describe, invoke, tree_hashes
 
 from textgen import checkpoint as ckpt
+from textgen import runs as runfiles
+from textgen.inference import load_run
 from textgen.launch import CACHE_DIR, launch
 from textgen.runlock import LOCK_FILE
 from textgen.train import Trainer
@@ -61,13 +63,13 @@ def reference(corpus, tmp_path_factory):
 
 
 def weights_of(run_dir: Path) -> list:
-    model, _, _ = ckpt.load_for_inference(str(run_dir), run_dir.parent, "last")
+    model = load_run(str(run_dir), run_dir.parent, "last").model
     return [w.numpy() for w in model.weights]
 
 
 def assert_matches(run_dir: Path, reference, history=None) -> None:
     ref_weights, ref_history = reference
-    history = history if history is not None else json.loads((run_dir / ckpt.RUN_FILE).read_text())["history"]
+    history = history if history is not None else json.loads((run_dir / runfiles.RUN_FILE).read_text())["history"]
     assert [h["step"] for h in history] == [h["step"] for h in ref_history]
     assert [h["val_bpc"] for h in history] == pytest.approx([h["val_bpc"] for h in ref_history], abs=1e-5)
     for a, b in zip(weights_of(run_dir), ref_weights):
@@ -81,7 +83,7 @@ def assert_samples(run_dir: Path) -> None:
 
 
 def run_meta(run_dir: Path) -> dict:
-    return json.loads((run_dir / ckpt.RUN_FILE).read_text(encoding="utf-8"))
+    return json.loads((run_dir / runfiles.RUN_FILE).read_text(encoding="utf-8"))
 
 
 def hidden(run_dir: Path) -> list[str]:
@@ -94,14 +96,14 @@ def hidden(run_dir: Path) -> list[str]:
 def test_kill_after_checkpoint_rename_before_run_json(corpus, tmp_path, monkeypatch, reference):
     """ckpt-6 is complete on disk but run.json still names ckpt-4: the run loads ckpt-4, and the
     resume drops the unrecorded ckpt-6 and replays steps 5-6 exactly."""
-    write = ckpt.write_run_meta
+    write = runfiles.write_run_meta
 
     def write_run_meta(run_dir, meta):
         if meta.get("step") == 6:
             raise Killed
         write(run_dir, meta)
 
-    monkeypatch.setattr(ckpt, "write_run_meta", write_run_meta)
+    monkeypatch.setattr(runfiles, "write_run_meta", write_run_meta)
     with pytest.raises(Killed):
         train(corpus, tmp_path / "runs", "r")
     monkeypatch.undo()
@@ -197,7 +199,7 @@ def test_kill_while_replacing_an_existing_checkpoint(corpus, tmp_path, monkeypat
     monkeypatch.undo()
     assert not (run_dir / "ckpt-00000005").exists()
     assert run_meta(run_dir)["checkpoints"]["last"] == "ckpt-00000005"
-    aside = ckpt.checkpoint_dir(run_dir, ckpt.read_run_meta(run_dir), "last")
+    aside = ckpt.checkpoint_dir(run_dir, runfiles.read_run_meta(run_dir), "last")
     assert aside.name == f".ckpt-00000005.old-{os.getpid()}"
     assert_samples(run_dir)
     _, reason, progress = train(corpus, runs, "r", resume=True, steps=STEPS)
@@ -246,16 +248,16 @@ def test_disk_full_stops_with_one_line_and_keeps_the_previous_checkpoint(fail, c
     import keras
 
     if fail == "weights":
-        monkeypatch.setattr(ckpt, "_write_file", _failing_for(ckpt._write_file, ckpt.WEIGHTS_FILE))
+        monkeypatch.setattr(ckpt, "write_new_file", _failing_for(ckpt.write_new_file, ckpt.WEIGHTS_FILE))
     elif fail == "weights-by-keras":  # where Keras cannot build the file in memory
         monkeypatch.setattr(ckpt, "_weights_image", lambda model: None)
         monkeypatch.setattr(keras.Model, "save_weights", _enospc)
     elif fail == "arrays":
-        monkeypatch.setattr(ckpt, "_write_file", _failing_for(ckpt._write_file, ckpt.RESUME_FILE))
+        monkeypatch.setattr(ckpt, "write_new_file", _failing_for(ckpt.write_new_file, ckpt.RESUME_FILE))
     elif fail == "state":
         monkeypatch.setattr(ckpt, "atomic_write_text", _failing_for(ckpt.atomic_write_text, ckpt.STATE_FILE))
     else:
-        monkeypatch.setattr(ckpt, "atomic_write_text", _failing_for(ckpt.atomic_write_text, ckpt.RUN_FILE))
+        monkeypatch.setattr(runfiles, "atomic_write_text", _failing_for(runfiles.atomic_write_text, runfiles.RUN_FILE))
     result = invoke("train", "--resume", "--name", run_dir.name, "--runs-dir", run_dir.parent,
                     "--steps", 6, "--eval-every", 3, "--quiet")
     monkeypatch.undo()
@@ -271,7 +273,7 @@ def test_disk_full_stops_with_one_line_and_keeps_the_previous_checkpoint(fail, c
         after = {k: v for k, v in after.items() if not k.startswith("ckpt-00000006/")}
     assert after == before, "the previous checkpoint or run.json changed"
     assert hidden(run_dir) == [] and not (run_dir / LOCK_FILE).exists()
-    ckpt.load_for_inference(str(run_dir), run_dir.parent, "last")  # still loads
+    load_run(str(run_dir), run_dir.parent, "last")  # still loads
     if fail != "weights":
         return
     assert_samples(run_dir)  # once: samples, and resumes once the disk has room again
@@ -345,7 +347,7 @@ def test_weights_file_must_be_hdf5(replacement, copy_run, tmp_path):
     run_dir = copy_run()
     weights = run_dir / "ckpt-00000003" / ckpt.WEIGHTS_FILE
     if replacement == "keras-archive":
-        model, _, _ = ckpt.load_for_inference(str(run_dir), run_dir.parent, "last")
+        model = load_run(str(run_dir), run_dir.parent, "last").model
         model.save(tmp_path / "whole.keras")  # a full model archive: config + weights
         shutil.copy(tmp_path / "whole.keras", weights)
     elif replacement == "zip":
@@ -369,7 +371,7 @@ def test_checkpoint_pointers_cannot_leave_the_run(pointer, copy_run):
     run_dir = copy_run()
     meta = run_meta(run_dir)
     meta["checkpoints"]["best"] = pointer
-    (run_dir / ckpt.RUN_FILE).write_text(json.dumps(meta))
+    (run_dir / runfiles.RUN_FILE).write_text(json.dumps(meta))
     result = invoke("sample", run_dir, "--length", 5)
     assert result.exit_code == 2, describe(result)
     assert "run.json is damaged" in result.stderr and result.stderr.count("\n") == 1

@@ -19,6 +19,7 @@ import tensorflow as tf
 from conftest import LOGICAL_CPUS, describe, invoke
 
 from textgen import checkpoint as ckpt
+from textgen.runs import read_run_meta
 from textgen.distribute import (
     Replicas,
     is_chief_task,
@@ -43,7 +44,7 @@ PROCESS_TIMEOUT = 120
 def _weights(run_dir: Path, which: str = "last") -> list[np.ndarray]:
     import h5py
 
-    path = ckpt.checkpoint_dir(run_dir, ckpt.read_run_meta(run_dir), which) / "model.weights.h5"
+    path = ckpt.checkpoint_dir(run_dir, read_run_meta(run_dir), which) / "model.weights.h5"
     found = []
     with h5py.File(path, "r") as f:
         f.visititems(lambda name, obj: found.append((name, obj[()]))
@@ -52,7 +53,7 @@ def _weights(run_dir: Path, which: str = "last") -> list[np.ndarray]:
 
 
 def _carried(run_dir: Path) -> list[np.ndarray]:
-    path = ckpt.checkpoint_dir(run_dir, ckpt.read_run_meta(run_dir), "last") / "resume.npz"
+    path = ckpt.checkpoint_dir(run_dir, read_run_meta(run_dir), "last") / "resume.npz"
     with np.load(path) as arrays:
         return [arrays[k] for k in sorted(arrays.files) if k.startswith("carry_")]
 
@@ -77,9 +78,9 @@ def test_mirrored_two_devices_match_one_device(corpus_file, tmp_path):
     assert make_strategy("mirrored").num_replicas_in_sync == LOGICAL_CPUS
     assert _max_difference(_weights(single), _weights(mirrored)) < 1e-5
     assert _max_difference(_carried(single), _carried(mirrored)) < 1e-5
-    history = [[h["val_bpc"] for h in ckpt.read_run_meta(r)["history"]] for r in (single, mirrored)]
+    history = [[h["val_bpc"] for h in read_run_meta(r)["history"]] for r in (single, mirrored)]
     np.testing.assert_allclose(history[0], history[1], atol=1e-5)
-    assert ckpt.read_run_meta(mirrored)["train"].strategy == "mirrored"
+    assert read_run_meta(mirrored)["train"].strategy == "mirrored"
 
 
 def test_mirrored_run_resumes_and_moves_between_strategies(corpus_file, tmp_path):
@@ -95,7 +96,7 @@ def test_mirrored_run_resumes_and_moves_between_strategies(corpus_file, tmp_path
         assert result.exit_code == 0, describe(result)
         assert "resuming" in result.stderr and "at step 3" in result.stderr
         assert _max_difference(_weights(whole), _weights(runs / name)) < 1e-5, name
-        assert ckpt.read_run_meta(runs / name)["step"] == 7
+        assert read_run_meta(runs / name)["step"] == 7
 
 
 def test_mirrored_run_samples_on_one_device(corpus_file, tmp_path):
@@ -263,7 +264,7 @@ def test_two_workers_train_together_and_the_chief_run_samples_on_one_device(corp
     _wait(_workers(tmp_path, [*args, "--steps", "4"], "first"), tmp_path, "first")
     run = tmp_path / "runs" / "mw"
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [CACHE_DIR, "mw"]
-    assert ckpt.read_run_meta(run)["step"] == 4
+    assert read_run_meta(run)["step"] == 4
     single = _train(corpus_file, tmp_path / "runs-single", "single", "--steps", "4",
                     "--strategy", "single")
     assert _max_difference(_weights(single), _weights(run)) < 1e-5
@@ -273,18 +274,18 @@ def test_two_workers_train_together_and_the_chief_run_samples_on_one_device(corp
     resume = ["--resume", "--name", "mw", "--runs-dir", "runs", "--steps", "100000", "--quiet"]
     processes = _workers(tmp_path, resume, "second")
     deadline = time.monotonic() + PROCESS_TIMEOUT
-    while ckpt.read_run_meta(run)["step"] < 7 and time.monotonic() < deadline:
+    while read_run_meta(run)["step"] < 7 and time.monotonic() < deadline:
         time.sleep(0.2)
     processes[1].send_signal(signal.SIGINT)
     outputs = _wait(processes, tmp_path, "second")
-    stopped = ckpt.read_run_meta(run)["step"]
+    stopped = read_run_meta(run)["step"]
     assert 7 <= stopped < 100000
     assert "saved checkpoint" in outputs[0], outputs[0]
 
     final = ["--resume", "--name", "mw", "--runs-dir", "runs", "--steps", str(stopped + 2), "--quiet"]
     outputs = _wait(_workers(tmp_path, final, "third"), tmp_path, "third")
     assert f"at step {stopped}" in outputs[0] and f"at step {stopped}" in outputs[1]
-    assert ckpt.read_run_meta(run)["step"] == stopped + 2
+    assert read_run_meta(run)["step"] == stopped + 2
 
     result = invoke("sample", run, "--length", "30", "--seed", "2")
     assert result.exit_code == 0, describe(result)

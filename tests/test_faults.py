@@ -24,6 +24,8 @@ import pytest
 from conftest import describe, invoke
 
 from textgen import checkpoint as ckpt
+from textgen.runs import RUN_FILE
+from textgen.inference import load_run
 from textgen.launch import CACHE_DIR
 from textgen.runlock import LOCK_FILE
 
@@ -104,7 +106,7 @@ def poll_until(trainer: Trainer, predicate, timeout: float = 60.0) -> bool:
 def run_step(run_dir: Path) -> int:
     """The step run.json records (-1 while there is no run.json)."""
     try:
-        return json.loads((run_dir / ckpt.RUN_FILE).read_text(encoding="utf-8")).get("step", 0)
+        return json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8")).get("step", 0)
     except (OSError, ValueError):
         return -1
 
@@ -116,7 +118,7 @@ def temp_checkpoints(run_dir: Path) -> list[str]:
 def unrecorded_checkpoint(run_dir: Path) -> bool:
     """A complete checkpoint newer than run.json's `last`: renamed into place, run.json not yet
     replaced."""
-    meta = json.loads((run_dir / ckpt.RUN_FILE).read_text(encoding="utf-8"))
+    meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
     last = ckpt.checkpoint_step(meta["checkpoints"]["last"])
     return any((ckpt.checkpoint_step(e.name) or -1) > last for e in os.scandir(run_dir))
 
@@ -130,7 +132,8 @@ def assert_loads(run_dir: Path) -> None:
 
 
 def final_state(run_dir: Path):
-    model, _, meta = ckpt.load_for_inference(str(run_dir), run_dir.parent, "last")
+    loaded = load_run(str(run_dir), run_dir.parent, "last")
+    model, meta = loaded.model, loaded.meta
     return [w.numpy() for w in model.weights], meta
 
 
@@ -176,7 +179,7 @@ def test_sigkill_at_random_moments_loses_nothing(workdir, reference):
     rng.shuffle(modes)
     landed, stale_locks, killed_pids = [], 0, []
     for i, mode in enumerate(modes):
-        existed = (run_dir / ckpt.RUN_FILE).exists()
+        existed = (run_dir / RUN_FILE).exists()
         trainer = Trainer(workdir, "killed", resume=existed, tag=f"kill{i}")
         step_before = run_step(run_dir)
         if mode == "any":
@@ -212,7 +215,7 @@ def test_sigkill_at_random_moments_loses_nothing(workdir, reference):
         if lock.exists():  # left behind by a killed trainer: the next one must take it over
             assert lock.read_text().split() in ([], *([pid] for pid in killed_pids)), info
             stale_locks += 1
-        if (run_dir / ckpt.RUN_FILE).exists():
+        if (run_dir / RUN_FILE).exists():
             assert run_step(run_dir) >= step_before, info  # run.json never goes back
             assert_loads(run_dir)
     # at least one kill landed in the middle of a checkpoint write (its own temporary dir was left),
@@ -220,7 +223,7 @@ def test_sigkill_at_random_moments_loses_nothing(workdir, reference):
     assert any(any(".tmp-" in n for n in left) for _, _, _, left in landed), landed
     assert stale_locks >= 1, landed
     if run_step(run_dir) < STEPS:
-        existed = (run_dir / ckpt.RUN_FILE).exists()
+        existed = (run_dir / RUN_FILE).exists()
         trainer = Trainer(workdir, "killed", resume=existed, tag="finish")
         rc = trainer.wait()
         err = trainer.stderr()
@@ -248,7 +251,7 @@ def _stop_with(workdir: Path, run_dir: Path, sig: signal.Signals, resume: bool, 
     err = trainer.stderr()
     assert rc == 0, err
     assert "Traceback" not in err, err
-    meta = json.loads((run_dir / ckpt.RUN_FILE).read_text(encoding="utf-8"))
+    meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
     stopped = meta["step"]
     last = run_dir / meta["checkpoints"]["last"]
     assert ckpt.is_complete(last)

@@ -24,6 +24,8 @@ from hypothesis import strategies as st
 
 import textgen.sample
 from textgen import checkpoint as ckpt
+from textgen import runs
+from textgen.inference import load_run
 from textgen.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("own_cwd")
@@ -90,7 +92,8 @@ def check(result) -> None:
 def assert_loads_if_created(run_dir) -> None:
     """A run left behind (also by a failure after training started) loads for sampling."""
     if (run_dir / "run.json").exists():
-        model, vocab, _ = ckpt.load_for_inference(str(run_dir), run_dir.parent, "best")
+        loaded = load_run(str(run_dir), run_dir.parent, "best")
+        model, vocab = loaded.model, loaded.vocab
         assert vocab.size == model.config.vocab_size
 
 

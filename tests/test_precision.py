@@ -9,6 +9,7 @@ import tensorflow as tf
 from conftest import describe, invoke
 
 from textgen import checkpoint as ckpt
+from textgen.runs import read_run_meta
 from textgen.config import ModelConfig
 from textgen.model import build_model
 from textgen.train import loss_fn
@@ -62,14 +63,14 @@ def test_mixed_precision_run_trains_resumes_and_samples_in_float32(corpus_file, 
         result = invoke("train", corpus_file, "--runs-dir", runs, "--name", name, "--steps", "8",
                         *common, *extra)
         assert result.exit_code == 0, describe(result)
-    bpc = {name: ckpt.read_run_meta(runs / name)["best_val_bpc"] for name in ("f32", "mixed")}
+    bpc = {name: read_run_meta(runs / name)["best_val_bpc"] for name in ("f32", "mixed")}
     assert abs(bpc["mixed"] - bpc["f32"]) < 0.05 * bpc["f32"], bpc
-    assert ckpt.read_run_meta(runs / "mixed")["train"].precision == precision
+    assert read_run_meta(runs / "mixed")["train"].precision == precision
 
     result = invoke("train", "--resume", "--name", "mixed", "--runs-dir", runs, "--steps", "10",
                     "--quiet")
     assert result.exit_code == 0, describe(result)
-    assert ckpt.read_run_meta(runs / "mixed")["step"] == 10
+    assert read_run_meta(runs / "mixed")["step"] == 10
     result = invoke("train", "--resume", "--name", "mixed", "--runs-dir", runs, "--steps", "12",
                     "--precision", "float32", "--quiet")
     assert result.exit_code == 2 and "precision: " in result.stderr, describe(result)

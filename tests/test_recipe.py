@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from textgen.checkpoint import load_for_inference
 from textgen.config import PRESETS, ModelConfig, apply_preset
+from textgen.inference import load_run
 from textgen.errors import TextgenError
 from textgen.evaluate import evaluate
 from textgen.launch import launch
@@ -86,7 +86,8 @@ def test_a_corpus_of_known_entropy_is_learned_to_its_entropy(tmp_path):
     rng = random.Random(0)
     text = "".join(rng.choice(["the ", "cat ", "sat ", "mop "]) for _ in range(20000))
     run_dir, progress = train_tiny(tmp_path, text, "entropy", steps=400)
-    model, vocab, _ = load_for_inference(str(run_dir), tmp_path / "runs")
+    loaded = load_run(str(run_dir), tmp_path / "runs")
+    model, vocab = loaded.model, loaded.vocab
     held_out = "".join(rng.choice(["the ", "cat ", "sat ", "mop "]) for _ in range(3000))
     result = evaluate(model, vocab, [held_out])
     assert result.bpc == pytest.approx(0.5, abs=0.05), (result.bpc, progress.history)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from textgen import checkpoint as ckpt
+from textgen.runs import RUN_FILE
+from textgen.inference import load_run
 from textgen.config import SampleConfig
 from textgen.launch import launch
 from textgen.sample import generate_text
@@ -33,12 +35,13 @@ def test_tiny_run_learns_a_regular_corpus(corpus, tmp_path):
     run_dir, reason, progress = run(corpus, tmp_path, "learn", steps=200)
     assert reason == "budget" and progress.step == 200
     assert progress.best_val_bpc < 0.5, progress.history
-    meta = json.loads((run_dir / ckpt.RUN_FILE).read_text())
+    meta = json.loads((run_dir / RUN_FILE).read_text())
     assert meta["step"] == 200 and meta["best_val_bpc"] == progress.best_val_bpc
     assert [h["step"] for h in meta["history"]] == [50, 100, 150, 200]
     assert (run_dir / meta["checkpoints"]["best"] / ckpt.WEIGHTS_FILE).is_file()
     # the learned model continues the pattern greedily
-    model, vocab, _ = ckpt.load_for_inference(str(run_dir), tmp_path / "runs")
+    loaded = load_run(str(run_dir), tmp_path / "runs")
+    model, vocab = loaded.model, loaded.vocab
     text = generate_text(model, vocab, SampleConfig(temperature=0, length=len(PATTERN), prime="the quick"))
     assert text[0].startswith(PATTERN)
 
@@ -46,13 +49,15 @@ def test_tiny_run_learns_a_regular_corpus(corpus, tmp_path):
 def test_reloaded_run_samples_the_same_text(corpus, tmp_path):
     run_dir, _, _ = run(corpus, tmp_path, "reload", steps=20, eval_every=20)
     config = SampleConfig(length=80, seed=11, prime="the")
-    model, vocab, _ = ckpt.load_for_inference(str(run_dir), tmp_path / "runs", "last")
-    again, vocab2, _ = ckpt.load_for_inference(str(run_dir), tmp_path / "runs", "last")
+    loaded = load_run(str(run_dir), tmp_path / "runs", "last")
+    model, vocab = loaded.model, loaded.vocab
+    loaded = load_run(str(run_dir), tmp_path / "runs", "last")
+    again, vocab2 = loaded.model, loaded.vocab
     assert generate_text(model, vocab, config) == generate_text(again, vocab2, config)
 
 
 def weights_of(run_dir, runs):
-    model, _, _ = ckpt.load_for_inference(str(run_dir), runs, "last")
+    model = load_run(str(run_dir), runs, "last").model
     return [w.numpy() for w in model.weights]
 
 

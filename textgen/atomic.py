@@ -1,7 +1,9 @@
-"""Atomic file writes: a reader (or a crash) never sees a half-written file.
+"""Durable file writes: a reader (or a crash) never sees a half-written file.
 
-Hand-written because neither Keras nor the standard library offers it: write to a temporary file
-in the same directory, fsync, then `os.replace`, which is atomic on POSIX and Windows.
+Hand-written because neither Keras nor the standard library offers it. Every file textgen
+writes goes through these few helpers: `write_new_file` (write and fsync a file that did not
+exist), `atomic_write_bytes` (write a temporary file in the same directory, fsync, then
+`os.replace`, which is atomic on POSIX and Windows), `fsync_path` (make a rename durable).
 """
 
 from __future__ import annotations
@@ -11,12 +13,28 @@ import tempfile
 from pathlib import Path
 
 
+def write_new_file(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path`, which must not exist yet, and fsync it."""
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def temporary_file(directory: str | Path, prefix: str) -> tuple[int, str]:
+    """(fd, path) of a new temporary file in `directory` with the permissions of an ordinary
+    file (mkstemp makes it 0600)."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+    if hasattr(os, "fchmod"):  # POSIX only; Windows has no mode bits to fix
+        os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Replace `path` with `data` atomically; on failure the old file is untouched."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temporary_file(path.parent, f".{path.name}.")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give it normal permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -30,6 +48,24 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Replace `path` with UTF-8 `text` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def fsync_path(path: str | Path, directory: bool = False) -> None:
+    """fsync a file or directory by path; filesystems (and systems) that refuse a directory
+    fsync are let be."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        if directory:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

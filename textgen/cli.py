@@ -36,6 +36,26 @@ def user_errors(func):
     return wrapper
 
 
+def warn(message: str) -> None:
+    """A warning on stderr, one line, that does not stop the command."""
+    click.echo(f"Warning: {message}", err=True)
+
+
+def run_argument(func):
+    """RUN: a run name under --runs-dir, a path, or `latest` (the default)."""
+    return click.argument("run", required=False, metavar="[RUN]")(func)
+
+
+def runs_dir_option(func):
+    return click.option("--runs-dir", default=RUNS_DIR, show_default=True,
+                        help="Where run directories live.")(func)
+
+
+def checkpoint_option(func):
+    return click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
+                        show_default=True, help="Which checkpoint of the run to load.")(func)
+
+
 def given(ctx: click.Context, names) -> dict:
     """The options among `names` that the user set on the command line (not defaulted)."""
     source = click.core.ParameterSource.DEFAULT
@@ -109,9 +129,9 @@ def train(ctx, corpus, name, resume, runs_dir, quiet, preset, **_options):
 
 
 @main.command()
-@click.argument("run", required=False)
-@click.option("--runs-dir", default=RUNS_DIR, show_default=True, help="Where run directories live.")
-@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which checkpoint of the run to load.")
+@run_argument
+@runs_dir_option
+@checkpoint_option
 @click.option("--temp", "temperature", type=float, default=_S.temperature, show_default=True, help="Sampling temperature; 0 is greedy argmax.")
 @click.option("--length", type=int, default=_S.length, show_default=True, help="Characters to generate.")
 @click.option("--prime", default=_S.prime, help="Text fed to the model first, then echoed.")
@@ -121,19 +141,19 @@ def train(ctx, corpus, name, resume, runs_dir, quiet, preset, **_options):
 @click.option("--num-samples", type=int, default=_S.num_samples, show_default=True, help="Independent samples to generate.")
 @user_errors
 def sample(run, runs_dir, checkpoint, **options):
-    """Generate text from RUN (a path or a name under --runs-dir; default: the latest run)."""
+    """Generate text from RUN (a name under --runs-dir, a path, or `latest`: the default)."""
     config = SampleConfig(**options)
     config.validate()  # before TensorFlow and the model load
     from textgen.sample import sample_run
 
-    sample_run(run, runs_dir, checkpoint, config, out=sys.stdout)
+    sample_run(run, runs_dir, checkpoint, config, out=sys.stdout, warn=warn)
 
 
 @main.command("eval")
 @click.argument("run")
 @click.argument("files", nargs=-1, required=True, type=click.Path())
-@click.option("--runs-dir", default=RUNS_DIR, show_default=True, help="Where run directories live.")
-@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Which checkpoint of the run to load.")
+@runs_dir_option
+@checkpoint_option
 @click.option("--encoding", default=_T.encoding, show_default=True, help="Text encoding of FILES.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
@@ -144,14 +164,14 @@ def eval_command(run, files, runs_dir, checkpoint, encoding, quiet):
     """
     from textgen.evaluate import describe, evaluate_files
 
-    result = evaluate_files(None if run == "latest" else run, runs_dir, checkpoint, list(files),
-                            encoding, show_progress=not quiet)
+    result = evaluate_files(run, runs_dir, checkpoint, list(files), encoding,
+                            show_progress=not quiet, warn=warn)
     click.echo(describe(result))
 
 
 @main.command()
-@click.argument("run", required=False)
-@click.option("--runs-dir", default=RUNS_DIR, show_default=True, help="Where run directories live.")
+@run_argument
+@runs_dir_option
 @user_errors
 def info(run, runs_dir):
     """Shape, parameter count, progress, best validation bpc and corpus of RUN (default: latest)."""
@@ -182,7 +202,8 @@ def _route_native_stderr() -> None:
     """
     import tempfile
 
-    path = os.path.join(tempfile.gettempdir(), f"textgen-tensorflow-{os.getuid()}.log")
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")  # POSIX / Windows
+    path = os.path.join(tempfile.gettempdir(), f"textgen-tensorflow-{user}.log")
     try:
         log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     except OSError:

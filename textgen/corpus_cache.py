@@ -35,7 +35,6 @@ import errno
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,9 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
-from textgen.atomic import _umask, atomic_write_text
+from textgen.atomic import atomic_write_text, temporary_file
 from textgen.corpus import _check_encoding, _path_list, corpus_files, iter_text
 from textgen.errors import TextgenError
+from textgen.runlock import process_alive
 from textgen.vocab import Vocabulary
 
 FORMAT = "textgen-corpus-cache"
@@ -151,9 +151,7 @@ def _build(directory: Path, paths: list, encoding: str, fingerprint: dict,
     try:
         directory.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(directory)
-        fd, tmp = tempfile.mkstemp(prefix=f".{IDS_FILE}.{os.getpid()}.", suffix=".tmp",
-                                   dir=directory)
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give it normal permissions
+        fd, tmp = temporary_file(directory, f".{IDS_FILE}.{os.getpid()}.")
     except OSError as e:
         raise _unwritable(directory, e) from None
     try:
@@ -214,20 +212,15 @@ def _remove_stale_temps(directory: Path) -> None:
 
     A temporary file is `.ids.bin.<pid>.<random>.tmp`; it is stale when no process has that
     pid any more and it has not been written for STALE_TEMP_SECONDS (the age guards against a
-    live build in another pid namespace sharing the directory). POSIX only: on Windows
-    `os.kill(pid, 0)` would terminate the process.
+    live build in another pid namespace sharing the directory).
     """
-    if os.name != "posix":
-        return
     for tmp in directory.glob(f".{IDS_FILE}.*.tmp"):
         try:
-            if time.time() - tmp.stat().st_mtime < STALE_TEMP_SECONDS:
-                continue
-            os.kill(int(tmp.name.split(".")[3]), 0)
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
+            if (time.time() - tmp.stat().st_mtime >= STALE_TEMP_SECONDS
+                    and process_alive(int(tmp.name.split(".")[3])) is False):
+                tmp.unlink(missing_ok=True)
         except (ValueError, IndexError, OSError):
-            pass  # not named by us, gone already, or its process is alive under another user
+            pass  # not named by us, or gone already
 
 
 def _remove_if_empty(directory: Path) -> None:

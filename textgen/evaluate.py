@@ -98,18 +98,19 @@ def describe(result: EvalResult) -> str:
 
 
 def evaluate_files(run: str | None, runs_dir: str, which: str, paths: list[str], encoding: str,
-                   show_progress: bool = True) -> EvalResult:
+                   show_progress: bool = True, warn=None) -> EvalResult:
     """Load a run and score the text of `paths` (files or directories), with a progress bar."""
     import os
 
     from tqdm.auto import tqdm
 
-    from textgen.checkpoint import load_for_inference
+    from textgen.inference import load_run
     from textgen.corpus import iter_text
 
     for path in paths:  # refuse a missing path before loading the model
         if not os.path.exists(path):
             raise TextgenError(f"path not found: {path}")
-    model, vocab, _ = load_for_inference(run, runs_dir, which)
+    loaded = load_run(run, runs_dir, which, warn=warn)
+    model, vocab = loaded.model, loaded.vocab
     with tqdm(unit="char", unit_scale=True, disable=not show_progress, leave=False) as bar:
         return evaluate(model, vocab, iter_text(paths, encoding), progress=bar.update)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textgen.checkpoint import read_run_meta, resolve_run
+from textgen.runs import read_run_meta, resolve_run
 
 
 def describe_run(run: str | None, runs_dir: str | Path) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from textgen import checkpoint as ckpt
+from textgen import runs
 from textgen.config import ModelConfig, TrainConfig, check_config
 from textgen.corpus import default_corpus
 from textgen.data import StreamBatcher, split_train_val
@@ -160,8 +161,8 @@ def _launch(corpus, model_options, train_options, runs_root, name, resume, corpu
             show_progress, echo):
     with contextlib.ExitStack() as stack:
         if resume:
-            run_dir = ckpt.resolve_run(name, runs_root)
-            strategy = train_options.get("strategy") or ckpt.read_run_meta(run_dir)["train"].strategy
+            run_dir = runs.resolve_run(name, runs_root)
+            strategy = train_options.get("strategy") or runs.read_run_meta(run_dir)["train"].strategy
             chief = is_chief_task(strategy)
             if chief:  # the other workers of a multi-worker run only read the run
                 stack.enter_context(RunLock(run_dir))
@@ -186,8 +187,8 @@ def _launch(corpus, model_options, train_options, runs_root, name, resume, corpu
                 root.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise TextgenError(f"cannot create the runs directory {root}: {os_reason(e)}") from None
-            ckpt.clean_stale_staging(root, run_dir.name)
-            staging = ckpt.staging_dir(root, run_dir.name)
+            runs.clean_stale_staging(root, run_dir.name)
+            staging = runs.staging_dir(root, run_dir.name)
             try:
                 staging.mkdir()
             except OSError as e:
@@ -201,7 +202,7 @@ def _launch(corpus, model_options, train_options, runs_root, name, resume, corpu
 
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-            ckpt.publish_run(staging, run_dir)
+            runs.publish_run(staging, run_dir)
             lock.moved(run_dir)
             trainer.run_dir = run_dir
             summary = trainer.meta["corpus"]
@@ -215,7 +216,7 @@ def _launch(corpus, model_options, train_options, runs_root, name, resume, corpu
 def _reopen(run_dir: Path, corpus: list[str], model_options: dict, train_options: dict,
             corpus_dir: str | Path, chief: bool = True, show_progress: bool = False):
     """(trainer, meta) for resuming `run_dir`, after every check that can refuse it."""
-    meta = ckpt.read_run_meta(run_dir)
+    meta = runs.read_run_meta(run_dir)
     changed = _differences(meta["model"], model_options) + _differences(
         meta["train"], {k: v for k, v in train_options.items() if k not in RESUMABLE_OPTIONS})
     if changed:
@@ -232,8 +233,7 @@ def _reopen(run_dir: Path, corpus: list[str], model_options: dict, train_options
     paths = corpus or ([] if saved_corpus.get("default") else saved_corpus.get("paths", []))
     encoded, summary = load_corpus(paths, train_config.encoding, corpus_dir, run_dir.parent,
                                    show_progress)
-    vocab = Vocabulary.load(run_dir / ckpt.VOCAB_FILE)
-    ckpt.check_vocab(run_dir, meta, vocab)
+    vocab = runs.load_vocab(run_dir, meta)
     difference = _vocab_difference(vocab, encoded.chars)
     if difference:
         raise TextgenError(f"the corpus's characters differ from run {run_dir.name}'s vocabulary "
@@ -267,9 +267,9 @@ def _prepare_new(corpus: list[str], model_options: dict, train_options: dict,
     run_dir = Path(runs_root) / (name or _timestamp())
     if chief:
         _refuse_existing(run_dir)
-    meta = {"format": ckpt.RUN_FORMAT, "version": 1, "name": run_dir.name,
+    meta = {"format": runs.RUN_FORMAT, "version": 1, "name": run_dir.name,
             "model": model_config, "train": train_config, "corpus": summary,
-            "vocab_sha256": ckpt.vocab_fingerprint(vocab), "checkpoints": {}}
+            "vocab_sha256": runs.vocab_fingerprint(vocab), "checkpoints": {}}
     train_data, val_data = make_batchers(encoded.ids, train_config)
     summary.update(train_chars=int(train_data.streams.size), vocab_size=vocab.size)
 
@@ -282,7 +282,7 @@ def _prepare_new(corpus: list[str], model_options: dict, train_options: dict,
 
 
 def _refuse_existing(run_dir: Path) -> None:
-    if (run_dir / ckpt.RUN_FILE).exists():
+    if (run_dir / runs.RUN_FILE).exists():
         raise TextgenError(f"run {run_dir} already exists; add --resume to continue it, "
                            "or choose another --name")
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
@@ -294,9 +294,9 @@ def _write_new_run(trainer, staging: Path) -> None:
     """Vocabulary, step-0 checkpoint and run.json of a new run, into its staging directory."""
     trainer.run_dir = staging
     try:
-        trainer.vocab.save(staging / ckpt.VOCAB_FILE)
+        trainer.vocab.save(staging / runs.VOCAB_FILE)
     except OSError as e:
-        raise TextgenError(f"cannot write {staging / ckpt.VOCAB_FILE}: {os_reason(e)}") from None
+        raise TextgenError(f"cannot write {staging / runs.VOCAB_FILE}: {os_reason(e)}") from None
     trainer.save()  # step 0: a run always has a checkpoint to sample from and resume
 
 

@@ -113,8 +113,11 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process with this PID exists (signal 0 probes without signalling)."""
+def process_alive(pid: int) -> bool | None:
+    """Whether a process with this PID exists (signal 0 probes without signalling); None where
+    that cannot be asked (Windows, where `os.kill(pid, 0)` would terminate the process)."""
+    if os.name != "posix":
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

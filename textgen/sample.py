@@ -186,12 +186,14 @@ def generate_text(model, vocab: Vocabulary, config: SampleConfig,
     return texts
 
 
-def sample_run(run: str | None, runs_dir: str, which: str, config: SampleConfig, out) -> list[str]:
+def sample_run(run: str | None, runs_dir: str, which: str, config: SampleConfig, out,
+               warn: Callable[[str], None] | None = None) -> list[str]:
     """Load a run's `best`/`last` checkpoint and stream generated text to the file `out`."""
-    from textgen.checkpoint import load_for_inference
+    from textgen.inference import load_run
 
     config.validate()
-    model, vocab, _ = load_for_inference(run, runs_dir, which)
+    loaded = load_run(run, runs_dir, which, warn=warn)
+    model, vocab = loaded.model, loaded.vocab
     start_ids(vocab, config.prime)  # refuse a bad prime before any output
 
     def write(index: int, piece: str) -> None:

@@ -34,6 +34,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from textgen import checkpoint as ckpt
+from textgen import runs
 from textgen.config import ModelConfig, SampleConfig, TrainConfig
 from textgen.data import StreamBatcher
 from textgen.distribute import Replicas, make_strategy, worker_count
@@ -194,7 +195,7 @@ class Trainer:
         checkpoints["best"] = self.progress.best_checkpoint or name
         self.meta.update(step=self.progress.step, best_val_bpc=self.progress.best_val_bpc,
                          history=self.progress.history)
-        ckpt.write_run_meta(self.run_dir, ckpt.meta_to_json(self.meta))
+        runs.write_run_meta(self.run_dir, runs.meta_to_json(self.meta))
         ckpt.prune_checkpoints(self.run_dir, self.config.keep, {checkpoints["best"], name})
         self._saved_step = self.progress.step
         return name
@@ -330,7 +331,7 @@ class Trainer:
         with contextlib.ExitStack() as stack:
             if stop is None:
                 stop = stack.enter_context(StopRequest())
-            writer = (tf.summary.create_file_writer(str(self.run_dir / ckpt.EVENTS_DIR))
+            writer = (tf.summary.create_file_writer(str(self.run_dir / "events"))
                       if self.chief else tf.summary.create_noop_writer())
             stack.callback(writer.close)
             bar = tqdm(total=self._total_steps(), initial=p.step, unit="step", dynamic_ncols=True,
