@@ -40,6 +40,12 @@ def lstm_gates(z: tf.Tensor, c_prev: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return h, c
 
 
+def zero_state(batch_size, units: int, dtype="float32") -> tf.Tensor:
+    """The zero h (or C) of one layer: (batch_size, units). The one definition every zero state
+    of textgen (a new window stream, a new sample, the cell's own initial state) comes from."""
+    return tf.zeros((batch_size, units), dtype=dtype)
+
+
 class ForgetBiasInitializer(keras.initializers.Initializer):
     """Bias initialiser: zeros, except ones for the forget gate (remember by default)."""
 
@@ -96,7 +102,7 @@ class LSTMCell(keras.layers.Layer):
 
     def get_initial_state(self, batch_size=None):
         """Zero state [h, C], each (batch_size, units)."""
-        zeros = tf.zeros((batch_size, self.units), dtype=self.compute_dtype)
+        zeros = zero_state(batch_size, self.units, self.compute_dtype)
         return [zeros, zeros]
 
     def get_config(self):

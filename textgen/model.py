@@ -10,8 +10,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from textgen.cell import lstm_gates
+from textgen.cell import lstm_gates, zero_state
 from textgen.config import ModelConfig
+from textgen.dropout import row_dropout
 from textgen.parallel import concat_rows, parallel_parts, row_split_sizes, split_rows
 from textgen.recurrent import LSTMLayer, resolve_path
 
@@ -34,26 +35,6 @@ def gather_rows(table, ids):
 
 
 @keras.saving.register_keras_serializable(package="textgen")
-class ReplicaDropout(keras.layers.Dropout):
-    """Keras's dropout, with masks that differ between replicas under `tf.distribute`.
-
-    Keras's seed generator is a mirrored variable, so every replica would draw the same seed and
-    rows r*b+i of every replica would share one mask. Folding the replica's id into the seed keeps
-    the masks independent; with one replica it is Keras's own dropout, number for number.
-    """
-
-    def call(self, inputs, training=False):
-        context = tf.distribute.get_replica_context()
-        if not (training and self.rate > 0) or context is None or context.num_replicas_in_sync == 1:
-            return super().call(inputs, training=training)
-        seed = tf.cast(self.seed_generator.next(), tf.int64)  # (2,)
-        replica = tf.cast(context.replica_id_in_sync_group, tf.int64)
-        seed = seed + tf.stack([tf.constant(0, tf.int64), replica])
-        return tf.nn.experimental.stateless_dropout(inputs, rate=self.rate, seed=seed,
-                                                    noise_shape=self.noise_shape)
-
-
-@keras.saving.register_keras_serializable(package="textgen")
 class CharLSTM(keras.Model):
     """Char-level LSTM language model built on textgen's own `LSTMCell`."""
 
@@ -73,27 +54,29 @@ class CharLSTM(keras.Model):
             LSTMLayer(config.units, lstm_path=lstm_path, name=f"lstm_{i}", dtype=policy)
             for i in range(config.num_layers)
         ]
-        self.dropout = ReplicaDropout(config.dropout, name="dropout", dtype=policy)
-        self.embedding_dropout = ReplicaDropout(config.embedding_dropout, name="embedding_dropout",
-                                                dtype=policy)
         self.head = keras.layers.Dense(config.vocab_size, name="logits", dtype=policy)
 
     def initial_state(self, batch_size) -> State:
-        """Zero (h, C) for every layer."""
-        zeros = tf.zeros((batch_size, self.config.units), dtype=self.compute_dtype)
+        """Zero (h, C) for every layer, each (batch_size, units) in the compute dtype."""
+        zeros = zero_state(batch_size, self.config.units, self.compute_dtype)
         return [(zeros, zeros) for _ in self.lstm_layers]
 
-    def call(self, ids, states: State | None = None, training: bool = False):
-        """ids: (batch, time) int. Returns (logits (batch, time, vocab) float32, new states)."""
+    def call(self, ids, states: State | None = None, training: bool = False, dropout_key=None):
+        """ids: (batch, time) int. Returns (logits (batch, time, vocab) float32, new states).
+
+        `dropout_key` (training only): the step's `textgen.dropout.dropout_key`; the trainer
+        passes one so that masks depend on (seed, step, layer, row) alone. Without it, a random
+        key is drawn per call."""
         def group_logits(x, rows, time_major):
             if time_major:
                 x = tf.transpose(x, [1, 0, 2])  # (rows, time, units): fewer numbers than logits
             return tf.cast(self.head(x), tf.float32)  # (rows, time, vocab)
 
-        logits, new_states = self._row_groups(ids, states, training, group_logits)
+        logits, new_states = self._row_groups(ids, states, training, dropout_key, group_logits)
         return tf.concat(logits, axis=0), new_states
 
-    def sequence_loss(self, ids, targets, states: State | None = None, training: bool = False):
+    def sequence_loss(self, ids, targets, states: State | None = None, training: bool = False,
+                      dropout_key=None):
         """Mean cross-entropy in nats of `targets` (batch, time) after `ids`, and the new states.
 
         The number `loss_fn(self(ids, states)[0], targets)` gives, without assembling the
@@ -107,10 +90,10 @@ class CharLSTM(keras.Model):
             return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
                 labels=tf.transpose(labels) if time_major else labels, logits=logits))
 
-        sums, new_states = self._row_groups(ids, states, training, group_loss)
+        sums, new_states = self._row_groups(ids, states, training, dropout_key, group_loss)
         return tf.add_n(sums) / tf.cast(tf.size(targets), tf.float32), new_states
 
-    def _row_groups(self, ids, states, training, finish):
+    def _row_groups(self, ids, states, training, dropout_key, finish):
         """Run the batch as `parallel_parts` independent groups of rows (see textgen.parallel).
 
         Each group goes through the whole layer stack; `finish(x, (start, end), time_major)` maps
@@ -121,43 +104,52 @@ class CharLSTM(keras.Model):
             states = self.initial_state(tf.shape(ids)[0])
         table = self._input_table() if self._use_projection_table(ids, training) else None
         time_major = self._fused
+        dropping = training and (self.config.dropout > 0 or self.config.embedding_dropout > 0)
+        key = (dropout_key if dropout_key is not None else _random_key()) if dropping else None
+        first_row = _replica_first_row(tf.shape(ids)[0])  # of this replica, in the global batch
         parts = self._parallel_parts(ids)
         if parts == 1:
-            x, new_states = self._recurrent_stack(ids, states, table, training, time_major)
+            x, new_states = self._recurrent_stack(ids, states, table, (key, first_row), time_major)
             return [finish(x, (0, None), time_major)], new_states
         sizes = row_split_sizes(ids.shape[0], parts)
         kept, group_states, start = [], [], 0
         for size, group_ids, group_state in zip(sizes, tf.split(ids, sizes),
                                                 split_rows(flatten_state(states), sizes)):
             x, group_state = self._recurrent_stack(
-                group_ids, unflatten_state(group_state), table, training, time_major)
+                group_ids, unflatten_state(group_state), table, (key, first_row + start), time_major)
             kept.append(finish(x, (start, start + size), time_major))
             group_states.append(flatten_state(group_state))
             start += size
         return kept, unflatten_state(concat_rows(group_states))
 
-    def _recurrent_stack(self, ids, states: State, table, training, time_major: bool):
+    def _recurrent_stack(self, ids, states: State, table, dropout, time_major: bool):
         """Embedding (or the first layer's projection `table`) -> LSTM layers, for some rows.
 
-        ids: (batch, time). Returns (the last layer's outputs, (time, batch, units) if
+        ids: (batch, time); `dropout`: (key, global row of the first of these rows), the key
+        None when not training. Returns (the last layer's outputs, (time, batch, units) if
         `time_major` else (batch, time, units), new states). The fused path runs time-major so
         that no layer transposes its (time, batch, 4*units) projections.
         """
+        key, first_row = dropout
+
+        def drop(x, rate, layer):  # layer 0: the embedding; k: after LSTM layer k
+            return x if key is None else row_dropout(x, rate, key, layer, first_row, time_major)
+
         if time_major:
             ids = tf.transpose(ids)  # (time, batch)
         new_states = []
         if table is not None:
             x, (h, c) = self.lstm_layers[0].run_projected(gather_rows(table, ids), states[0], time_major)
-            x = self.dropout(x, training=training)
+            x = drop(x, self.config.dropout, 1)
             new_states.append((h, c))
             layers, states = self.lstm_layers[1:], states[1:]
         else:
             x = self.embedding(ids)  # (batch, time, embedding_dim), or time-major
-            x = self.embedding_dropout(x, training=training)
+            x = drop(x, self.config.embedding_dropout, 0)
             layers = self.lstm_layers
         for layer, (h, c) in zip(layers, states):
             x, (h, c) = layer(x, initial_state=[h, c], time_major=time_major)  # (..., units)
-            x = self.dropout(x, training=training)  # on non-recurrent connections only
+            x = drop(x, self.config.dropout, len(new_states) + 1)  # on non-recurrent connections only
             new_states.append((h, c))
         return x, new_states
 
@@ -245,6 +237,20 @@ def build_model(config: ModelConfig, lstm_path: str = "auto", precision: str = "
 def count_params(model: keras.Model) -> int:
     """Number of trainable parameters."""
     return int(sum(int(tf.size(w)) for w in model.trainable_weights))
+
+
+def _random_key():
+    """A fresh dropout key, for training calls that bring none (plain Keras use of the model)."""
+    return tf.cast(tf.random.uniform((), maxval=2**31 - 1, dtype=tf.int32), tf.uint32)
+
+
+def _replica_first_row(rows):
+    """Global batch row of this replica's first row: replica r of n trains rows r*rows .. under
+    `tf.distribute` (textgen.distribute.Replicas); 0 outside a strategy."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return tf.constant(0, tf.int32)
+    return tf.cast(context.replica_id_in_sync_group, tf.int32) * tf.cast(rows, tf.int32)
 
 
 def flatten_state(states: State) -> list:

@@ -37,6 +37,7 @@ from textgen import checkpoint as ckpt
 from textgen import runs
 from textgen.config import ModelConfig, SampleConfig, TrainConfig
 from textgen.data import StreamBatcher
+from textgen.dropout import dropout_key
 from textgen.distribute import Replicas, make_strategy, worker_count
 from textgen.errors import TextgenError
 from textgen.launch import StopRequest
@@ -105,11 +106,16 @@ class Trainer:
         replicas, clip = self.replicas, self.config.clip_norm
         x, y = replicas.my_rows(x), replicas.my_rows(y)  # (rows, seq_len) each
         with tf.GradientTape() as tape:
-            loss, states = self.model.sequence_loss(x, y, unflatten_state(flat_states), training=True)
+            key = dropout_key(self.config.seed, self.optimizer.iterations)  # masks: (seed, step) only
+            loss, states = self.model.sequence_loss(x, y, unflatten_state(flat_states), training=True,
+                                                    dropout_key=key)
             loss = loss / replicas.count  # this replica's share of the batch mean
             scaled = self.optimizer.scale_loss(loss)  # x the loss scale under mixed_float16
         variables = self.model.trainable_variables
-        grads = replicas.sum(tape.gradient(scaled, variables))  # the whole batch's gradient
+        # dense: clip_by_global_norm would take the norm of an IndexedSlices' rows, which is not
+        # the gradient's norm when an id repeats (the embedding's, when it is looked up directly)
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(scaled, variables)]
+        grads = replicas.sum(grads)  # the whole batch's gradient
         if clip:
             scale = getattr(self.optimizer, "dynamic_scale", 1.0)
             grads, _ = tf.clip_by_global_norm(grads, clip * tf.cast(scale, tf.float32))
@@ -143,13 +149,7 @@ class Trainer:
         arrays = {f"opt_{i}": v.numpy() for i, v in enumerate(self.optimizer.variables)}
         carried = self.replicas.gather(self.carried)  # a collective under multiworker
         arrays.update({f"carry_{i}": a.astype(np.float32) for i, a in enumerate(carried)})
-        arrays.update({f"rng_{i}": v.numpy() for i, v in enumerate(self._rng_variables())})
         return arrays
-
-    def _rng_variables(self) -> list:
-        """The model's variables that are not weights: the dropout layers' RNG states."""
-        weights = {id(w) for w in self.model.weights}
-        return [v for v in self.model.variables if id(v) not in weights]
 
     def restore(self, ckpt_dir: Path) -> None:
         """Load weights, optimizer slots, carried state, RNG and progress from a checkpoint.
@@ -169,8 +169,6 @@ class Trainer:
             for x in flat:
                 if tuple(x.shape) != (self.config.batch_size, self.model_config.units):
                     raise ValueError(f"carried state of shape {tuple(x.shape)}")
-            for i, v in enumerate(self._rng_variables()):
-                v.assign(arrays[f"rng_{i}"])
             self.progress = Progress(**state["progress"])
         except (KeyError, ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
             raise TextgenError(f"{ckpt_dir} does not match this run "
