@@ -5,8 +5,12 @@ the same step: forward + backward + Adam (lr 2e-3) with global-norm gradient cli
 float32, mean sparse softmax cross-entropy from logits, the (h, c) state carried from one window
 to the next (truncated BPTT, as textgen's Trainer does).
 
-  textgen  `textgen.train.Trainer`'s own compiled train step on `build_model(config)` (the
-           default lstm_path "auto"), with a flat learning rate like the others
+  cli      the real `textgen train` command: per-step time from two processes with step
+           budgets SHORT and LONG (start-up, compilation and the final validation cancel out);
+           what users get, reported first
+  textgen  the trainer's own compiled step, `textgen.steps.train_step` (via
+           `build_training` + `compile_train_step`, the default lstm_path "auto"), with a flat
+           learning rate like the others
   keras    Embedding -> keras.layers.LSTM(return_sequences, return_state) x L -> Dense, in a
            tf.function step built the same way
   torch    nn.Embedding -> nn.LSTM(num_layers=L, batch_first) -> nn.Linear, torch.optim.Adam,
@@ -29,6 +33,7 @@ import argparse
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -67,43 +72,32 @@ SHAPES = {
 
 
 class TextgenContender:
-    """textgen's model trained by the Trainer's own compiled step (flat learning rate here, like
-    the other contenders)."""
+    """textgen's model trained by the trainer's own compiled step, `textgen.steps.train_step`
+    (flat learning rate here, like the other contenders)."""
 
     name = "textgen"
     note = ""
 
     def __init__(self, shape: Shape, seed: int):
-        import numpy as np
         import tensorflow as tf
 
         from textgen.config import ModelConfig, TrainConfig
-        from textgen.data import StreamBatcher
-        from textgen.train import Trainer
-        from textgen.vocab import Vocabulary
+        from textgen.model import flatten_state
+        from textgen.steps import build_training, compile_train_step
 
         self.tf = tf
-        vocab = Vocabulary([chr(0x4E00 + i) for i in range(shape.vocab)])
         model_config = ModelConfig(vocab_size=shape.vocab, embedding_dim=shape.embedding_dim,
                                    units=shape.units, num_layers=shape.num_layers)
         train_config = TrainConfig(batch_size=shape.batch, seq_len=shape.seq_len,
                                    learning_rate=LEARNING_RATE, clip_norm=CLIP_NORM, seed=seed,
                                    warmup_steps=0, lr_decay="none")
-        ids = np.random.default_rng(seed).integers(0, shape.vocab, 4 * shape.batch * (shape.seq_len + 1))
-        ids = ids.astype(vocab.dtype)
-        split = 3 * shape.batch * (shape.seq_len + 1)
-        self._tmp = tempfile.TemporaryDirectory(prefix="textgen-bench-")
-        meta = {"format": "textgen-run", "version": 1, "name": "bench", "checkpoints": {}}
-        trainer = Trainer(Path(self._tmp.name) / "run", vocab,
-                          StreamBatcher(ids[:split], shape.batch, shape.seq_len),
-                          StreamBatcher(ids[split:], shape.batch, shape.seq_len, name="validation"),
-                          model_config, train_config, meta)
-        self.model = trainer.model
-        self._step_fn = trainer._train_step
-        self.note = (f"textgen set TF's thread pools to intra-op {trainer.threads[0]}, inter-op "
-                     f"{trainer.threads[1]} (one row group per core)" if trainer.threads
+        training = build_training(model_config, train_config)
+        self.model = training.model
+        self._step_fn = compile_train_step(training)
+        self.note = (f"textgen set TF's thread pools to intra-op {training.threads[0]}, inter-op "
+                     f"{training.threads[1]} (one row group per core)" if training.threads
                      else "textgen kept TF's default thread pools")
-        self._flat = trainer.carried  # flat [h0, c0, ...] for the default (single) strategy
+        self._flat = flatten_state(self.model.initial_state(shape.batch))
 
     def step(self, x, y) -> float:
         loss, self._flat = self._step_fn(self.tf.constant(x), self.tf.constant(y), self._flat)
@@ -210,6 +204,45 @@ class TorchContender:
         return loss.item()
 
 
+class CliContender:
+    """The real `textgen train` process, as users run it: the same shape, batch and step (flat
+    learning rate, clip 5), on a random corpus of the shape's vocabulary. Per-step time comes
+    from two step budgets, `--steps SHORT` and `--steps LONG`, each a fresh process: the
+    difference of their wall times over LONG - SHORT steps leaves out start-up, compilation, the
+    first and last checkpoint and the final validation, which both runs pay alike."""
+
+    name = "cli"
+    note = ""
+
+    def __init__(self, shape: Shape, seed: int, short: int, long: int, workdir: Path):
+        import numpy as np
+
+        self.shape, self.short, self.long, self.workdir = shape, short, long, workdir
+        alphabet = np.array([chr(0x4E00 + i) for i in range(shape.vocab)] if shape.vocab > 95
+                            else [chr(32 + i) for i in range(shape.vocab)])
+        chars = shape.batch * (shape.seq_len + 1) * (long + 10)
+        ids = np.random.default_rng(seed).integers(0, shape.vocab, int(chars / 0.9))
+        self.corpus = workdir / "corpus.txt"
+        self.corpus.write_text("".join(alphabet[ids]), encoding="utf-8")
+        self.runs = 0
+
+    def _train(self, steps: int) -> float:
+        self.runs += 1
+        command = ["textgen", "train", str(self.corpus), "--runs-dir", str(self.workdir / "runs"),
+                   "--name", f"r{self.runs}", "--units", str(self.shape.units),
+                   "--num-layers", str(self.shape.num_layers), "--embedding-dim", str(self.shape.embedding_dim),
+                   "--batch-size", str(self.shape.batch), "--seq-len", str(self.shape.seq_len),
+                   "--learning-rate", str(LEARNING_RATE), "--clip-norm", str(CLIP_NORM),
+                   "--warmup-steps", "0", "--lr-decay", "none", "--steps", str(steps),
+                   "--eval-every", "1000000", "--eval-batches", "1", "--quiet"]
+        t0 = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - t0
+
+    def seconds_per_step(self) -> float:
+        return (self._train(self.long) - self._train(self.short)) / (self.long - self.short)
+
+
 # ---------------------------------------------------------------- the benchmark
 
 
@@ -302,11 +335,25 @@ def bench_shape(shape: Shape, args, torch_ok: bool) -> dict:
     initial = {c.name: c.initial for c in contenders}
     chars = args.steps * shape.batch * shape.seq_len
     rates = {c.name: [] for c in contenders}
-    for rep in range(args.repeats):
-        order = workers[rep % len(workers):] + workers[: rep % len(workers)]
-        for info, conn, _ in order:
-            conn.send(args.steps)
-            rates[info.name].append(chars / conn.recv())
+    with tempfile.TemporaryDirectory(prefix="textgen-bench-cli-") as workdir:
+        cli = None
+        if not args.no_cli:
+            cli = CliContender(shape, args.seed, args.cli_steps[0], args.cli_steps[1], Path(workdir))
+            rates["cli"] = []
+            contenders.insert(0, SimpleNamespace(name="cli", note=f"`textgen train` processes, "
+                                                 f"--steps {args.cli_steps[0]} vs {args.cli_steps[1]}",
+                                                 build_s=float("nan"), warmup_s=float("nan")))
+            initial["cli"] = float("nan")
+        slots = [("worker", w) for w in workers] + ([("cli", cli)] if cli else [])
+        for rep in range(args.repeats):
+            order = slots[rep % len(slots):] + slots[: rep % len(slots)]
+            for kind, item in order:
+                if kind == "cli":
+                    rates["cli"].append(shape.batch * shape.seq_len / item.seconds_per_step())
+                    continue
+                info, conn, _ = item
+                conn.send(args.steps)
+                rates[info.name].append(chars / conn.recv())
     for _, conn, proc in workers:
         conn.send(None)
         proc.join(timeout=30)
@@ -325,13 +372,14 @@ def report(shape: Shape, result: dict) -> None:
     for c in contenders:
         r = rates[c.name]
         print(f"  {c.name:20s} {statistics.median(r):15,.0f} {min(r):10,.0f} {max(r):10,.0f} "
-              f"{c.build_s:8.1f} {c.warmup_s:9.1f} {initial[c.name]:13.4f}")
-    ours = names[0]
-    for other in names[1:]:
-        ratios = [a / b for a, b in zip(rates[ours], rates[other])]
-        print(f"  ratio textgen/{other}: median {statistics.median(ratios):.2f} "
-              f"(per repeat: {', '.join(f'{q:.2f}' for q in ratios)})")
+              f"{c.build_s:8.1f} {c.warmup_s:9.1f} {initial.get(c.name, float('nan')):13.4f}")
+    for ours in [n for n in ("cli", "textgen") if n in names]:
+        for other in [n for n in names if n not in ("cli", ours)]:
+            ratios = [a / b for a, b in zip(rates[ours], rates[other])]
+            print(f"  ratio {ours}/{other}: median {statistics.median(ratios):.2f} "
+                  f"(per repeat: {', '.join(f'{q:.2f}' for q in ratios)})")
     ln_v = math.log(shape.vocab)
+    initial = {k: v for k, v in initial.items() if k != "cli"}
     losses = list(initial.values())
     spread = max(losses) - min(losses)
     ok = all(abs(v - ln_v) < 0.05 * ln_v for v in losses) and spread < 0.05 * ln_v
@@ -349,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="set torch threads and TF intra-op threads (default: each library's own)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch contender")
+    parser.add_argument("--no-cli", action="store_true", help="skip the `textgen train` contender")
+    parser.add_argument("--cli-steps", type=int, nargs=2, default=(10, 70), metavar=("SHORT", "LONG"),
+                        help="the two step budgets of the `textgen train` contender")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]

@@ -25,7 +25,8 @@ from conftest import CORPUS_TEXT, describe, invoke, tree_hashes
 from textgen import checkpoint as ckpt
 from textgen import runs as runfiles
 from textgen.inference import load_run
-from textgen.launch import CACHE_DIR, launch
+from textgen.corpus_cache import CACHE_DIR
+from textgen.launch import launch
 from textgen.runlock import LOCK_FILE
 from textgen.train import Trainer
 
@@ -147,14 +148,14 @@ def test_kill_while_writing_a_checkpoint(corpus, tmp_path, monkeypatch, referenc
 
 def _self_signal_at(monkeypatch, steps: dict[int, int]) -> None:
     """Send this process a real signal right after the training step numbered like a key."""
-    check = Trainer._check_loss
+    poll = Trainer._poll  # the stop vote, which the loop takes after every step
 
-    def check_loss(self, loss, what="training loss"):
-        check(self, loss, what)
-        if what == "training loss" and self.progress.step in steps:
+    def signal_then_poll(self, stop, clock):
+        if self.progress.step in steps:
             os.kill(os.getpid(), steps.pop(self.progress.step))
+        poll(self, stop, clock)
 
-    monkeypatch.setattr(Trainer, "_check_loss", check_loss)
+    monkeypatch.setattr(Trainer, "_poll", signal_then_poll)
 
 
 def test_sigint_and_sigterm_between_validations_resume_exactly(corpus, tmp_path, monkeypatch, reference):
@@ -244,7 +245,7 @@ def _failing_for(original, name: str):
 @pytest.mark.parametrize("fail", ["weights", "weights-by-keras", "arrays", "state", "run.json"])
 def test_disk_full_stops_with_one_line_and_keeps_the_previous_checkpoint(fail, copy_run, monkeypatch):
     run_dir = copy_run()
-    before = {k: v for k, v in tree_hashes(run_dir).items() if not k.startswith("events/")}
+    before = {k: v for k, v in tree_hashes(run_dir).items() if not k.startswith(("train/", "validation/"))}
     import keras
 
     if fail == "weights":
@@ -266,7 +267,7 @@ def test_disk_full_stops_with_one_line_and_keeps_the_previous_checkpoint(fail, c
     assert len(lines) == 2 and lines[0].startswith("resuming"), describe(result)
     assert lines[1].startswith("Error: ") and "No space left on device" in lines[1], describe(result)
     assert "previous checkpoint" in lines[1] and "resume" in lines[1]
-    after = {k: v for k, v in tree_hashes(run_dir).items() if not k.startswith("events/")}
+    after = {k: v for k, v in tree_hashes(run_dir).items() if not k.startswith(("train/", "validation/"))}
     if fail == "run.json":  # ckpt-6 was complete, but run.json never named it
         assert {k for k in after if k.startswith("ckpt-00000006/")} == {
             f"ckpt-00000006/{f}" for f in ckpt.CHECKPOINT_FILES}

@@ -244,7 +244,35 @@ def test_sample_by_name_path_and_latest(trained_run):
     assert by_path.exit_code == 0, describe(by_path)
     latest = invoke("sample", "--runs-dir", trained_run.parent, *args)
     assert latest.exit_code == 0, describe(latest)
-    assert by_name == by_path.stdout == latest.stdout
+    named_latest = invoke("sample", "latest", "--runs-dir", trained_run.parent, *args)
+    assert named_latest.exit_code == 0, describe(named_latest)
+    assert by_name == by_path.stdout == latest.stdout == named_latest.stdout
+
+
+@pytest.mark.parametrize("command", [["info"], ["sample", "--length", "3"], ["eval", "CORPUS"]])
+def test_every_command_takes_latest_as_run(command, trained_run, corpus_file):
+    args = [corpus_file if a == "CORPUS" else a for a in command]
+    result = invoke(args[0], "latest", *args[1:], "--runs-dir", trained_run.parent)
+    assert result.exit_code == 0, describe(result)
+    if command == ["info"]:
+        assert f"run:              {trained_run}" in result.stdout
+
+
+def test_missing_best_checkpoint_is_said_on_stderr(copy_run):
+    """run.json names a best checkpoint that is gone: the last one loads, and stderr says so."""
+    run_dir = copy_run()
+    meta = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    meta["checkpoints"]["best"] = "ckpt-00000001"  # never written
+    (run_dir / "run.json").write_text(json.dumps(meta), encoding="utf-8")
+    result = invoke("sample", run_dir, "--length", 5, "--seed", 1)
+    assert result.exit_code == 0, describe(result)
+    assert len(result.stdout) == 6
+    assert result.stderr.startswith("Warning: the best checkpoint ckpt-00000001 of run tiny is missing; "
+                                    "using ckpt-00000003 instead"), describe(result)
+    meta["checkpoints"].pop("best")  # none recorded at all
+    (run_dir / "run.json").write_text(json.dumps(meta), encoding="utf-8")
+    result = invoke("sample", run_dir, "--length", 5, "--seed", 1)
+    assert result.exit_code == 0 and "records no best checkpoint; using the last one" in result.stderr
 
 
 def test_sample_as_subprocess(trained_run, tmp_path):
@@ -283,8 +311,9 @@ def test_run_directory_layout(trained_run):
         assert ckpt.name == "ckpt-00000003"
         for name in ("model.weights.h5", "resume.npz", "state.json"):
             assert (ckpt / name).is_file(), f"{ckpt}/{name} missing"
-    events = list((trained_run / "events").iterdir())
-    assert any(p.name.startswith("events.out.tfevents") and p.stat().st_size > 0 for p in events)
+    for board in ("train", "validation"):  # two TensorBoard runs, side by side
+        events = list((trained_run / board).iterdir())
+        assert any(p.name.startswith("events.out.tfevents") and p.stat().st_size > 0 for p in events)
     assert not (trained_run / "train.lock").exists()  # released after training
     assert not [p for p in trained_run.iterdir() if ".tmp" in p.name]  # no leftovers
 

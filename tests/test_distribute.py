@@ -29,7 +29,7 @@ from textgen.distribute import (
     worker_count,
 )
 from textgen.errors import TextgenError
-from textgen.launch import CACHE_DIR
+from textgen.corpus_cache import CACHE_DIR
 
 pytestmark = pytest.mark.usefixtures("own_cwd")
 

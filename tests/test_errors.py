@@ -74,6 +74,19 @@ def test_bad_corpus(case, tmp_path):
     assert not (tmp_path / "corpora").exists()
 
 
+def test_error_after_a_progress_bar_starts_its_own_line(tmp_path):
+    """A corpus that turns out bad while its encoding bar is on screen: the bar ends its line, so
+    the error is a line of its own even where carriage returns do not clear lines (a log file)."""
+    bad = tmp_path / "big.txt"
+    bad.write_bytes(b"the cat sat on the mat\n" * 60_000 + b"caf\xe9\n")  # 1.4 MB: past one block
+    result = invoke("train", bad, "--runs-dir", tmp_path / "runs", "--units", "8", "--steps", "1")
+    assert result.exit_code == 2, describe(result)
+    assert "encoding the corpus" in result.stderr, describe(result)  # the bar was drawn
+    errors = [line for line in result.stderr.split("\n") if "Error" in line]
+    assert len(errors) == 1 and errors[0].startswith("Error: ") and "not valid UTF-8" in errors[0], \
+        describe(result)
+
+
 def test_unknown_encoding(corpus_file, tmp_path):
     result = invoke("train", corpus_file, "--encoding", "klingon-8", "--runs-dir", tmp_path / "runs", *TINY)
     assert_user_error(result, "unknown encoding", "klingon-8")
@@ -212,6 +225,28 @@ def test_mistyped_run_json(change, copy_run):
     assert tree_hashes(run_dir) == before
 
 
+@pytest.mark.parametrize("command", ["info", "sample", "eval"])
+@pytest.mark.parametrize("change, fragment", [
+    (lambda d: d.update(best_val_bpc="2.5"), "best_val_bpc"),
+    (lambda d: d["history"][0].pop("val_bpc"), "history[0] has no val_bpc"),
+    (lambda d: d.update(corpus=["a.txt"]), "corpus is not an object"),
+    (lambda d: d["corpus"].update(chars="many"), "corpus.chars"),
+], ids=["best-as-string", "history-without-val_bpc", "corpus-as-list", "corpus-chars-as-string"])
+def test_damaged_run_json_fields_found_in_review(command, change, fragment, copy_run, corpus_file):
+    """Fields `info` used to trip over with a traceback: one schema refuses them for every command."""
+    run_dir = copy_run()
+    _rewrite_json(run_dir / "run.json", change)
+    extra = [corpus_file] if command == "eval" else []
+    result = invoke(command, run_dir, *extra, "--runs-dir", run_dir.parent)
+    assert_user_error(result, "run.json is damaged", fragment)
+
+
+@pytest.mark.parametrize("encoding", ["rot13", "base64", "zlib"])
+def test_eval_refuses_codecs_that_are_not_text_encodings(encoding, trained_run, corpus_file):
+    result = invoke("eval", trained_run, corpus_file, "--encoding", encoding)
+    assert_user_error(result, f"{encoding!r} is not a text encoding")
+
+
 # ---------------------------------------------------------------------------- bad sample options
 
 
@@ -260,6 +295,41 @@ def test_resume_with_different_corpus(copy_run, tmp_path):
     assert tree_hashes(run_dir) == before
     assert not (run_dir / "train.lock").exists()
     assert_still_samples(run_dir)
+
+
+def test_resume_on_changed_text_with_the_same_characters(copy_run, corpus_file, tmp_path):
+    """The corpus file was edited (same characters, other text): resuming would silently train
+    on other text; it is refused unless --allow-corpus-change says so."""
+    run_dir = copy_run()
+    text = corpus_file.read_text(encoding="utf-8")
+    edited = tmp_path / "cat.txt"
+    edited.write_text(text.replace("cat sat", "mat sat", 7), encoding="utf-8")
+    meta = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    meta["corpus"]["paths"] = [str(edited)]  # the run's own corpus path, now edited
+    meta["corpus"]["fingerprint"] = _fingerprint_of(corpus_file, tmp_path)
+    (run_dir / "run.json").write_text(json.dumps(meta), encoding="utf-8")
+    before = tree_hashes(run_dir)
+    args = ["train", "--resume", "--name", RUN_NAME, "--runs-dir", run_dir.parent, "--steps", 4, "--quiet"]
+    assert_user_error(invoke(*args), "corpus text of run tiny changed", "--allow-corpus-change")
+    assert tree_hashes(run_dir) == before
+    result = invoke(*args, "--allow-corpus-change")
+    assert result.exit_code == 0, describe(result)
+    assert json.loads((run_dir / "run.json").read_text())["step"] == 4
+
+
+def _fingerprint_of(corpus: Path, tmp_path: Path) -> str:
+    from textgen.corpus_cache import encode_corpus
+
+    return encode_corpus([corpus], "utf-8", tmp_path / "cache").fingerprint
+
+
+@pytest.mark.parametrize("name", ["../escaped", "/tmp/absolute", "a/b", ".hidden", "", "x" * 101,
+                                  "new\nline"])
+def test_run_names_stay_inside_the_runs_directory(name, corpus_file, tmp_path):
+    runs = tmp_path / "runs"
+    result = invoke("train", corpus_file, "--runs-dir", runs, "--name", name, *TINY)
+    assert_user_error(result, "is not a usable run name", "--runs-dir")
+    assert not runs.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_train_into_existing_run_without_resume(copy_run, corpus_file):
@@ -447,3 +517,101 @@ def test_bad_train_option(args, fragments, corpus_file, tmp_path):
     result = invoke("train", corpus_file, "--runs-dir", runs, "--name", "r", *TINY, *args)
     assert_user_error(result, *fragments)
     assert not (runs / "r").exists()
+
+
+# ---------------------------------------------------------------------------- hypothesis: any damage
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+# Every JSON file a run holds, and every command that reads a run (RUN stands for the run).
+RUN_JSON_FILES = ["run.json", "vocab.json", "ckpt-00000003/state.json"]
+RUN_COMMANDS = {
+    "sample": ["sample", "RUN", "--length", "5", "--seed", "1"],
+    "eval": ["eval", "RUN", "CORPUS", "--quiet"],
+    "info": ["info", "RUN"],
+    "train --resume": ["train", "--resume", "--name", "RUN", "--steps", "3", "--quiet"],
+}
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True)
+    | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6)
+
+
+def _paths(node, prefix=()):
+    """Every (path of keys/indices) into a JSON document, the root included."""
+    yield prefix
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _paths(value, prefix + (key,))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _paths(value, prefix + (index,))
+
+
+@st.composite
+def json_damage(draw, text: str):
+    """A damaged version of the JSON document `text`: a value replaced by another of any type, a
+    key or list item deleted, a key added, or the file cut short."""
+    document = json.loads(text)
+    kind = draw(st.sampled_from(["replace", "delete", "add", "truncate"]))
+    if kind == "truncate":
+        return text[: draw(st.integers(0, max(0, len(text) - 1)))]
+    path = draw(st.sampled_from(list(_paths(document))))
+    value = draw(json_values)
+    if not path:
+        return json.dumps(value)
+    parent = document
+    for key in path[:-1]:
+        parent = parent[key]
+    if kind == "replace":
+        parent[path[-1]] = value
+    elif kind == "delete":
+        del parent[path[-1]]
+    elif isinstance(parent, dict):
+        parent[draw(st.text(max_size=8))] = value
+    else:
+        parent.append(value)
+    return json.dumps(document)
+
+
+@pytest.mark.parametrize("command", list(RUN_COMMANDS))
+@pytest.mark.parametrize("name", RUN_JSON_FILES)
+@settings(max_examples=6, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_damage_to_a_runs_json_is_one_line_or_harmless(name, command, data, trained_run,
+                                                           corpus_file, tmp_path):
+    """Whatever is damaged in whichever JSON file, every command that reads a run either works
+    (the damage did not matter) or says what is wrong in one line with exit code 2: never a
+    traceback. The files the command was not meant to change stay as they were."""
+    import shutil
+    import uuid
+
+    run_dir = tmp_path / uuid.uuid4().hex[:8] / RUN_NAME
+    shutil.copytree(trained_run, run_dir)
+    path = run_dir / name
+    path.write_text(data.draw(json_damage(path.read_text(encoding="utf-8")), label=name),
+                    encoding="utf-8")
+    before = tree_hashes(run_dir)
+    args = [str(run_dir.name if a == "RUN" and command.startswith("train") else
+                run_dir if a == "RUN" else corpus_file if a == "CORPUS" else a)
+            for a in RUN_COMMANDS[command]]
+    result = invoke(*args, "--runs-dir", run_dir.parent)
+    if result.exit_code != 0:
+        assert_user_error_or_warning(result)
+        assert tree_hashes(run_dir) == before, "a refused command changed the run"
+    else:
+        assert "Traceback" not in result.stdout + result.stderr, describe(result)
+
+
+def assert_user_error_or_warning(result) -> None:
+    """Exit code 2 and one `Error: ...` line (after any `Warning: ...` lines), no traceback."""
+    info = describe(result)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), info
+    assert "Traceback" not in result.stdout + result.stderr, info
+    lines = [line for line in result.stderr.splitlines()
+             if line.strip() and not line.startswith("Warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), info

@@ -26,7 +26,7 @@ from conftest import describe, invoke
 from textgen import checkpoint as ckpt
 from textgen.runs import RUN_FILE
 from textgen.inference import load_run
-from textgen.launch import CACHE_DIR
+from textgen.corpus_cache import CACHE_DIR
 from textgen.runlock import LOCK_FILE
 
 SEED = int(os.environ.get("TEXTGEN_FAULT_SEED", "4242"))  # the kill schedule (override to stress)

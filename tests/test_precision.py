@@ -17,6 +17,7 @@ from textgen.train import loss_fn
 pytestmark = pytest.mark.usefixtures("own_cwd")
 
 CONFIG = ModelConfig(vocab_size=23, embedding_dim=8, units=32, num_layers=2)
+CONFIG_VOCAB = 11  # characters of conftest's corpus
 # bfloat16 keeps 8 significant bits, float16 11: relative tolerances for the loss, and for the
 # gradients, which sum thousands of rounded products over 40 steps
 TOLERANCE = {"mixed_bfloat16": 2e-2, "mixed_float16": 3e-3}
@@ -56,22 +57,29 @@ def test_mixed_precision_matches_float32_with_float32_weights_logits_and_loss(pr
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_run_trains_resumes_and_samples_in_float32(corpus_file, tmp_path, precision):
+    """Trained long enough to learn (bpc far below the untrained model's), mixed precision ends
+    close to float32 - closer than the tolerance, which an untrained model does not meet."""
     runs = tmp_path / "runs"
     common = ["--units", "32", "--embedding-dim", "8", "--num-layers", "2", "--batch-size", "8",
-              "--seq-len", "16", "--eval-every", "4", "--eval-batches", "2", "--seed", "5", "--quiet"]
+              "--seq-len", "16", "--eval-every", "40", "--eval-batches", "2", "--seed", "5",
+              "--learning-rate", "1e-2", "--warmup-steps", "0", "--quiet"]
     for name, extra in (("f32", []), ("mixed", ["--precision", precision])):
-        result = invoke("train", corpus_file, "--runs-dir", runs, "--name", name, "--steps", "8",
+        result = invoke("train", corpus_file, "--runs-dir", runs, "--name", name, "--steps", "80",
                         *common, *extra)
         assert result.exit_code == 0, describe(result)
     bpc = {name: read_run_meta(runs / name)["best_val_bpc"] for name in ("f32", "mixed")}
-    assert abs(bpc["mixed"] - bpc["f32"]) < 0.05 * bpc["f32"], bpc
+    untrained = np.log2(CONFIG_VOCAB)  # what the step-0 model scores, near uniform guessing
+    assert bpc["f32"] < 0.6 * untrained, bpc  # both really learned
+    tolerance = 0.1 * bpc["f32"]
+    assert abs(bpc["mixed"] - bpc["f32"]) < tolerance, bpc
+    assert abs(untrained - bpc["f32"]) > tolerance  # the check tells a trained model from none
     assert read_run_meta(runs / "mixed")["train"].precision == precision
 
-    result = invoke("train", "--resume", "--name", "mixed", "--runs-dir", runs, "--steps", "10",
+    result = invoke("train", "--resume", "--name", "mixed", "--runs-dir", runs, "--steps", "82",
                     "--quiet")
     assert result.exit_code == 0, describe(result)
-    assert read_run_meta(runs / "mixed")["step"] == 10
-    result = invoke("train", "--resume", "--name", "mixed", "--runs-dir", runs, "--steps", "12",
+    assert read_run_meta(runs / "mixed")["step"] == 82
+    result = invoke("train", "--resume", "--name", "mixed", "--runs-dir", runs, "--steps", "84",
                     "--precision", "float32", "--quiet")
     assert result.exit_code == 2 and "precision: " in result.stderr, describe(result)
 
@@ -95,3 +103,59 @@ def test_float16_loss_scaling_skips_a_non_finite_step():
     assert float(optimizer.dynamic_scale) == scale / 2
     for w, b in zip(model.trainable_variables, before):
         np.testing.assert_array_equal(w.numpy(), b)
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_model_steps_and_samples(precision):
+    """The sampler's single-step path runs on a mixed-precision model (its weights are cast to
+    the compute dtype once per chunk) and agrees with the sequence path of the same model."""
+    from textgen.config import SampleConfig
+    from textgen.model import flatten_state
+    from textgen.sample import Sampler
+
+    mixed = build_model(CONFIG, precision=precision)
+    ids = tf.constant(np.random.default_rng(1).integers(0, CONFIG.vocab_size, (3, 6)), tf.int32)
+    sequence_logits, _ = mixed(ids)
+    states = mixed.initial_state(3)
+    for t in range(6):
+        logits, states = mixed.step(ids[:, t], states)
+        assert logits.dtype == tf.float32
+    np.testing.assert_allclose(logits.numpy(), sequence_logits[:, -1].numpy(), atol=0.05)
+    chunks = list(Sampler(mixed).generate(np.array([1, 2]), SampleConfig(length=70, seed=3, num_samples=2)))
+    assert sum(c.shape[1] for c in chunks) == 70 and all(c.shape[0] == 2 for c in chunks)
+    assert flatten_state(states)[0].dtype == precision.removeprefix("mixed_")
+
+
+@pytest.mark.parametrize("requested, gpus, bf16, chosen", [
+    ("auto", [], False, "float32"),
+    ("auto", [], True, "float32"),  # until bf16's quality at a time budget is measured
+    ("auto", [(9, 0)], False, "mixed_bfloat16"), ("auto", [(8, 6), (9, 0)], False, "mixed_bfloat16"),
+    ("auto", [(7, 5)], False, "mixed_float16"), ("auto", [(8, 0), (7, 0)], False, "mixed_float16"),
+    ("auto", [(6, 1)], True, "float32"),
+    ("mixed_bfloat16", [], False, "mixed_bfloat16"), ("float32", [(9, 0)], True, "float32"),
+])
+def test_auto_precision_follows_the_hardware(requested, gpus, bf16, chosen):
+    from textgen.precision import choose_precision
+
+    precision, why = choose_precision(requested, gpus, bf16)
+    assert precision == chosen and why
+
+
+def test_cpu_bf16_reads_the_cpu_flags():
+    from textgen.precision import cpu_bf16
+
+    assert cpu_bf16("processor : 0\nflags : fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n")
+    assert cpu_bf16("flags : fpu amx_bf16\n") and cpu_bf16("Features : fp asimd bf16 i8mm\n")
+    assert not cpu_bf16("flags : fpu sse2 avx2 fma f16c\n") and not cpu_bf16("")
+
+
+def test_a_new_run_records_the_precision_auto_chose(corpus_file, tmp_path):
+    result = invoke("train", corpus_file, "--runs-dir", tmp_path / "runs", "--name", "a",
+                    "--units", "8", "--embedding-dim", "4", "--num-layers", "1", "--batch-size", "4",
+                    "--seq-len", "8", "--steps", "1", "--quiet")
+    assert result.exit_code == 0, describe(result)
+    meta = read_run_meta(tmp_path / "runs" / "a")
+    assert meta["train"].precision == "float32"  # this CPU-only test machine
+    assert "float32 (CPU" in result.stderr
+    info = invoke("info", "a", "--runs-dir", tmp_path / "runs")
+    assert f"precision float32 ({meta['precision_reason']})" in info.stdout

@@ -14,9 +14,8 @@ from textgen.errors import TextgenError
 from textgen.evaluate import evaluate
 from textgen.launch import launch
 from textgen.model import build_model
-from textgen.progress import Progress
+from textgen.policy import patience_exhausted
 from textgen.schedule import WarmupCosine
-from textgen.train import Trainer
 
 
 def reference_lr(step, peak, warmup, total, floor):
@@ -39,13 +38,13 @@ def test_schedule_matches_the_formula(warmup, total):
 
 
 def test_early_stopping_counts_validations_since_the_best():
-    trainer = Trainer.__new__(Trainer)  # only the bookkeeping is exercised
-    trainer.config = type("C", (), {"patience": 2})()
     history = [{"step": s, "val_bpc": v} for s, v in [(1, 3.0), (2, 2.0), (3, 2.5)]]
-    trainer.progress = Progress(history=history, best_val_bpc=2.0)
-    assert not trainer._patience_exhausted()
-    trainer.progress.history.append({"step": 4, "val_bpc": 2.1})
-    assert trainer._patience_exhausted()
+    assert not patience_exhausted(history, 2)
+    history.append({"step": 4, "val_bpc": 2.1})
+    assert patience_exhausted(history, 2)
+    assert not patience_exhausted(history, None) and not patience_exhausted([], 1)
+    history.append({"step": 5, "val_bpc": 2.0})  # equal to the best: the latest one counts
+    assert not patience_exhausted(history, 2)
 
 
 def test_presets_are_overridden_by_explicit_options():

@@ -123,8 +123,13 @@ def test_unknown_path_rejected_by_layer():
         LSTMLayer(UNITS, lstm_path="nope")
 
 
-def test_cudnn_path_without_a_gpu_falls_back_to_the_same_numbers():
-    """The cuDNN path shares the weights; on a CPU-only machine it must compute the fused result."""
+GPU = bool(tf.config.list_physical_devices("GPU"))
+
+
+@pytest.mark.skipif(GPU, reason="this is the CPU-only fallback; the GPU test below covers cuDNN")
+def test_cudnn_path_on_a_cpu_only_machine_falls_back_to_the_fused_path():
+    """Without a GPU, asking for the cuDNN path runs the fused path: this compares the fused path
+    with itself through the fallback (the cuDNN kernel itself is tested on a GPU, below)."""
     x = np.random.default_rng(5).normal(size=(3, 6, INPUT_DIM)).astype(np.float32)
     fused, cudnn = LSTMLayer(UNITS, lstm_path="fused"), LSTMLayer(UNITS, lstm_path="cudnn")
     fused.build(x.shape)
@@ -134,6 +139,22 @@ def test_cudnn_path_without_a_gpu_falls_back_to_the_same_numbers():
     out_c, (h_c, c_c) = cudnn(x)
     np.testing.assert_allclose(np.asarray(out_f), np.asarray(out_c), atol=1e-5)
     np.testing.assert_allclose(np.asarray(c_f), np.asarray(c_c), atol=1e-5)
+
+
+@pytest.mark.skipif(not GPU, reason="needs an NVIDIA GPU: the cuDNN kernel exists only there")
+def test_cudnn_kernel_on_a_gpu_matches_the_reference_cell():
+    """On a GPU the cuDNN path really runs NVIDIA's kernel (a CudnnRNN op in the graph, which a
+    CPU cannot fake) and computes what the reference `keras.layers.RNN(LSTMCell)` computes."""
+    x, h0, c0, weights, _ = _problem(seed=5)
+    cudnn, reference = _layer("cudnn", weights), _layer("rnn", weights)
+    run = tf.function(lambda x, h, c: cudnn(x, initial_state=[h, c]))
+    graph = run.get_concrete_function(x, h0, c0).graph.as_graph_def()
+    ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+    assert any(op.startswith("CudnnRNN") for op in ops), sorted(ops)
+    out_c, (h_c, c_c) = run(x, h0, c0)
+    out_r, (h_r, c_r) = reference(x, initial_state=[h0, c0])
+    np.testing.assert_allclose(np.asarray(out_c), np.asarray(out_r), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(c_c), np.asarray(c_r), atol=1e-5)
 
 
 @pytest.mark.parametrize("path", ["fused", "rnn"])

@@ -134,3 +134,75 @@ def test_prime_outside_vocabulary_is_refused_by_name(model_and_vocab):
 def test_bad_options_are_refused(kwargs, fragment):
     with pytest.raises(TextgenError, match=fragment):
         SampleConfig(**kwargs).validate()
+
+
+def _fake_generate(chunks: int, width: int, rows_seen: list):
+    """A stand-in for Sampler.generate: `chunks` chunks of ids, fast, recording each call."""
+    def generate(self, prime_ids, config):
+        rng = np.random.default_rng(0)
+        for _ in range(chunks):
+            rows_seen.append(None)
+            yield rng.integers(0, 11, (config.num_samples, width))
+    return generate
+
+
+class _Sink:
+    """A text stream that keeps only counts: what was written, and when sample 1 began."""
+
+    def __init__(self):
+        self.chars, self.writes = 0, []
+
+    def write(self, text):
+        self.chars += len(text)
+        self.writes.append(text[:40])
+
+    def flush(self):
+        pass
+
+
+def test_every_sample_streams_in_order_under_its_header(trained_run, monkeypatch):
+    """With several samples the first streams while it is generated (its text reaches the
+    output before generation ends), the others follow in order, each under its header."""
+    import io
+
+    from textgen.sample import sample_run
+
+    calls = []
+    out = io.StringIO()
+    seen_at_second_chunk = []
+
+    def generate(self, prime_ids, config):
+        for k in range(3):
+            if k == 1:
+                seen_at_second_chunk.append(out.getvalue())
+            calls.append(k)
+            yield np.full((config.num_samples, 4), k + 1)
+
+    monkeypatch.setattr(Sampler, "generate", generate)
+    sample_run(str(trained_run), trained_run.parent, "best", SampleConfig(num_samples=3, length=12), out)
+    vocab = Vocabulary.load(trained_run / "vocab.json")
+    body = vocab.decode([1] * 4 + [2] * 4 + [3] * 4)
+    assert out.getvalue() == "".join(f"----- sample {i} -----\n{body}\n" for i in (1, 2, 3))
+    assert seen_at_second_chunk == [f"----- sample 1 -----\n{vocab.decode([1] * 4)}"]
+
+
+def test_long_samples_keep_memory_flat(trained_run, monkeypatch):
+    """Two samples of 2 million characters each: what is held at any time stays far below the
+    text's size (pieces are written or spooled to disk as they come, never accumulated)."""
+    import tracemalloc
+
+    from textgen.inference import load_run
+    from textgen.sample import sample_run
+
+    load_run(str(trained_run), trained_run.parent)  # warm the imports outside the measurement
+    monkeypatch.setattr(Sampler, "generate", _fake_generate(2000, 1000, []))
+    sink = _Sink()
+    tracemalloc.start()
+    try:
+        sample_run(str(trained_run), trained_run.parent, "best",
+                   SampleConfig(num_samples=2, length=2_000_000), sink)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sink.chars > 4_000_000
+    assert peak < 3_000_000, f"peak {peak:,} bytes for 4,000,000 characters"

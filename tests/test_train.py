@@ -86,7 +86,7 @@ def test_a_signal_landing_after_the_vote_waits_for_the_next_poll():
     forever in the next step's collective)."""
     from types import SimpleNamespace
 
-    from textgen.launch import StopRequest
+    from textgen.signals import StopRequest
     from textgen.train import Trainer
 
     stop = StopRequest()
@@ -99,7 +99,118 @@ def test_a_signal_landing_after_the_vote_waits_for_the_next_poll():
 
     trainer = SimpleNamespace(config=SimpleNamespace(minutes=None), replicas=Replicas(),
                               _stopping=None, _out_of_time=False)
-    Trainer._poll(trainer, stop, session_start=0.0)
+    clock = SimpleNamespace(session_seconds=lambda: 0.0)
+    Trainer._poll(trainer, stop, clock)
     assert trainer.replicas.votes == [False, False] and trainer._stopping is None  # one more step
-    Trainer._poll(trainer, stop, session_start=0.0)
+    Trainer._poll(trainer, stop, clock)
     assert trainer.replicas.votes == [True, False] and trainer._stopping == "SIGINT"
+
+
+def test_best_and_last_differ_and_pruning_keeps_the_best(corpus, tmp_path, monkeypatch):
+    """Validation scripted to peak at step 20 of 60 (keep 2): the best checkpoint is ckpt-20 and
+    survives pruning beside the two newest; `--checkpoint best` and `last` load different weights,
+    each the one its checkpoint holds."""
+    import h5py
+
+    from textgen.train import Trainer
+
+    scores = iter([3.0, 1.0, 2.0, 2.5, 2.6, 2.7])
+    monkeypatch.setattr(Trainer, "validate", lambda self: next(scores))
+    run_dir, _, progress = run(corpus, tmp_path, "best", steps=60, eval_every=10, keep=2)
+    monkeypatch.undo()
+    assert sorted(p.name for p in run_dir.glob("ckpt-*")) == [
+        ckpt.checkpoint_name(s) for s in (20, 50, 60)]  # 10, 30 and 40 pruned; the best kept
+    meta = json.loads((run_dir / RUN_FILE).read_text())
+    assert meta["checkpoints"] == {"best": "ckpt-00000020", "last": "ckpt-00000060"}
+    for which, step in (("best", 20), ("last", 60)):
+        model = load_run(str(run_dir), tmp_path / "runs", which).model
+        with h5py.File(run_dir / ckpt.checkpoint_name(step) / ckpt.WEIGHTS_FILE, "r") as f:
+            saved = []
+            f.visititems(lambda n, o: saved.append(o[()]) if isinstance(o, h5py.Dataset) else None)
+        ours = sorted(w.numpy().tobytes() for w in model.weights)
+        assert ours == sorted(np.asarray(a).tobytes() for a in saved), which
+    best = [w.numpy() for w in load_run(str(run_dir), tmp_path / "runs", "best").model.weights]
+    last = [w.numpy() for w in load_run(str(run_dir), tmp_path / "runs", "last").model.weights]
+    assert max(float(np.abs(a - b).max()) for a, b in zip(best, last)) > 1e-3
+
+
+def test_resume_with_dropout_gives_the_same_weights_as_one_go(corpus, tmp_path):
+    """Dropout masks come from (seed, step, layer, row): an interrupted run draws exactly the
+    masks the uninterrupted one draws."""
+    model = {**TINY_MODEL, "num_layers": 2, "dropout": 0.3, "embedding_dropout": 0.2}
+    common = dict(eval_every=20, lr_decay="none")
+    one_go, _, _ = launch([str(corpus)], model, {**TINY_TRAIN, **common, "steps": 40}, tmp_path / "runs",
+                          name="drop-one", show_progress=False, echo=lambda s: None)
+    launch([str(corpus)], model, {**TINY_TRAIN, **common, "steps": 20}, tmp_path / "runs",
+           name="drop-pieces", show_progress=False, echo=lambda s: None)
+    pieces, _, _ = run(corpus, tmp_path, "drop-pieces", resume=True, steps=40)
+    for a, b in zip(weights_of(one_go, tmp_path / "runs"), weights_of(pieces, tmp_path / "runs")):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_a_second_interrupt_during_validation_aborts_with_130(corpus, tmp_path, monkeypatch):
+    """The first Ctrl-C asks for a clean stop; a second one while the (long) validation runs
+    aborts at once with exit code 130, and the run keeps its last complete checkpoint."""
+    import os
+    import signal
+
+    from conftest import describe, invoke
+
+    from textgen.train import Trainer
+
+    validate = Trainer.validate
+
+    def interrupted_validation(self):
+        if self.progress.step == 20:
+            os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C ...
+            os.kill(os.getpid(), signal.SIGINT)  # ... and, tired of waiting, again
+        return validate(self)
+
+    monkeypatch.setattr(Trainer, "validate", interrupted_validation)
+    runs = tmp_path / "runs"
+    result = invoke("train", corpus, "--runs-dir", runs, "--name", "r", "--units", "16",
+                    "--embedding-dim", "8", "--num-layers", "1", "--batch-size", "8",
+                    "--seq-len", "32", "--steps", "40", "--eval-every", "10", "--quiet")
+    monkeypatch.undo()
+    assert result.exit_code == 130, describe(result)
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Aborted by a second SIGINT; the run keeps its last complete checkpoint")
+    meta = json.loads((runs / "r" / RUN_FILE).read_text())
+    assert meta["checkpoints"]["last"] == "ckpt-00000010"
+    assert not (runs / "r" / "train.lock").exists()
+    resumed = invoke("train", "--resume", "--name", "r", "--runs-dir", runs, "--steps", "30", "--quiet")
+    assert resumed.exit_code == 0 and "at step 10" in resumed.stderr, describe(resumed)
+
+
+def _logged(run_dir, board: str, tag: str) -> dict[int, float]:
+    """{step: value} of a scalar TensorBoard tag in `<run_dir>/<board>/`."""
+    import tensorflow as tf
+
+    values = {}
+    for path in sorted((run_dir / board).glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
+def test_minutes_budget_schedule_ends_with_the_budget(corpus, tmp_path):
+    """Under --minutes the cosine decay reaches its floor within the last 5% of the steps the
+    run actually takes (compilation left out of the speed estimate), as TensorBoard logs it;
+    training and validation log the same bits-per-character tag side by side."""
+    run_dir, reason, progress = run(corpus, tmp_path, "timed", minutes=0.25, eval_every=100,
+                                    warmup_steps=10, learning_rate=1e-2, min_lr_ratio=0.1)
+    assert reason == "budget"
+    learning_rates = _logged(run_dir, "train", "learning_rate")
+    steps = progress.step
+    assert steps > 300 and max(learning_rates) >= 0.95 * steps, (steps, max(learning_rates))
+    floor = 1e-3
+    reached = min(s for s, lr in learning_rates.items() if lr <= floor * 1.001)
+    assert 0.95 * steps <= reached <= steps, (reached, steps, progress.schedule_steps)
+    assert 0.95 * steps <= progress.schedule_steps <= steps
+    assert max(v for s, v in learning_rates.items() if s < 0.5 * steps) > 0.5 * 1e-2  # not decayed early
+    train_bpc = _logged(run_dir, "train", "bits_per_char")
+    val_bpc = _logged(run_dir, "validation", "bits_per_char")
+    assert len(train_bpc) >= steps // 10 - 1 and sorted(val_bpc)[-1] == steps
+    assert abs(val_bpc[steps] - progress.history[-1]["val_bpc"]) < 1e-6

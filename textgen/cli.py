@@ -15,7 +15,7 @@ import click
 from textgen import __version__
 from textgen.config import PRECISIONS, PRESETS, ModelConfig, SampleConfig, TrainConfig, apply_preset
 from textgen.distribute import STRATEGIES
-from textgen.errors import TextgenError
+from textgen.errors import TextgenError, one_line
 
 RUNS_DIR = "checkpoints"
 CORPUS_DIR = "corpora"
@@ -27,10 +27,16 @@ def user_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from textgen.signals import Aborted
+
         try:
             return func(*args, **kwargs)
         except TextgenError as e:
-            click.echo(f"Error: {e}", err=True)
+            click.echo(f"Error: {one_line(e)}", err=True)
+            sys.exit(e.exit_code)
+        except Aborted as e:  # a second Ctrl-C / SIGTERM while a first one was being handled
+            click.echo(f"Aborted by a second {e.signal_name}; the run keeps its last complete "
+                       "checkpoint", err=True)
             sys.exit(e.exit_code)
 
     return wrapper
@@ -38,7 +44,7 @@ def user_errors(func):
 
 def warn(message: str) -> None:
     """A warning on stderr, one line, that does not stop the command."""
-    click.echo(f"Warning: {message}", err=True)
+    click.echo(f"Warning: {one_line(message)}", err=True)
 
 
 def run_argument(func):
@@ -99,19 +105,21 @@ def main():
 @click.option("--val-fraction", type=float, default=_T.val_fraction, show_default=True, help="Tail of the corpus held out for validation.")
 @click.option("--eval-every", type=click.IntRange(1), default=_T.eval_every, show_default=True, help="Steps between validations and checkpoints.")
 @click.option("--eval-batches", type=click.IntRange(1), default=_T.eval_batches, show_default=True, help="Validation windows per evaluation.")
+@click.option("--log-every", type=click.IntRange(1), default=_T.log_every, show_default=True, help="Steps between reads of the loss (progress bar, TensorBoard, divergence guard).")
 @click.option("--keep", type=click.IntRange(1), default=_T.keep, show_default=True, help="Newest checkpoints to keep (plus the best).")
 @click.option("--seed", type=int, default=_T.seed, show_default=True, help="Random seed.")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=_T.strategy, show_default=True, help="Devices to train on: auto (all GPUs if several, else one device), single, mirrored (all local GPUs) or multiworker (hosts from TF_CONFIG).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=_T.precision, show_default=True, help="Arithmetic precision; mixed_* compute in 16 bits on GPUs, weights, logits and loss stay float32.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=_T.precision, show_default=True, help="Arithmetic: auto (mixed 16-bit on GPUs with tensor cores, float32 on CPUs), float32, or mixed_* (16-bit arithmetic; weights, logits and loss stay float32).")
 @click.option("--encoding", default=_T.encoding, show_default=True, help="Text encoding of the corpus files.")
+@click.option("--allow-corpus-change", is_flag=True, help="With --resume: train on the corpus even though its text changed since the run started.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 @user_errors
-def train(ctx, corpus, name, resume, runs_dir, quiet, preset, **_options):
+def train(ctx, corpus, name, resume, runs_dir, quiet, preset, allow_corpus_change, **_options):
     """Train a model on CORPUS files or directories (default: the built-in corpus).
 
     Without --epochs, --steps or --minutes it trains for 10 epochs. Progress goes to a bar,
-    TensorBoard events to RUNS_DIR/<run>/events (`tensorboard --logdir checkpoints`).
+    TensorBoard events to RUNS_DIR/<run>/train and /validation (`tensorboard --logdir checkpoints`).
     """
     from textgen.launch import launch
 
@@ -121,6 +129,7 @@ def train(ctx, corpus, name, resume, runs_dir, quiet, preset, **_options):
     run_dir, reason, progress = launch(
         list(corpus), model_options, train_options, runs_dir, name=name, resume=resume,
         corpus_dir=CORPUS_DIR, show_progress=not quiet, echo=lambda s: click.echo(s, err=True),
+        allow_corpus_change=allow_corpus_change,
     )
     best = "-" if progress.best_val_bpc is None else f"{progress.best_val_bpc:.4f}"
     click.echo(f"stopped ({reason}) at step {progress.step}; best validation bpc {best}; run: {run_dir}", err=True)
@@ -187,18 +196,24 @@ def _fields(cls):
 
 
 def entry() -> None:
-    """Console entry point: `main`, with TensorFlow's native log lines kept off the terminal."""
+    """Console entry point: `main`, with TensorFlow's native log lines kept off the terminal, and
+    a one-line report should TensorFlow crash natively (`textgen.crashwatch`)."""
     if not _help_only(sys.argv[1:]) and not os.environ.get("TEXTGEN_TF_LOGS"):
-        _route_native_stderr()
+        routed = _route_native_stderr()
+        if routed:
+            from textgen.crashwatch import watch
+
+            watch(*routed)
     main()
 
 
-def _route_native_stderr() -> None:
+def _route_native_stderr() -> tuple[str, int] | None:
     """Send file descriptor 2 (where TensorFlow's C++ code logs) to a log file, keep Python's
     sys.stderr (errors, progress bar) on the terminal.
 
     TensorFlow 2.21 prints oneDNN/CUDA notices through absl before its logging is initialised,
     which TF_CPP_MIN_LOG_LEVEL does not silence. Set TEXTGEN_TF_LOGS=1 to see them.
+    Returns (the log's path, the terminal's new descriptor), or None if nothing was routed.
     """
     import tempfile
 
@@ -207,13 +222,14 @@ def _route_native_stderr() -> None:
     try:
         log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     except OSError:
-        return
+        return None
     sys.stderr.flush()
     terminal = os.dup(2)
     os.dup2(log, 2)
     os.close(log)
     sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding=sys.stderr.encoding,
                            errors="backslashreplace")
+    return path, terminal
 
 
 def _help_only(args: list[str]) -> bool:

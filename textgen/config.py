@@ -17,7 +17,7 @@ from textgen.errors import TextgenError
 
 DEFAULT_EPOCHS = 10  # training budget when none of epochs, steps, minutes is set
 INT32_MAX = 2**31 - 1
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")  # auto: textgen.precision
 MAX_PARAMETERS = 2**31 - 1  # larger models are refused before TensorFlow tries to allocate them
 MAX_SEED = 2**32 - 1  # what numpy's and TensorFlow's seeding accept
 MAX_SAMPLES = 10_000  # --num-samples: samples are generated side by side, one batch row each
@@ -58,12 +58,13 @@ class TrainConfig:
     val_fraction: float = 0.1  # held out from the end of the corpus
     eval_every: int = 200  # steps between validations (and checkpoints)
     eval_batches: int = 20  # at most this many windows per validation
+    log_every: int = 10  # steps between reads of the loss: divergence guard, bar, TensorBoard
     keep: int = 3  # newest checkpoints kept (the best one is always kept too)
     patience: int | None = None  # stop after this many validations without a new best
     seed: int = 1234
     encoding: str = "utf-8"
     strategy: str = "auto"  # auto, single, mirrored or multiworker (see textgen.distribute)
-    precision: str = "float32"  # float32, mixed_float16 or mixed_bfloat16
+    precision: str = "auto"  # auto (resolved when a run starts), float32, mixed_float16, mixed_bfloat16
 
     def epoch_budget(self) -> int | None:
         """Epochs to train in all: --epochs, or DEFAULT_EPOCHS when no budget is given at all."""
@@ -120,7 +121,7 @@ def check_config(model: ModelConfig, train: TrainConfig) -> None:
     for name in ("embedding_dim", "units", "num_layers"):
         if not isinstance(getattr(model, name), int) or getattr(model, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(model, name)}")
-    for name in ("batch_size", "seq_len", "eval_every", "eval_batches", "keep"):
+    for name in ("batch_size", "seq_len", "eval_every", "eval_batches", "log_every", "keep"):
         if not isinstance(getattr(train, name), int) or getattr(train, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(train, name)}")
     for name in ("steps", "epochs"):
@@ -204,7 +205,7 @@ def from_dict(cls: type, data: Any) -> Any:
     types = {f.name: f.type for f in fields(cls)}
     unknown = sorted(set(data) - set(types))
     if unknown:
-        raise TextgenError(f"{cls.__name__} has unknown field(s): {', '.join(unknown)}")
+        raise TextgenError(f"{cls.__name__} has unknown field(s): {', '.join(map(repr, unknown))}")
     for name, value in data.items():
         if not _fits(value, types[name]):
             raise TextgenError(f"{cls.__name__}.{name} has the wrong type: {value!r}")

@@ -26,15 +26,24 @@ STDLIB_SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "__p
 # ---------------------------------------------------------------- reading the corpus
 
 
-def _check_encoding(encoding: str) -> str:
-    """The name to show for `encoding` in messages; TextgenError if Python does not know it."""
+def check_encoding(encoding: str) -> str:
+    """The name to show for `encoding` in messages. TextgenError (one line) for a name Python
+    does not know, and for codecs that exist but do not turn bytes into text (rot13, base64,
+    zlib, ...): every command that reads text checks its --encoding here."""
     try:
         canonical = codecs.lookup(encoding).name
-    except LookupError:
+    except (LookupError, TypeError, ValueError):
         raise TextgenError(
             f"unknown encoding {encoding!r}; pass an --encoding Python knows, "
             "such as utf-8, latin-1 or cp1252"
         ) from None
+    try:
+        b"a".decode(encoding)  # bytes.decode itself refuses codecs that are not text encodings
+    except LookupError:
+        raise TextgenError(f"{encoding!r} is not a text encoding; pass an --encoding such as utf-8, "
+                           "latin-1 or cp1252") from None
+    except (UnicodeError, ValueError):
+        pass  # a text codec that cannot represent "a" (a strict multi-byte one): still text
     return "UTF-8" if canonical == "utf-8" else encoding
 
 
@@ -56,7 +65,7 @@ def _files_under(directory: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(directory).parts)
 
 
-def _path_list(paths: Sequence[str | Path] | str | Path) -> list[Path]:
+def path_list(paths: Sequence[str | Path] | str | Path) -> list[Path]:
     """`paths` as a list of Paths (a single str or Path is one path)."""
     return [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
 
@@ -67,7 +76,7 @@ def corpus_files(paths: Sequence[str | Path] | str | Path) -> Iterator[tuple[Pat
     A file the user named comes as given (named True); a directory contributes its non-hidden
     files, sorted (named False). TextgenError for a path that does not exist.
     """
-    for path in _path_list(paths):
+    for path in path_list(paths):
         if not path.exists():
             raise TextgenError(f"corpus path not found: {path}")
         if path.is_dir():
@@ -96,8 +105,8 @@ def iter_text(paths: Sequence[str | Path], encoding: str = "utf-8", block_bytes:
     directory are skipped, an empty corpus is refused when the stream ends), but nothing is held
     whole. `progress(n)`, if given, is called with the number of bytes of each read.
     """
-    shown = _check_encoding(encoding)
-    paths = _path_list(paths)
+    shown = check_encoding(encoding)
+    paths = path_list(paths)
     tail = None  # last character streamed so far; None while the corpus has no text yet
     for file, named in corpus_files(paths):
         first = True

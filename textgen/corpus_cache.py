@@ -15,7 +15,8 @@ ids plus its sorted character list, so training never holds the text or the id a
   `Vocabulary(chars).encode(read_corpus(paths, encoding))`.
 * Commit: the temporary file (unique: pid and random suffix) is fsynced and renamed to
   `ids.bin`, and only then `corpus.json` (format, version, encoding, dtype, num_chars, chars,
-  fingerprint) is written atomically. `corpus.json` is the commit marker: it is removed before a
+  fingerprint, and `content_sha256`, the sha256 of the ids, which run.json records so that a
+  resumed run notices a corpus whose text changed) is written atomically. `corpus.json` is the commit marker: it is removed before a
   rebuild replaces `ids.bin`, so a crash at any instant leaves either a valid cache or one that
   is rebuilt. Two processes building the same cache at once each write their own temporary file
   and rename identical contents into place, so both end with a valid cache.
@@ -25,6 +26,8 @@ ids plus its sorted character list, so training never holds the text or the id a
   the encoding and the format version. A changed, added or removed file, or a missing, damaged
   or truncated cache, rebuilds it. An edit that keeps a file's size and mtime is not noticed.
 
+`load_corpus` is what training calls: the built-in corpus when no path is given, the cache
+under the runs directory, a progress bar while encoding, and the summary run.json keeps.
 No TensorFlow here.
 """
 
@@ -43,13 +46,13 @@ from pathlib import Path
 import numpy as np
 
 from textgen.atomic import atomic_write_text, temporary_file
-from textgen.corpus import _check_encoding, _path_list, corpus_files, iter_text
+from textgen.corpus import check_encoding, corpus_files, default_corpus, iter_text, path_list
 from textgen.errors import TextgenError
 from textgen.runlock import process_alive
 from textgen.vocab import Vocabulary
 
 FORMAT = "textgen-corpus-cache"
-VERSION = 1
+VERSION = 2  # 2: corpus.json records the sha256 of the ids (the content fingerprint)
 IDS_FILE, META_FILE = "ids.bin", "corpus.json"
 BLOCK_BYTES = 1 << 20  # bytes of source text read at a time
 STALE_TEMP_SECONDS = 3600  # a dead build's temporary file this old is deleted
@@ -67,6 +70,7 @@ class EncodedCorpus:
     directory: Path  # the cache directory holding ids.bin and corpus.json
     rebuilt: bool  # True when this call built the cache, False when it reused it
     paths: list[str]  # resolved source paths
+    fingerprint: str  # sha256 of the ids: changes whenever the text does
 
     def vocabulary(self) -> Vocabulary:
         """The corpus's vocabulary (the same as `Vocabulary.from_text` of its text)."""
@@ -84,7 +88,7 @@ def encode_corpus(paths: Sequence[str | Path], encoding: str, cache_root: str | 
     cannot be written (read-only directory, disk full).
     """
     encoding = _canonical(encoding)
-    paths = _path_list(paths)
+    paths = path_list(paths)
     fingerprint = _fingerprint(paths, encoding)  # refuses missing paths first
     resolved = [str(Path(p).resolve()) for p in paths]
     key = hashlib.sha256(json.dumps([resolved, encoding]).encode()).hexdigest()[:16]
@@ -95,7 +99,39 @@ def encode_corpus(paths: Sequence[str | Path], encoding: str, cache_root: str | 
         meta = _build(directory, paths, encoding, fingerprint, progress, block_bytes)
     ids = np.memmap(directory / IDS_FILE, dtype=meta["dtype"], mode="r",
                     shape=(meta["num_chars"],))  # (num_chars,), read-only
-    return EncodedCorpus(ids, meta["chars"], meta["num_chars"], directory, rebuilt, resolved)
+    return EncodedCorpus(ids, meta["chars"], meta["num_chars"], directory, rebuilt, resolved,
+                         meta["content_sha256"])
+
+
+CACHE_DIR = ".corpus-cache"  # under the runs directory: encoded corpora, shared by runs
+
+
+def load_corpus(paths: Sequence[str | Path], encoding: str, runs_root: str | Path,
+                default_corpus_dir: str | Path, show_progress: bool = False) -> tuple[EncodedCorpus, dict]:
+    """The corpus of `paths` (none: the built-in default corpus) encoded in the runs directory's
+    cache, and the summary run.json records (paths, encoding, size, content fingerprint).
+
+    A refused corpus leaves no empty directories behind; an encoding bar shows only while a
+    cache is really built."""
+    from textgen.bars import LazyBar
+
+    check_encoding(encoding)
+    default = not paths
+    if default:
+        paths = [default_corpus(default_corpus_dir)]
+    cache_root = Path(runs_root) / CACHE_DIR
+    created = [d for d in (Path(runs_root), cache_root) if not d.exists()]
+    try:
+        with LazyBar(show_progress, lambda: 2 * source_bytes(paths), "encoding the corpus",
+                     unit="B") as bar:
+            corpus = encode_corpus(paths, encoding, cache_root, progress=bar.update)
+    except TextgenError:
+        for directory in reversed(created):
+            _remove_if_empty(directory)
+        raise
+    summary = {"default": default, "paths": [str(Path(p).resolve()) for p in paths],
+               "encoding": encoding, "chars": corpus.num_chars, "fingerprint": corpus.fingerprint}
+    return corpus, summary
 
 
 def source_bytes(paths: Sequence[str | Path]) -> int:
@@ -111,7 +147,7 @@ def dtype_for(num_distinct: int) -> np.dtype:
 
 def _canonical(encoding: str) -> str:
     """Python's name for `encoding`; TextgenError if it is unknown."""
-    _check_encoding(encoding)
+    check_encoding(encoding)
     return codecs.lookup(encoding).name
 
 
@@ -135,6 +171,8 @@ def _read_meta(directory: Path, fingerprint: dict) -> dict | None:
                 and meta.get("version") == VERSION and meta.get("fingerprint") == fingerprint):
             return None
         chars, num_chars = Vocabulary(meta["chars"]).chars, meta["num_chars"]
+        if not isinstance(meta["content_sha256"], str):
+            return None
         if meta["dtype"] != dtype_for(len(chars)).name or type(num_chars) is not int:
             return None
         size = (directory / IDS_FILE).stat().st_size
@@ -158,14 +196,15 @@ def _build(directory: Path, paths: list, encoding: str, fingerprint: dict,
         with os.fdopen(fd, "wb") as out:
             chars, num_chars = _scan(paths, encoding, block_bytes, progress)
             dtype = dtype_for(len(chars))
-            written = _write_ids(out, paths, encoding, Vocabulary(chars), dtype, block_bytes,
-                                 progress)
+            written, content = _write_ids(out, paths, encoding, Vocabulary(chars), dtype,
+                                          block_bytes, progress)
             out.flush()
             os.fsync(out.fileno())
         if written != num_chars or _fingerprint(paths, encoding) != fingerprint:
             raise _changed(paths)
         meta = {"format": FORMAT, "version": VERSION, "encoding": encoding, "dtype": dtype.name,
-                "num_chars": num_chars, "chars": chars, "fingerprint": fingerprint}
+                "num_chars": num_chars, "chars": chars, "fingerprint": fingerprint,
+                "content_sha256": content}
         (directory / META_FILE).unlink(missing_ok=True)  # uncommit before replacing ids.bin
         os.replace(tmp, directory / IDS_FILE)
         atomic_write_text(directory / META_FILE, json.dumps(meta))  # commit
@@ -194,17 +233,20 @@ def _scan(paths: list, encoding: str, block_bytes: int,
 
 
 def _write_ids(out, paths: list, encoding: str, vocab: Vocabulary, dtype: np.dtype,
-               block_bytes: int, progress: Progress | None) -> int:
-    """Pass 2: append the ids of each block to `out`; returns how many were written."""
-    written = 0
+               block_bytes: int, progress: Progress | None) -> tuple[int, str]:
+    """Pass 2: append the ids of each block to `out`; returns (how many were written, the
+    sha256 of the ids written: the content fingerprint)."""
+    written, content = 0, hashlib.sha256()
     for block in iter_text(paths, encoding, block_bytes, progress):
         try:
             ids = vocab.encode(block)  # (len(block),) uint16 or int32, ids < vocab.size
         except TextgenError:  # a character pass 1 did not see: the corpus changed meanwhile
             raise _changed(paths) from None
-        out.write(ids.astype(dtype, copy=False).data)
+        data = ids.astype(dtype, copy=False).data
+        out.write(data)
+        content.update(data)
         written += len(ids)
-    return written
+    return written, content.hexdigest()
 
 
 def _remove_stale_temps(directory: Path) -> None:

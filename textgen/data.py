@@ -1,6 +1,7 @@
 """Sequence batching for truncated backpropagation through time.
 
-`split_train_val` holds out the tail of the encoded corpus (as views); `StreamBatcher` cuts ids,
+`split_train_val` holds out the tail of the encoded corpus (as views), `make_batchers` gives the
+training and validation windows of a run; `StreamBatcher` cuts ids,
 in memory or memory-mapped (`textgen.corpus_cache`), into stateful (x, y) windows. TensorFlow is
 imported lazily, only by `StreamBatcher.dataset`. Reading text is `textgen.corpus`.
 """
@@ -118,6 +119,21 @@ class StreamBatcher:
 
         windows = tf.data.Dataset.range(start_window, self.num_windows)
         return windows.map(cut).prefetch(tf.data.AUTOTUNE)
+
+
+def make_batchers(ids, batch_size: int, seq_len: int,
+                  val_fraction: float) -> tuple[StreamBatcher, StreamBatcher]:
+    """Training and validation windows of a corpus's ids; the validation slice gets as many
+    streams as it can fill, up to batch_size, so a short held-out tail still validates."""
+    train_ids, val_ids = split_train_val(ids, val_fraction)
+    train_data = StreamBatcher(train_ids, batch_size, seq_len)
+    if len(val_ids) < seq_len + 1:
+        raise TextgenError(
+            f"the validation slice is too short: {len(val_ids)} characters, need at least "
+            f"{seq_len + 1}; raise --val-fraction, lower --seq-len or use a longer corpus"
+        )
+    batch = min(batch_size, len(val_ids) // (seq_len + 1))
+    return train_data, StreamBatcher(val_ids, batch, seq_len, name="validation")
 
 
 def _read_only_mapping(ids) -> mmap.mmap | None:

@@ -102,15 +102,14 @@ def evaluate_files(run: str | None, runs_dir: str, which: str, paths: list[str],
     """Load a run and score the text of `paths` (files or directories), with a progress bar."""
     import os
 
-    from tqdm.auto import tqdm
-
+    from textgen.bars import LazyBar
+    from textgen.corpus import check_encoding, iter_text
     from textgen.inference import load_run
-    from textgen.corpus import iter_text
 
-    for path in paths:  # refuse a missing path before loading the model
+    check_encoding(encoding)  # refuse bad input before loading the model
+    for path in paths:
         if not os.path.exists(path):
             raise TextgenError(f"path not found: {path}")
     loaded = load_run(run, runs_dir, which, warn=warn)
-    model, vocab = loaded.model, loaded.vocab
-    with tqdm(unit="char", unit_scale=True, disable=not show_progress, leave=False) as bar:
-        return evaluate(model, vocab, iter_text(paths, encoding), progress=bar.update)
+    with LazyBar(show_progress, lambda: None, "scoring", unit="char") as bar:
+        return evaluate(loaded.model, loaded.vocab, iter_text(paths, encoding), progress=bar.update)

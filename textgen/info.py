@@ -23,7 +23,7 @@ def describe_run(run: str | None, runs_dir: str | Path) -> str:
         f"parameters:       {model.parameter_count():,}",
         f"training:         batch {train.batch_size} x seq_len {train.seq_len}, "
         f"learning rate {train.learning_rate:g}, seed {train.seed}, strategy {train.strategy}, "
-        f"precision {train.precision}",
+        f"precision {train.precision}" + (f" ({meta['precision_reason']})" if meta.get("precision_reason") else ""),
         f"steps:            {meta.get('step', 0):,}",
         f"best val bpc:     {'-' if best is None else f'{best:.4f}'}",
         f"last val bpc:     {history[-1]['val_bpc']:.4f}" if history else "last val bpc:     -",

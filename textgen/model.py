@@ -191,12 +191,12 @@ class CharLSTM(keras.Model):
         The first layer's x.W + b becomes a (vocab, 4*units) lookup table, and each later layer's
         two matmuls x.W + h.U become one [x, h] . [W; U], so a step is one matmul per layer.
         """
-        first = self.lstm_layers[0].cell
+        first, dtype = self.lstm_layers[0].cell, self.compute_dtype  # 16 bits under mixed precision
         return {
             "table": self._input_table(),
-            "recurrent": tf.convert_to_tensor(first.recurrent_kernel),
-            "stacked": [(tf.concat([layer.cell.kernel, layer.cell.recurrent_kernel], axis=0),
-                         tf.convert_to_tensor(layer.cell.bias)) for layer in self.lstm_layers[1:]],
+            "recurrent": tf.cast(first.recurrent_kernel, dtype),
+            "stacked": [(tf.cast(tf.concat([layer.cell.kernel, layer.cell.recurrent_kernel], axis=0), dtype),
+                         tf.cast(layer.cell.bias, dtype)) for layer in self.lstm_layers[1:]],
         }
 
     def step(self, ids, states: State, weights: dict | None = None):

@@ -188,6 +188,10 @@ def meta_problem(meta: dict) -> str | None:
         return "best_val_bpc is not a number"
     if not isinstance(meta.get("vocab_sha256", ""), str):
         return "vocab_sha256 is not a string"
+    if not isinstance(meta.get("precision_reason", ""), str):
+        return "precision_reason is not a string"
+    if meta["train"].precision == "auto":
+        return "train.precision is 'auto', which a run resolves when it starts"
     checkpoints = meta.setdefault("checkpoints", {})
     if not isinstance(checkpoints, dict) or not all(
             k in ("last", "best") and isinstance(v, str) and CHECKPOINT_RE.fullmatch(v)

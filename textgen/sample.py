@@ -170,42 +170,74 @@ def generate_text(model, vocab: Vocabulary, config: SampleConfig,
                   write: Callable[[int, str], None] | None = None,
                   sampler: Sampler | None = None) -> list[str]:
     """Generate `config.num_samples` texts; `write(sample_index, text)` is called per chunk."""
+    pieces: list[list[str]] = [[] for _ in range(config.num_samples)]
+
+    def keep(index: int, piece: str) -> None:
+        pieces[index].append(piece)  # joined once at the end: linear, however long the text
+        if write:
+            write(index, piece)
+
+    stream_text(model, vocab, config, keep, sampler)
+    return ["".join(p) for p in pieces]
+
+
+def stream_text(model, vocab: Vocabulary, config: SampleConfig, write: Callable[[int, str], None],
+                sampler: Sampler | None = None) -> None:
+    """Generate `config.num_samples` texts, handing each piece to `write(sample_index, text)` as
+    soon as it exists (the prime first, if there is one), keeping none of it."""
     config.validate()
     ids, echo = start_ids(vocab, config.prime)
-    texts = [config.prime if echo else "" for _ in range(config.num_samples)]
-    if write and echo:
+    if echo:
         for i in range(config.num_samples):
             write(i, config.prime)
     sampler = sampler or Sampler(model)
     for chunk in sampler.generate(ids, config):
         for i, row in enumerate(chunk):
-            piece = vocab.decode(row)
-            texts[i] += piece
-            if write:
-                write(i, piece)
-    return texts
+            write(i, vocab.decode(row))
+
+
+SPOOL_BYTES = 1 << 20  # a waiting sample is held in memory up to this size, then on disk
 
 
 def sample_run(run: str | None, runs_dir: str, which: str, config: SampleConfig, out,
-               warn: Callable[[str], None] | None = None) -> list[str]:
-    """Load a run's `best`/`last` checkpoint and stream generated text to the file `out`."""
+               warn: Callable[[str], None] | None = None) -> None:
+    """Load a run's `best`/`last` checkpoint and stream generated text to the file `out`.
+
+    One sample is written as it is generated, then a newline. Several are written in order,
+    each under a line `----- sample <i> -----` and followed by a newline: the first streams as
+    it is generated; the others are generated alongside it (one batch) and wait in temporary
+    files (memory up to SPOOL_BYTES each), then follow. Memory stays flat however long they are.
+    """
+    import tempfile
+
     from textgen.inference import load_run
 
     config.validate()
     loaded = load_run(run, runs_dir, which, warn=warn)
-    model, vocab = loaded.model, loaded.vocab
-    start_ids(vocab, config.prime)  # refuse a bad prime before any output
+    start_ids(loaded.vocab, config.prime)  # refuse a bad prime before any output
+    several = config.num_samples > 1
+    waiting = [tempfile.SpooledTemporaryFile(SPOOL_BYTES, mode="w+", encoding="utf-8", newline="")
+               for _ in range(config.num_samples - 1)]
+    try:
+        if several:
+            out.write("----- sample 1 -----\n")
 
-    def write(index: int, piece: str) -> None:
-        if config.num_samples == 1:
-            out.write(piece)
-            out.flush()
+        def write(index: int, piece: str) -> None:
+            if index == 0:
+                out.write(piece)
+                out.flush()
+            else:
+                waiting[index - 1].write(piece)
 
-    texts = generate_text(model, vocab, config, write=write)
-    if config.num_samples == 1:
+        stream_text(loaded.model, loaded.vocab, config, write)
         out.write("\n")
-    else:
-        for i, text in enumerate(texts):
-            out.write(f"----- sample {i + 1} -----\n{text}\n")
-    out.flush()
-    return texts
+        for index, spool in enumerate(waiting, start=2):
+            out.write(f"----- sample {index} -----\n")
+            spool.seek(0)
+            while block := spool.read(1 << 16):
+                out.write(block)
+            out.write("\n")
+        out.flush()
+    finally:
+        for spool in waiting:
+            spool.close()

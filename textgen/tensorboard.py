@@ -1,0 +1,78 @@
+"""TensorBoard logging for a training run, laid out the way Keras users read it.
+
+Each run directory holds two TensorBoard runs, `train/` and `validation/`, that log the same
+tag, `bits_per_char`, so `tensorboard --logdir checkpoints` draws the two curves of a run on one
+chart (overfitting shows as the validation curve turning up while the training one goes on
+down). `train/` also has `learning_rate` and `chars_per_sec`; `validation/` has a generated
+`sample` (text) at each validation. Training scalars are written every `log_every` steps, the
+mean over those steps, so logging costs the loop nothing measurable.
+
+A trainer hook (see `textgen.train`): `on_steps`, `on_validation`, `close`. Only the chief of a
+multi-worker run writes; the others get no-op writers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tensorflow as tf
+
+from textgen.config import SampleConfig
+
+TRAIN_DIR, VALIDATION_DIR = "train", "validation"
+SAMPLE_CHARS = 300  # length of the text sample logged at each validation
+SAMPLE_TEMPERATURE = 0.8
+
+
+class TensorBoardLog:
+    """Event files of one run: `<run_dir>/train/` and `<run_dir>/validation/`.
+
+    Args:
+        run_dir: the run directory.
+        write: False for the non-chief workers of a multi-worker run (they log nothing).
+    """
+
+    def __init__(self, run_dir: Path, write: bool = True):
+        def writer(name):
+            if not write:
+                return tf.summary.create_noop_writer()
+            return tf.summary.create_file_writer(str(Path(run_dir) / name))
+
+        self.train, self.validation = writer(TRAIN_DIR), writer(VALIDATION_DIR)
+        self.write = write
+        self._sample_model = self._sampler = None
+
+    def on_steps(self, step: int, train_loss: float, chars_per_sec: float, learning_rate: float) -> None:
+        with self.train.as_default(step=step):
+            tf.summary.scalar("bits_per_char", train_loss / _LN2)
+            tf.summary.scalar("learning_rate", learning_rate)
+            tf.summary.scalar("chars_per_sec", chars_per_sec)
+
+    def on_validation(self, step: int, val_bpc: float, trainer) -> None:
+        if not self.write:
+            return
+        with self.validation.as_default(step=step):
+            tf.summary.scalar("bits_per_char", val_bpc)
+            tf.summary.text("sample", self._sample_text(trainer, step))
+        self.validation.flush()
+
+    def _sample_text(self, trainer, step: int) -> str:
+        """A sample from a float32 single-device copy of the current weights (whatever the
+        strategy and precision of training, sampling is what a user will run)."""
+        from textgen.model import build_model
+        from textgen.sample import Sampler, generate_text
+
+        if self._sampler is None:
+            self._sample_model = build_model(trainer.model_config)
+            self._sampler = Sampler(self._sample_model)
+        self._sample_model.set_weights(trainer.model.get_weights())
+        config = SampleConfig(temperature=SAMPLE_TEMPERATURE, length=SAMPLE_CHARS, seed=step)
+        return generate_text(self._sample_model, trainer.vocab, config, sampler=self._sampler)[0]
+
+    def close(self) -> None:
+        for writer in (self.train, self.validation):
+            writer.flush()
+            writer.close()
+
+
+_LN2 = 0.6931471805599453
