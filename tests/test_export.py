@@ -118,7 +118,7 @@ def probes(exports, texts, tmp_path_factory) -> dict:
                                           stderr=subprocess.PIPE, text=True), result_dir)
     results = {}
     for name, (process, result_dir) in running.items():
-        stdout, stderr = process.communicate(timeout=300)
+        _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, f"{name}: {stderr[-3000:]}"
         results[name] = json.loads((result_dir / "result.json").read_text(encoding="utf-8"))
         results[name]["logits"] = np.load(result_dir / "logits.npy")
@@ -271,8 +271,10 @@ def test_unknown_run(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_format_and_misplaced_quantize(run_dir, tmp_path):
+def test_unknown_format_misplaced_quantize_and_missing_eval_text(run_dir, tmp_path):
     common = [run_dir, "--runs-dir", run_dir.parent, "--out", tmp_path / "out"]
+    assert "--eval-text" in one_line_error(invoke("export", *common, "--format", "keras", "--eval-text",
+                                                  tmp_path / "missing.txt"))
     assert "savedmodel, litert, onnx, keras" in one_line_error(invoke("export", *common, "--format", "tfjs"))
     message = one_line_error(invoke("export", *common, "--format", "onnx", "--quantize", "dynamic"))
     assert "--format litert only" in message

@@ -248,7 +248,8 @@ class ExportConfig:
         if self.format not in EXPORT_FORMATS:
             raise TextgenError(f"unknown --format {self.format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
         if self.quantize not in QUANTIZATIONS:
-            raise TextgenError(f"unknown --quantize {self.quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
+            raise TextgenError(f"unknown --quantize {self.quantize!r}; choose one of "
+                               f"{', '.join(QUANTIZATIONS)}")
         if self.quantize != "none" and self.format != "litert":
             raise TextgenError(f"--quantize {self.quantize} applies to --format litert only; "
                                f"drop it for --format {self.format}")

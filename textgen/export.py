@@ -34,7 +34,6 @@ RUNTIMES = {
 }
 RUNTIME_MODULE = {"savedmodel": "tensorflow", "litert": "ai_edge_litert", "onnx": "onnxruntime",
                   "keras": "keras"}
-MODEL_FILE = {"litert": LITERT_FILE, "onnx": ONNX_FILE, "keras": KERAS_FILE}
 
 
 @dataclass
@@ -98,6 +97,9 @@ def export_run(run: str | None, runs_dir: str, which: str, config: ExportConfig,
     config.validate()
     out = Path(out)
     check_out(out)
+    if config.eval_text and not Path(config.eval_text).is_file():
+        raise TextgenError(f"--eval-text {config.eval_text} is not a file; give a text file to check the "
+                           "export on")
     runtime = require_runtime(config.format)
     staging = make_staging(out)
     try:
@@ -107,7 +109,8 @@ def export_run(run: str | None, runs_dir: str, which: str, config: ExportConfig,
         write_model(loaded.model, staging, config, report)
         eval_ids = evaluation_ids(loaded.model, loaded.vocab, config)
         check_export(loaded.model, staging, eval_ids, report)
-        (staging / VOCAB_FILE).write_text(json.dumps(loaded.vocab.chars, ensure_ascii=False), encoding="utf-8")
+        vocab_json = json.dumps(loaded.vocab.chars, ensure_ascii=False)  # id i -> its character
+        (staging / VOCAB_FILE).write_text(vocab_json, encoding="utf-8")
         (staging / README_FILE).write_text(readme_text(report), encoding="utf-8")
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest(report), indent=2), encoding="utf-8")
         report.files = {p.name: tree_size(p) for p in sorted(staging.iterdir())}

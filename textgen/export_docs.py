@@ -26,12 +26,11 @@ Load with TensorFlow alone (textgen is not needed): `model = tf.saved_model.load
 runs the whole generation loop in the graph and returns {"ids": (length,) int32}: `prime` (n,) int32
 ids (n >= 1; all but the last warm the state up), `length` int32, `temperature` float32 (0: greedy),
 `top_k` int32 (0: off), `top_p` float32 (1: off), `seed` int64 (same seed, same text).
-With temperature 0 it writes exactly what `textgen sample --temp 0` writes. TF Serving serves both
-signatures.""",
+With temperature 0 it writes exactly what `textgen sample --temp 0` writes.""",
     "litert": """\
 Run with the LiteRT interpreter (`pip install ai-edge-litert`; no TensorFlow needed):
 `Interpreter(model_path="model.tflite").get_signature_runner("step")(ids=..., h0=..., ...)`.
-The same flatbuffer runs on Android, iOS and microcontrollers with LiteRT's own APIs.""",
+It uses LiteRT's built-in operators only (no TensorFlow "Flex" ops).""",
     "onnx": """\
 Run with onnxruntime (`pip install onnxruntime`; no TensorFlow needed):
 `onnxruntime.InferenceSession("model.onnx").run(None, {"ids": ..., "h0": ..., ...})`.
