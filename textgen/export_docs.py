@@ -12,10 +12,10 @@ VOCAB_FILE, README_FILE, MANIFEST_FILE = "vocab.json", "README.md", "export.json
 MANIFEST_FORMAT = "textgen-export"
 
 MODEL_FILES = {
-    "savedmodel": "saved_model.pb, variables/: the SavedModel (this directory is the SavedModel)",
-    "litert": "model.tflite: the LiteRT (TensorFlow Lite) flatbuffer, with one signature, `step`",
-    "onnx": "model.onnx: the step function as an ONNX graph",
-    "keras": "model.keras: the Keras model (textgen's CharLSTM), architecture and weights",
+    "savedmodel": "`saved_model.pb`, `variables/`: the SavedModel (this directory is the SavedModel)",
+    "litert": "`model.tflite`: the LiteRT (TensorFlow Lite) flatbuffer, with one signature, `step`",
+    "onnx": "`model.onnx`: the step function as an ONNX graph",
+    "keras": "`model.keras`: the Keras model (textgen's CharLSTM), architecture and weights",
 }
 
 LOADING = {
@@ -89,7 +89,8 @@ def readme_text(report) -> str:
     rows = [f"| `{v['name']}` | {shape_text(v['shape'])} | {v['dtype']} |"
             for part in ("inputs", "outputs") for v in signature(report)[part]]
     n_in = 1 + 2 * shape.num_layers
-    val = f", validation {report.val_bpc:.4f} bits per character" if report.val_bpc is not None else ""
+    val = (f" (the run's best validation: {report.val_bpc:.4f} bits per character)"
+           if report.val_bpc is not None else "")
     quant = ""
     if report.quantization:
         q = report.quantization
