@@ -187,13 +187,16 @@ def test_every_export_has_vocab_readme_and_manifest(exports, reference):
         assert manifest["model"] == {"vocab_size": len(chars), "embedding_dim": 32, "units": 128,
                                      "num_layers": 2}
         assert [v["name"] for v in manifest["step"]["inputs"]] == ["ids", "h0", "c0", "h1", "c1"]
-        for line in printed.splitlines()[1:]:  # "  <file>  <size>" rows, then the check
-            if line.startswith("  "):
-                file_name = line.split()[0]
-                assert (out / file_name).exists(), line
+        rows = [line.split() for line in printed.splitlines() if line.startswith("  ")]  # name, size, unit
+        assert sorted(row[0] for row in rows) == sorted(p.name for p in out.iterdir())
+        for file_name, size, unit in rows:
+            path = out / file_name
+            actual = path.stat().st_size if path.is_file() else sum(
+                p.stat().st_size for p in path.rglob("*") if p.is_file())
+            assert float(size) * {"B": 1, "kB": 1e3, "MB": 1e6}[unit] == pytest.approx(actual, rel=0.06, abs=1)
     assert (exports["savedmodel"][0] / "saved_model.pb").is_file()
     for name, file_name in [("litert", "model.tflite"), ("onnx", "model.onnx"), ("keras", "model.keras")]:
-        assert f"{file_name}" in exports[name][1]
+        assert (exports[name][0] / file_name).is_file()
 
 
 def test_savedmodel_generate_signature_samples_reproducibly(exports, reference):
@@ -270,6 +273,31 @@ def test_examples_are_at_most_40_lines():
     for name in FORMATS:
         lines = (ROOT / "examples" / f"export_{name}.py").read_text(encoding="utf-8").splitlines()
         assert len(lines) <= 40 and max(map(len, lines)) <= 110, name
+
+
+def test_help_lists_the_options_and_loads_no_tensorflow(tmp_path):
+    """`textgen export --help`, and refusing a bad --format, answer without TensorFlow."""
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from textgen.cli import main\n"
+        "r = CliRunner().invoke(main, ['export', '--help'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print(r.output)\n"
+        "r = CliRunner().invoke(main, ['export', '--format', 'tfjs', '--out', 'x'])\n"
+        "assert r.exit_code == 2, r.output\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
+        "assert not heavy, heavy[:5]\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for option in ("--format", "--out", "--checkpoint", "--quantize", "--eval-text", "--runs-dir"):
+        assert option in proc.stdout
+    from textgen.config import ExportConfig
+
+    assert f"[default: {ExportConfig().quantize}]" in proc.stdout
 
 
 # ----- bad input: one line on stderr, exit code 2, nothing lost -----

@@ -62,6 +62,10 @@ def require_runtime(export_format: str) -> str:
             importlib.import_module(module)
         except ImportError:
             missing.append(package)
+        except Exception as e:  # installed, but broken (e.g. built for another TensorFlow or NumPy)
+            reason = (str(e).splitlines() or [""])[0]
+            raise TextgenError(f"{package} is installed but fails to import ({type(e).__name__}: {reason}); "
+                               f"reinstall it with: pip install --force-reinstall {package}") from None
     if missing:
         raise TextgenError(f"--format {export_format} needs {', '.join(missing)}, which is not installed; "
                            f"install it with: pip install {' '.join(missing)}")
