@@ -13,13 +13,14 @@ import sys
 import click
 
 from textgen import __version__
-from textgen.config import PRECISIONS, PRESETS, ModelConfig, SampleConfig, TrainConfig, apply_preset
+from textgen.config import (EXPORT_FORMATS, PRECISIONS, PRESETS, QUANTIZATIONS, ExportConfig, ModelConfig,
+                            SampleConfig, TrainConfig, apply_preset)
 from textgen.distribute import STRATEGIES
 from textgen.errors import TextgenError, one_line
 
 RUNS_DIR = "checkpoints"
 CORPUS_DIR = "corpora"
-_M, _T, _S = ModelConfig(), TrainConfig(), SampleConfig()
+_M, _T, _S, _E = ModelConfig(), TrainConfig(), SampleConfig(), ExportConfig()
 
 
 def user_errors(func):
@@ -187,6 +188,28 @@ def info(run, runs_dir):
     from textgen.info import describe_run
 
     click.echo(describe_run(run, runs_dir))
+
+
+@main.command("export")
+@run_argument
+@click.option("--format", "export_format", required=True, metavar="|".join(EXPORT_FORMATS), help="savedmodel (TensorFlow, TF Serving), litert (.tflite), onnx, or keras (.keras).")
+@click.option("--out", required=True, type=click.Path(), help="Directory to write the export into (new, empty, or an earlier export, which is replaced).")
+@checkpoint_option
+@click.option("--quantize", default=_E.quantize, show_default=True, metavar="|".join(QUANTIZATIONS), help="litert only: dynamic stores int8 weights (about 4x smaller).")
+@click.option("--eval-text", type=click.Path(), help="Text to check the export on (and to measure a quantized one's bits per character); default: text sampled from the model.")
+@runs_dir_option
+@user_errors
+def export_command(run, export_format, out, checkpoint, quantize, eval_text, runs_dir):
+    """Export RUN (default: latest) for TensorFlow/TF Serving, LiteRT, ONNX or Keras.
+
+    Writes the model, vocab.json (id -> character) and a README.md of its inputs and outputs
+    into OUT, after checking that the export computes the same logits as textgen.
+    """
+    config = ExportConfig(format=export_format, quantize=quantize, eval_text=eval_text)
+    config.validate()  # before TensorFlow and the model load
+    from textgen.export import describe, export_run
+
+    click.echo(describe(export_run(run, runs_dir, checkpoint, config, out, warn=warn)))
 
 
 def _fields(cls):

@@ -224,3 +224,33 @@ def _fits(value: Any, annotation: str) -> bool:
     if isinstance(value, float):
         return "float" in allowed
     return isinstance(value, str) and "str" in allowed
+
+
+EXPORT_FORMATS = ("savedmodel", "litert", "onnx", "keras")
+QUANTIZATIONS = ("none", "dynamic")  # dynamic: int8 weights, float32 activations (LiteRT only)
+
+
+@dataclass
+class ExportConfig:
+    """`textgen export`'s knobs. Every export is checked against textgen's own model before it
+    is published: its logits on `check_chars` characters may differ by at most `tolerance`
+    (float32 exports; a quantized one reports its difference and bits per character instead)."""
+
+    format: str = "savedmodel"  # one of EXPORT_FORMATS
+    quantize: str = "none"  # one of QUANTIZATIONS
+    onnx_opset: int = 17  # ONNX operator set of the onnx export (onnxruntime 1.14+ runs it)
+    check_chars: int = 200
+    tolerance: float = 1e-4
+    eval_chars: int = 2000  # characters scored to report a quantized export's bits per character
+    eval_text: str | None = None  # file to score them on (default: text sampled from the model)
+
+    def validate(self) -> None:
+        """Refuse values no export can use, one line each."""
+        if self.format not in EXPORT_FORMATS:
+            raise TextgenError(f"unknown --format {self.format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+        if self.quantize not in QUANTIZATIONS:
+            raise TextgenError(f"unknown --quantize {self.quantize!r}; choose one of "
+                               f"{', '.join(QUANTIZATIONS)}")
+        if self.quantize != "none" and self.format != "litert":
+            raise TextgenError(f"--quantize {self.quantize} applies to --format litert only; "
+                               f"drop it for --format {self.format}")

@@ -204,15 +204,7 @@ class CharLSTM(keras.Model):
 
         ids: (batch,) -> (logits (batch, vocab) float32, new states). Same numbers as `call`.
         """
-        weights = weights or self.step_weights()
-        (h, c), new_states = states[0], []
-        z = tf.gather(weights["table"], ids) + tf.matmul(h, weights["recurrent"])  # (batch, 4*units)
-        x, c = lstm_gates(z, c)
-        new_states.append((x, c))
-        for (kernel, bias), (h, c) in zip(weights["stacked"], states[1:]):
-            z = tf.matmul(tf.concat([x, h], axis=-1), kernel) + bias  # (batch, 4*units)
-            x, c = lstm_gates(z, c)
-            new_states.append((x, c))
+        x, new_states = step_layers(weights or self.step_weights(), ids, states)
         return tf.cast(self.head(x), tf.float32), new_states
 
     def get_config(self):
@@ -225,6 +217,23 @@ class CharLSTM(keras.Model):
         config = dict(config)
         model_config = ModelConfig(**config.pop("config"))
         return cls(model_config, **config)
+
+
+def step_layers(weights: dict, ids, states: State):
+    """The layer stack of `CharLSTM.step` as a pure function of `step_weights()`'s tensors.
+
+    ids: (batch,) int; returns (the last layer's h (batch, units), new states). Public so that
+    `textgen.export` traces the very same step into SavedModel and LiteRT graphs.
+    """
+    (h, c), new_states = states[0], []
+    z = tf.gather(weights["table"], ids) + tf.matmul(h, weights["recurrent"])  # (batch, 4*units)
+    x, c = lstm_gates(z, c)
+    new_states.append((x, c))
+    for (kernel, bias), (h, c) in zip(weights["stacked"], states[1:]):
+        z = tf.matmul(tf.concat([x, h], axis=-1), kernel) + bias  # (batch, 4*units)
+        x, c = lstm_gates(z, c)
+        new_states.append((x, c))
+    return x, new_states
 
 
 def build_model(config: ModelConfig, lstm_path: str = "auto", precision: str = "float32") -> CharLSTM:

@@ -1,0 +1,132 @@
+"""The exported model as a plain `tf.Module`: `step` and `generate`, functions of its own weights.
+
+The SavedModel export saves this module and the LiteRT export converts its `step`. It holds the
+weights in the form textgen's sampler steps with (`CharLSTM.step_weights`: the first layer's
+(vocab, 4*units) lookup table, each later layer's stacked [W; U] kernel, the output layer) as
+tf.Variables, and its functions are traced from textgen's own step (`textgen.model.step_layers`)
+and sampling rule (`textgen.sample.choose_next`), so an export computes what `textgen sample`
+computes. Loading it needs TensorFlow alone: no textgen, no Keras objects.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from textgen.export_docs import state_names
+from textgen.model import flatten_state, step_layers, unflatten_state
+from textgen.sample import choose_next
+
+SEED_MODULUS = 2**31  # `textgen sample --seed S` keys its RNG with S % 2**31
+
+
+class StepModule(tf.Module):
+    """A trained `CharLSTM`'s inference functions, with nothing but TensorFlow ops inside.
+
+    Args:
+        model: a built float32 `CharLSTM` (its weights are copied).
+        with_generate: whether to have `generate` too (a LiteRT conversion needs `step` alone).
+
+    Call arguments of `step` (the SavedModel's `step` signature):
+        ids: (batch,) int32 character ids; h0, c0, h1, c1, ...: (batch, units) float32 states
+        (zeros to start). Returns {"logits": (batch, vocab), "new_h0": ..., "new_c0": ..., ...}.
+
+    Call arguments of `generate` (the `generate` signature):
+        prime: (n,) int32, n >= 1 (all but the last warm the state up; the last is the first
+        input); length: int32 characters to generate; temperature: float32 (0: greedy);
+        top_k: int32 (0: off); top_p: float32 (1: off); seed: int64 (`textgen sample --seed`).
+        Returns {"ids": (length,) int32}.
+
+    Example:
+
+        module = StepModule(load_run("my-run", "checkpoints").model)
+        tf.saved_model.save(module, "out", signatures=module.signatures())
+    """
+
+    def __init__(self, model, with_generate: bool = True):
+        super().__init__(name="textgen_export")
+        config = model.config
+        self.num_layers, self.units, self.vocab_size = config.num_layers, config.units, config.vocab_size
+        weights = model.step_weights()
+        self.table = tf.Variable(weights["table"], trainable=False, name="table")
+        self.recurrent = tf.Variable(weights["recurrent"], trainable=False, name="recurrent")
+        self.stacked = [(tf.Variable(kernel, trainable=False, name=f"kernel{i + 1}"),
+                         tf.Variable(bias, trainable=False, name=f"bias{i + 1}"))
+                        for i, (kernel, bias) in enumerate(weights["stacked"])]
+        self.head_kernel = tf.Variable(model.head.kernel.numpy(), trainable=False, name="head_kernel")
+        self.head_bias = tf.Variable(model.head.bias.numpy(), trainable=False, name="head_bias")
+        state_spec = [tf.TensorSpec((None, self.units), tf.float32, name=n)
+                      for n in state_names(self.num_layers)]
+        self.step = tf.function(self._step, input_signature=[
+            tf.TensorSpec((None,), tf.int32, name="ids"), *state_spec])
+        if not with_generate:
+            return
+        self.generate = tf.function(self._generate, input_signature=[
+            tf.TensorSpec((None,), tf.int32, name="prime"), tf.TensorSpec((), tf.int32, name="length"),
+            tf.TensorSpec((), tf.float32, name="temperature"), tf.TensorSpec((), tf.int32, name="top_k"),
+            tf.TensorSpec((), tf.float32, name="top_p"), tf.TensorSpec((), tf.int64, name="seed")])
+
+    def signatures(self) -> dict:
+        """The SavedModel signatures: {"step": ..., "generate": ...} (the ones it has)."""
+        functions = {"step": self.step, "generate": getattr(self, "generate", None)}
+        return {name: f.get_concrete_function() for name, f in functions.items() if f is not None}
+
+    def _logits_and_states(self, ids, flat_states):
+        """One step: ids (batch,) and [h0, c0, ...] -> (logits (batch, vocab), new [h0, c0, ...])."""
+        weights = {"table": self.table, "recurrent": self.recurrent, "stacked": self.stacked}
+        x, states = step_layers(weights, ids, unflatten_state(flat_states))  # x: (batch, units)
+        return tf.matmul(x, self.head_kernel) + self.head_bias, flatten_state(states)
+
+    def _step(self, ids, *flat_states):
+        logits, new_flat = self._logits_and_states(ids, list(flat_states))
+        names = state_names(self.num_layers)
+        return {"logits": logits, **{f"new_{n}": t for n, t in zip(names, new_flat)}}
+
+    def _generate(self, prime, length, temperature, top_k, top_p, seed):
+        checks = [
+            tf.debugging.assert_positive(tf.size(prime), message="prime must hold at least one id"),
+            tf.debugging.assert_non_negative(prime, message="prime ids must be 0 or more"),
+            tf.debugging.assert_less(prime, self.vocab_size, message="prime ids must be below vocab size"),
+            tf.debugging.assert_non_negative(length, message="length must be 0 or more"),
+            tf.debugging.assert_non_negative(temperature, message="temperature must be 0 or more"),
+            tf.debugging.assert_non_negative(top_k, message="top_k must be 0 (off) or more"),
+            tf.debugging.assert_positive(top_p, message="top_p must be in (0, 1]"),
+            tf.debugging.assert_less_equal(top_p, 1.0, message="top_p must be in (0, 1]"),
+        ]
+        with tf.control_dependencies(checks):
+            flat = [tf.zeros((1, self.units)) for _ in range(2 * self.num_layers)]  # (1, units) each
+
+        def warm(i, flat):  # the prime, all but its last id, one step at a time
+            return i + 1, self._logits_and_states(tf.reshape(prime[i], (1,)), flat)[1]
+
+        _, flat = tf.while_loop(lambda i, _: i < tf.size(prime) - 1, warm, (tf.constant(0), flat))
+        key = tf.cast(tf.math.floormod(seed, SEED_MODULUS), tf.int32)
+
+        def body(t, last, flat, out):  # as textgen.sample.Sampler: the RNG key is (seed, position)
+            logits, flat = self._logits_and_states(last, flat)  # (1, vocab)
+            nxt = choose_next(logits, temperature, top_k, top_p, tf.stack([key, t]))  # (1,)
+            return t + 1, nxt, flat, out.write(t, nxt[0])
+
+        out = tf.TensorArray(tf.int32, size=length, element_shape=())
+        _, _, _, out = tf.while_loop(lambda t, *_: t < length, body,
+                                     (tf.constant(0), tf.reshape(prime[-1], (1,)), flat, out))
+        return {"ids": out.stack()}  # (length,)
+
+
+def save_savedmodel(model, directory, with_generate: bool = True) -> None:
+    """Write `model` (a built CharLSTM) as a SavedModel with `step` and `generate` signatures
+    (`step` alone without `with_generate`)."""
+    module = StepModule(model, with_generate)
+    tf.saved_model.save(module, str(directory), signatures=module.signatures())
+
+
+def convert_litert(saved_model_dir, quantize: str = "none") -> bytes:
+    """The `step` signature of a SavedModel written by `save_savedmodel`, as a LiteRT flatbuffer.
+
+    Converted by TensorFlow's own converter (`tf.lite.TFLiteConverter`), which keeps the `step`
+    signature and its input and output names. `quantize="dynamic"` stores the weights as int8
+    with float32 activations (dynamic-range quantization).
+    """
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=["step"])
+    if quantize == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    return converter.convert()
