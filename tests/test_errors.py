@@ -577,29 +577,45 @@ def json_damage(draw, text: str):
     return json.dumps(document)
 
 
+DAMAGE_SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                              HealthCheck.too_slow])
+
+
 @pytest.mark.parametrize("command", list(RUN_COMMANDS))
 @pytest.mark.parametrize("name", RUN_JSON_FILES)
-@settings(max_examples=6, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=6, **DAMAGE_SETTINGS)
 @given(data=st.data())
 def test_any_damage_to_a_runs_json_is_one_line_or_harmless(name, command, data, trained_run,
                                                            corpus_file, tmp_path):
     """Whatever is damaged in whichever JSON file, every command that reads a run either works
     (the damage did not matter) or says what is wrong in one line with exit code 2: never a
     traceback. The files the command was not meant to change stay as they were."""
+    _damaged_run_command(name, RUN_COMMANDS[command], data, trained_run, corpus_file, tmp_path)
+
+
+@pytest.mark.parametrize("name", RUN_JSON_FILES)
+@settings(max_examples=3, **DAMAGE_SETTINGS)  # an export that works takes seconds: fewer examples
+@given(data=st.data())
+def test_any_damage_to_a_runs_json_is_one_line_or_harmless_for_export(name, data, trained_run,
+                                                                      corpus_file, tmp_path):
+    _damaged_run_command(name, ["export", "RUN", "--format", "keras", "--out", "OUT"], data,
+                         trained_run, corpus_file, tmp_path)
+
+
+def _damaged_run_command(name, command, data, trained_run, corpus_file, tmp_path):
     import shutil
     import uuid
 
-    run_dir = tmp_path / uuid.uuid4().hex[:8] / RUN_NAME
+    work = tmp_path / uuid.uuid4().hex[:8]
+    run_dir = work / RUN_NAME
     shutil.copytree(trained_run, run_dir)
     path = run_dir / name
     path.write_text(data.draw(json_damage(path.read_text(encoding="utf-8")), label=name),
                     encoding="utf-8")
     before = tree_hashes(run_dir)
-    args = [str(run_dir.name if a == "RUN" and command.startswith("train") else
-                run_dir if a == "RUN" else corpus_file if a == "CORPUS" else a)
-            for a in RUN_COMMANDS[command]]
-    result = invoke(*args, "--runs-dir", run_dir.parent)
+    stand_in = {"RUN": run_dir.name if command[0] == "train" else run_dir, "CORPUS": corpus_file,
+                "OUT": work / "export"}
+    result = invoke(*[stand_in.get(a, a) for a in command], "--runs-dir", run_dir.parent)
     if result.exit_code != 0:
         assert_user_error_or_warning(result)
         assert tree_hashes(run_dir) == before, "a refused command changed the run"
