@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from textgen.atomic import atomic_write_text, temporary_file
+from textgen.atomic import atomic_write_text, fsync_path, temporary_file
 from textgen.corpus import check_encoding, corpus_files, default_corpus, iter_text, path_list
 from textgen.errors import TextgenError
 from textgen.runlock import process_alive
@@ -198,8 +198,7 @@ def _build(directory: Path, paths: list, encoding: str, fingerprint: dict,
             dtype = dtype_for(len(chars))
             written, content = _write_ids(out, paths, encoding, Vocabulary(chars), dtype,
                                           block_bytes, progress)
-            out.flush()
-            os.fsync(out.fileno())
+        fsync_path(tmp)
         if written != num_chars or _fingerprint(paths, encoding) != fingerprint:
             raise _changed(paths)
         meta = {"format": FORMAT, "version": VERSION, "encoding": encoding, "dtype": dtype.name,
