@@ -223,3 +223,18 @@ def _fits(value: Any, annotation: str) -> bool:
     if isinstance(value, float):
         return "float" in allowed
     return isinstance(value, str) and "str" in allowed
+
+
+VIZ_FORMATS = ("html", "json", "npz")
+
+
+@dataclass
+class VizConfig:
+    """`textgen viz` knobs: what to trace and how big the page may get."""
+
+    top_k: int = 5  # next-character guesses kept per character
+    max_chars: int = 20_000  # longer texts are cut (with a notice)
+    max_mb: float = 10.0  # the HTML page's size budget: precision, then length, give way to it
+    window: int = 512  # characters per compiled trace call; the state is carried across windows
+    format: str = "html"  # html (the page), json or npz (the raw trace)
+    temperature: float = 1.0  # for --sample
