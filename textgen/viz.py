@@ -112,27 +112,38 @@ def run_viz(run: str | None, file: str | None, runs_dir: str, checkpoint: str, c
             seed: int | None = None, encoding: str = "utf-8",
             warn: Callable[[str], None] | None = None) -> Path:
     """Trace the text and write `config.format` to `out`; returns the path written."""
+    warn = warn or (lambda _: None)
     run, file = resolve_positionals(run, file)
     check_source(file, prime, sample, seed, config.temperature)
     path = output_path(out, config.format)
-    from textgen.cell_features import FEATURES, rank_cells
     from textgen.inference import load_run
-    from textgen.trace import saturation, trace_text
+    from textgen.trace import trace_text
 
     loaded = load_run(run, runs_dir, checkpoint, warn=warn)
     text, skipped, description, notices = source_text(
         loaded, file, prime, sample, seed, config.temperature, encoding, config.max_chars)
+    for notice in notices:
+        warn(notice)
     trace = trace_text(loaded.model, loaded.vocab, text, top_k=config.top_k, window=config.window)
     trace.skipped = skipped
-    header = {"run": loaded.name, "checkpoint": loaded.checkpoint.name, "source": description,
-              "notices": notices, "cells": rank_cells(trace.chars, trace.layers)}
-    for notice in notices:
-        (warn or (lambda _: None))(notice)
+    header = describe_trace(trace, loaded.name, loaded.checkpoint.name, description, notices)
+    write_trace(trace, header, path, config, warn)
+    return path
+
+
+def describe_trace(trace, run: str, checkpoint: str, source: str, notices: list[str]) -> dict:
+    """The header every output format carries: where the trace came from and the ranked cells."""
+    from textgen.cell_features import rank_cells
+
+    return {"run": run, "checkpoint": checkpoint, "source": source, "notices": list(notices),
+            "cells": rank_cells(trace.chars, trace.layers)}
+
+
+def write_trace(trace, header: dict, path: Path, config: VizConfig,
+                warn: Callable[[str], None] | None = None) -> None:
+    """Write the page (`config.format` html) or the raw trace (json, npz) to `path`."""
     try:
         if config.format == "html":
-            header.update(features=FEATURES, saturation=[
-                {gate: [low.round(4).tolist(), high.round(4).tolist()]
-                 for gate, (low, high) in saturation(layer).items()} for layer in trace.layers])
             write_page(trace, header, path, config.max_mb, warn)
         elif config.format == "json":
             from textgen.trace_files import write_trace_json
@@ -144,19 +155,23 @@ def run_viz(run: str | None, file: str | None, runs_dir: str, checkpoint: str, c
             write_trace_npz(trace, path, header)
     except OSError as e:
         raise TextgenError(f"cannot write --out {path}: {os_reason(e)}; choose another --out") from None
-    return path
 
 
 def write_page(trace, header: dict, path: Path, max_mb: float, warn=None) -> None:
     """Pack the trace into the page under `max_mb` and write it atomically."""
     from textgen.atomic import atomic_write_bytes
+    from textgen.cell_features import FEATURES
+    from textgen.trace import saturation
     from textgen.viz_html import cell_scale, fit_page, header_size, page_template, render_page
 
     template = page_template()
     header = {**header, "format": "textgen-viz", "version": 1, "vocab": trace.vocab_chars,
               "traced": len(trace), "layers": len(trace.layers),
               "units": int(trace.layers[0]["h"].shape[1]), "top_k": int(trace.top_ids.shape[1]),
-              "c_scale": [cell_scale(layer["c"]).tolist() for layer in trace.layers]}
+              "features": FEATURES,
+              "c_scale": [cell_scale(layer["c"]).tolist() for layer in trace.layers],
+              "saturation": [{gate: [low.round(4).tolist(), high.round(4).tolist()]
+                              for gate, (low, high) in saturation(layer).items()} for layer in trace.layers]}
     page = fit_page(trace, int(max_mb * 1e6), header_size(header, template))
     if page.length < len(trace):
         message = (f"the page shows the first {page.length:,} of {len(trace):,} characters traced, to stay "

@@ -54,9 +54,9 @@ function describeChar(ch) {
 }
 
 function visible(ch) {
-  // control characters as their Unicode control pictures, everything else as itself
+  // control characters (but tab and newline) as their Unicode control pictures, the rest as itself
   const code = ch.codePointAt(0);
-  if (code < 32) return String.fromCodePoint(0x2400 + code);
+  if (code < 32 && ch !== "\t" && ch !== "\n") return String.fromCodePoint(0x2400 + code);
   return code === 127 ? "\u2421" : ch;
 }
 
@@ -107,7 +107,7 @@ class Page {
       const ch = this.chars[t], span = document.createElement("span");
       if (ch === "\n") span.className = "nl";
       else if (visible(ch) !== ch) span.className = "ctl";
-      span.textContent = ch === "\n" ? "\n" : visible(ch);
+      span.textContent = visible(ch);
       span.index = t;
       this.spans[t] = span;
       this.line[t] = line;
@@ -311,7 +311,8 @@ class Page {
       const id = this.arrays.top_ids[t * k + j], p = this.arrays.top_probs[t * k + j] / 65535;
       const guess = document.createElement("span");
       guess.className = "guess";
-      guess.textContent = `${j ? " \u00b7 " : ""}${visible(header.vocab[id]) === "\n" ? "\u21b5" : visible(header.vocab[id])} ${(100 * p).toFixed(1)}%`;
+      const shown = { "\n": "\u21b5", "\t": "\u21e5", " ": "\u2423" }[header.vocab[id]] || visible(header.vocab[id]);
+      guess.textContent = `${j ? " \u00b7 " : ""}${shown} ${(100 * p).toFixed(1)}%`;
       guesses.appendChild(guess);
     }
     add("div", `layer ${layer} \u00b7 unit ${unit}`, "unit");
