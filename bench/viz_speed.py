@@ -142,7 +142,8 @@ def _page_shape(path: Path) -> tuple[int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chars", type=int, default=CHARS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--run", help="also a trained run (name or path)")
@@ -158,7 +159,8 @@ def main() -> None:
 
             loaded = load_run(args.run, args.runs_dir)
             known, _ = known_text(loaded.vocab, text)
-            report(f"trained run {loaded.name}", loaded.model, loaded.vocab, known, args.repeats, Path(folder))
+            report(f"trained run {loaded.name}", loaded.model, loaded.vocab, known, args.repeats,
+                   Path(folder))
 
 
 if __name__ == "__main__":

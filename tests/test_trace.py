@@ -145,6 +145,16 @@ def test_nothing_to_trace_is_a_one_line_error(model_and_vocab, text):
     assert "\n" not in str(error.value)
 
 
+def test_a_trace_too_large_for_memory_is_refused_before_allocating(model_and_vocab, monkeypatch):
+    import textgen.trace
+
+    model, vocab = model_and_vocab
+    monkeypatch.setattr(textgen.trace, "MAX_TRACE_BYTES", 100 * 7 * 2 * 6 * 4)  # 100 characters' worth
+    assert len(trace_text(model, vocab, TEXT[:100])) == 100
+    with pytest.raises(TextgenError, match=r"needs 0.0 GiB; trace at most 100 characters at a time"):
+        trace_text(model, vocab, TEXT[:101])
+
+
 def test_gate_batch_rows_equal_traces_and_continue_from_given_states(model_and_vocab, trace):
     model, vocab = model_and_vocab
     rows = np.stack([trace.ids[:50], trace.ids[50:100]])  # (2, 50)

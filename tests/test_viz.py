@@ -33,7 +33,8 @@ def quote_corpus(chars: int = 12_000, seed: int = 0) -> str:
     while n < chars:
         words = [word("abcdefghijklm") for _ in range(rng.randint(2, 5))]
         quoted = " ".join(word("NOPQRSTUVWXYZ") for _ in range(rng.randint(2, 6)))
-        line = f'{" ".join(words)} "{quoted}" {" ".join(words[:2])}{rng.choice(["", "", chr(9), " 中文", " 🙂"])}\n'
+        extra = rng.choice(["", "", "\t", " 中文", " 🙂"])
+        line = f'{" ".join(words)} "{quoted}" {" ".join(words[:2])}{extra}\n'
         lines.append(line)
         n += len(line)
     return "".join(lines)
@@ -113,6 +114,10 @@ def test_page_in_headless_chromium(quote_run, tmp_path):
         unit4 = colours()
         assert unit3 != unit4 and unit3 != surprisal_colours
         assert len(set(unit4)) > 3
+        assert page.url.endswith("#q=c&layer=0&unit=4")  # the choice is kept in the URL
+        page.click("h1")  # out of the unit box, where [ and ] are typed, not shortcuts
+        page.keyboard.press("]")
+        assert page.input_value("#unit") == "5" and colours() != unit4
         page.click("#cells tbody tr:first-child")  # the best "find the cell" row colours by its cell
         best = header["cells"][0]
         assert page.input_value("#unit") == str(best["unit"])
@@ -121,7 +126,8 @@ def test_page_in_headless_chromium(quote_run, tmp_path):
         page.hover(f"#text span:nth-child({t + 1})")
         tooltip = page.inner_text("#tooltip")
         assert f"layer 0 · unit {best['unit']}" in tooltip and "next character" in tooltip
-        for q, tolerance in (("f", 0.5 / 255), ("o", 0.5 / 255), ("c", 0.5 / 255 * 2 * header["c_scale"][0][best["unit"]])):
+        c_step = 2 * header["c_scale"][0][best["unit"]] / 255
+        for q, tolerance in (("f", 0.5 / 255), ("o", 0.5 / 255), ("c", 0.5 * c_step)):
             shown = float(page.inner_text(f'#tooltip td[data-q="{q}"]'))
             assert shown == pytest.approx(float(trace[f"layer0_{q}"][t, best["unit"]]), abs=tolerance + 5e-4)
         page.screenshot(path=str(tmp_path / "page.png"))
@@ -139,7 +145,8 @@ def test_json_and_npz_hold_the_same_trace(trained_run, corpus_file):
         assert result.stdout.strip() == f"viz.{fmt}"
         assert "cut to the first 50 characters" in result.stderr
     raw, arrays = json.loads(Path("viz.json").read_text()), np.load("viz.npz")
-    assert raw["format"] == "textgen-trace" and raw["run"] == "tiny" and raw["chars"] == "".join(arrays["chars"])
+    assert raw["format"] == "textgen-trace" and raw["run"] == "tiny"
+    assert raw["chars"] == "".join(arrays["chars"])
     assert len(raw["chars"]) == 50 and raw["surprisal"][-1] is None
     for name in "ifgoch":
         assert arrays[f"layer0_{name}"].shape == (50, 16) and arrays[f"layer0_{name}"].dtype == np.float32
@@ -150,9 +157,18 @@ def test_json_and_npz_hold_the_same_trace(trained_run, corpus_file):
 
 
 def test_a_single_argument_that_is_a_file_traces_it_with_the_latest_run(trained_run, corpus_file):
-    result = invoke("viz", corpus_file, "--runs-dir", trained_run.parent, "--format", "npz", "--max-chars", "30")
+    result = invoke("viz", corpus_file, "--runs-dir", trained_run.parent, "--format", "npz",
+                    "--max-chars", "30")
     assert result.exit_code == 0, describe(result)
     assert "".join(np.load("viz.npz")["chars"]) == corpus_file.read_text()[:30]
+
+
+def test_standard_input_as_file(trained_run):
+    result = invoke("viz", "tiny", "-", "--runs-dir", trained_run.parent, "--format", "npz",
+                    input="the ~cat\n")
+    assert result.exit_code == 0, describe(result)
+    assert "".join(np.load("viz.npz")["chars"]) == "the cat\n"
+    assert json.loads(str(np.load("viz.npz")["header"]))["source"] == "standard input"
 
 
 def test_prime_and_seeded_sample(trained_run):
@@ -184,8 +200,8 @@ def test_a_size_budget_lowers_precision_first_then_cuts_the_page(trained_run):
     Path("random.txt").write_text("".join(rng.choice("the cat sat on\n") for _ in range(3000)))
     sizes = {}
     for budget in ("1", "0.15", "0.05"):
-        result = invoke("viz", "tiny", "random.txt", "--runs-dir", trained_run.parent, "--out", f"{budget}.html",
-                        "--max-mb", budget)
+        result = invoke("viz", "tiny", "random.txt", "--runs-dir", trained_run.parent,
+                        "--out", f"{budget}.html", "--max-mb", budget)
         assert result.exit_code == 0, describe(result)
         header, size = page_header(Path(f"{budget}.html")), Path(f"{budget}.html").stat().st_size
         assert size <= float(budget) * 1e6 and header["traced"] == 3000
@@ -209,6 +225,7 @@ def test_a_size_budget_lowers_precision_first_then_cuts_the_page(trained_run):
     (["tiny", "--prime", "the", "--out", "."], "is a directory"),
     (["tiny", "--prime", "the", "--out", "empty.txt/v.html"], "does not exist"),
     (["tiny", "--sample", "5", "--seed", "-1"], "--seed must be between"),
+    (["tiny", "keep.html", "--out", "keep.html"], "is the text being traced"),
 ])
 def test_bad_input_is_one_line_and_exit_2(trained_run, args, message):
     Path("empty.txt").write_text("")

@@ -13,14 +13,13 @@ import sys
 import click
 
 from textgen import __version__
-from textgen.config import (PRECISIONS, PRESETS, VIZ_FORMATS, ModelConfig, SampleConfig, TrainConfig, VizConfig,
-                            apply_preset)
+from textgen.config import PRECISIONS, PRESETS, ModelConfig, SampleConfig, TrainConfig, apply_preset
 from textgen.distribute import STRATEGIES
 from textgen.errors import TextgenError
 
 RUNS_DIR = "checkpoints"
 CORPUS_DIR = "corpora"
-_M, _T, _S, _V = ModelConfig(), TrainConfig(), SampleConfig(), VizConfig()
+_M, _T, _S = ModelConfig(), TrainConfig(), SampleConfig()
 
 
 def user_errors(func):
@@ -181,20 +180,33 @@ def info(run, runs_dir):
     click.echo(describe_run(run, runs_dir))
 
 
+# ---------------------------------------------------------------- textgen viz (issue 14)
+
+from textgen.config import VIZ_FORMATS, VizConfig  # noqa: E402  (kept with its command)
+
+_V = VizConfig()
+
+
 @main.command()
 @run_argument
-@click.argument("file", required=False, type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("file", required=False, type=click.Path(allow_dash=True))
 @runs_dir_option
 @checkpoint_option
 @click.option("--prime", help="Trace this text (with --sample: start the sample with it).")
-@click.option("--sample", "sample_length", type=click.IntRange(1), help="Trace N characters the model samples itself.")
+@click.option("--sample", "sample_length", type=click.IntRange(1),
+              help="Trace N characters the model samples itself.")
 @click.option("--seed", type=int, help="Random seed for --sample: same seed, same text.")
-@click.option("--temp", "temperature", type=float, default=_V.temperature, show_default=True, help="Sampling temperature for --sample; 0 is greedy.")
+@click.option("--temp", "temperature", type=float, default=_V.temperature, show_default=True,
+              help="Sampling temperature for --sample; 0 is greedy.")
 @click.option("--out", help="Output file.  [default: viz.html, viz.json or viz.npz]")
-@click.option("--format", "fmt", type=click.Choice(VIZ_FORMATS), default=_V.format, show_default=True, help="html: the page; json or npz: the raw trace.")
-@click.option("--max-chars", type=click.IntRange(1), default=_V.max_chars, show_default=True, help="Cut longer texts to this many characters.")
-@click.option("--max-mb", type=click.FloatRange(0, min_open=True), default=_V.max_mb, show_default=True, help="Size budget of the page: its precision, then its length, give way.")
-@click.option("--top-k", type=click.IntRange(1), default=_V.top_k, show_default=True, help="Next-character guesses kept per character.")
+@click.option("--format", "fmt", type=click.Choice(VIZ_FORMATS), default=_V.format, show_default=True,
+              help="html: the page; json or npz: the raw trace.")
+@click.option("--max-chars", type=click.IntRange(1), default=_V.max_chars, show_default=True,
+              help="Cut longer texts to this many characters.")
+@click.option("--max-mb", type=click.FloatRange(0, min_open=True), default=_V.max_mb, show_default=True,
+              help="Size budget of the page: its precision, then its length, give way.")
+@click.option("--top-k", type=click.IntRange(1), default=_V.top_k, show_default=True,
+              help="Next-character guesses kept per character.")
 @click.option("--encoding", default=_T.encoding, show_default=True, help="Text encoding of FILE.")
 @user_errors
 def viz(run, file, runs_dir, checkpoint, prime, sample_length, seed, out, encoding, fmt, **options):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
+from textgen.config import VizConfig
 from textgen.errors import TextgenError
 from textgen.model import flatten_state, unflatten_state
 from textgen.recurrent import lstm_sequence_gates
@@ -30,6 +31,7 @@ QUANTITIES = ("i", "f", "g", "o", "c", "h")  # input gate, forget gate, candidat
 NAMES = {"i": "input gate", "f": "forget gate", "g": "candidate", "o": "output gate",
          "c": "cell", "h": "hidden"}
 GATES = ("i", "f", "o")  # the sigmoid gates, whose saturation is measured
+MAX_TRACE_BYTES = 4 * 2**30  # a longer trace is refused before its arrays are allocated
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its tf.functions
 
 
@@ -118,7 +120,8 @@ def _functions(model) -> dict:
     return _COMPILED[model]
 
 
-def trace_text(model, vocab, text: str, top_k: int = 5, window: int = 512) -> Trace:
+def trace_text(model, vocab, text: str, top_k: int = VizConfig.top_k,
+               window: int = VizConfig.window) -> Trace:
     """Run `text` through `model` one character at a time and record everything.
 
     Characters `vocab` lacks are removed and counted in `Trace.skipped`. The text runs in
@@ -134,6 +137,11 @@ def trace_text(model, vocab, text: str, top_k: int = 5, window: int = 512) -> Tr
     ids = vocab.encode(chars).astype(np.int32)  # (time,)
     steps, width, k = len(ids), min(window, len(ids)), min(top_k, vocab.size)
     units, depth = model.config.units, len(model.lstm_layers)
+    needed = steps * units * depth * len(QUANTITIES) * 4
+    if needed > MAX_TRACE_BYTES:
+        most = MAX_TRACE_BYTES * steps // needed
+        raise TextgenError(f"tracing {steps:,} characters of this model needs {needed / 2**30:.1f} GiB; "
+                           f"trace at most {most:,} characters at a time (--max-chars)")
     layers = [{name: np.empty((steps, units), np.float32) for name in QUANTITIES} for _ in range(depth)]
     top_ids, top_probs = np.empty((steps, k), np.int32), np.empty((steps, k), np.float32)
     surprisal = np.empty(steps, np.float32)

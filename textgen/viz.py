@@ -116,6 +116,8 @@ def run_viz(run: str | None, file: str | None, runs_dir: str, checkpoint: str, c
     run, file = resolve_positionals(run, file)
     check_source(file, prime, sample, seed, config.temperature)
     path = output_path(out, config.format)
+    if file not in (None, "-") and path.exists() and path.resolve() == Path(file).resolve():
+        raise TextgenError(f"--out {path} is the text being traced; choose another --out")
     from textgen.inference import load_run
     from textgen.trace import trace_text
 

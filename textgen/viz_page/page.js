@@ -155,18 +155,27 @@ class Page {
     this.cellRows = [];
     for (const cell of this.header.cells) {
       const row = body.insertRow();
-      if (cell.feature === previous) row.className = "more";
+      if (cell.feature === previous) { row.className = "more"; row.hidden = true; }
       previous = cell.feature;
       row.insertCell().textContent = cell.feature;
       row.cells[0].className = "feature";
-      row.insertCell().textContent = `${SYMBOL[cell.quantity]} \u00b7 layer ${cell.layer} \u00b7 unit ${cell.unit}`;
+      row.insertCell().textContent =
+        `${SYMBOL[cell.quantity]} \u00b7 layer ${cell.layer} \u00b7 unit ${cell.unit}`;
       const r = row.insertCell();
       r.textContent = cell.r.toFixed(2);
       r.className = "r";
       row.title = this.header.features[cell.feature] || "";
-      row.addEventListener("click", () => this.select({ quantity: cell.quantity, layer: cell.layer, unit: cell.unit }));
+      row.addEventListener("click",
+        () => this.select({ quantity: cell.quantity, layer: cell.layer, unit: cell.unit }));
       this.cellRows.push([row, cell]);
     }
+    const toggle = $("more-cells");
+    toggle.hidden = !this.cellRows.some(([row]) => row.hidden);
+    toggle.addEventListener("click", () => {
+      const expand = toggle.textContent.startsWith("show");
+      for (const row of body.querySelectorAll("tr.more")) row.hidden = !expand;
+      toggle.textContent = expand ? "show the best cell per feature" : "show more cells per feature";
+    });
   }
 
   renderSaturation() {
@@ -182,13 +191,17 @@ class Page {
         const [low, high] = gates[gate];
         const figure = document.createElement("figure");
         const svg = make("svg", { viewBox: `0 0 ${size + 2 * pad} ${size + 2 * pad}`, role: "img" });
-        svg.appendChild(make("rect", { x: pad, y: pad, width: size, height: size, fill: "#fafbfc", stroke: "#d0d7de" }));
-        svg.appendChild(make("line", { x1: pad, y1: pad, x2: pad + size, y2: pad + size, stroke: "#d0d7de" }));
+        const frame = { fill: "#fafbfc", stroke: "#d0d7de" };
+        svg.appendChild(make("rect", { x: pad, y: pad, width: size, height: size, ...frame }));
+        // x + y <= 1 (the two fractions are of disjoint sets of characters): the boundary
+        const edge = { x1: pad, y1: pad, x2: pad + size, y2: pad + size, stroke: frame.stroke };
+        svg.appendChild(make("line", edge));
         low.forEach((x, unit) => {
           const dot = make("circle", { cx: pad + x * size, cy: pad + (1 - high[unit]) * size, r: 2.2,
             fill: "#0969da", "fill-opacity": 0.55 });
           const title = make("title", {});
-          title.textContent = `layer ${layer}, unit ${unit}: ${SYMBOL[gate]} < 0.1 ${(100 * x).toFixed(0)}%, ` +
+          title.textContent = `layer ${layer}, unit ${unit}: ` +
+            `${SYMBOL[gate]} < 0.1 ${(100 * x).toFixed(0)}%, ` +
             `> 0.9 ${(100 * high[unit]).toFixed(0)}% of characters`;
           dot.appendChild(title);
           dot.addEventListener("click", () => this.select({ quantity: gate, layer, unit }));
@@ -208,7 +221,8 @@ class Page {
 
   surprisalScale() {
     // shades from 0 bits to the 99th percentile (at least 4 bits); char t shows surprisal[t - 1]
-    const s = this.arrays.surprisal, sorted = Float32Array.from(s.subarray(0, Math.max(this.n - 1, 0))).sort();
+    const s = this.arrays.surprisal;
+    const sorted = Float32Array.from(s.subarray(0, Math.max(this.n - 1, 0))).sort();
     this.surprisalMax = Math.max(4, sorted.length ? sorted[Math.floor(0.99 * (sorted.length - 1))] : 0);
     this.surprisalShade = new Int16Array(this.n).fill(-1);
     for (let t = 1; t < this.n; t++) {
@@ -240,7 +254,8 @@ class Page {
     if (Number($("unit").value) !== unit) $("unit").value = unit;
     this.recolour();
     for (const [row, cell] of this.cellRows) {
-      row.classList.toggle("active", cell.quantity === quantity && cell.layer === layer && cell.unit === unit);
+      const chosen = cell.quantity === quantity && cell.layer === layer && cell.unit === unit;
+      row.classList.toggle("active", chosen);
     }
     for (const { marker, layer: l, low, high } of this.markers) {
       marker.setAttribute("visibility", l === layer ? "visible" : "hidden");
@@ -254,8 +269,9 @@ class Page {
     const params = new URLSearchParams(location.hash.slice(1)), state = {};
     const quantity = params.get("q"), layer = Number(params.get("layer")), unit = Number(params.get("unit"));
     if (quantity in MEANING) state.quantity = quantity;
-    if (params.has("layer") && Number.isInteger(layer) && layer >= 0 && layer < this.header.layers) state.layer = layer;
-    if (params.has("unit") && Number.isInteger(unit) && unit >= 0 && unit < this.header.units) state.unit = unit;
+    const valid = (name, x, limit) => params.has(name) && Number.isInteger(x) && x >= 0 && x < limit;
+    if (valid("layer", layer, this.header.layers)) state.layer = layer;
+    if (valid("unit", unit, this.header.units)) state.unit = unit;
     return state;
   }
 
@@ -270,7 +286,7 @@ class Page {
       }
       [low, high] = [0, this.surprisalMax];
     } else {
-      palette = quantity === "i" || quantity === "f" || quantity === "o" ? this.palettes.gate : this.palettes.signed;
+      palette = GATES.includes(quantity) ? this.palettes.gate : this.palettes.signed;
       const levels = this.unitValues(quantity, layer, unit);
       for (let t = 0; t < this.n; t++) spans[t].style.backgroundColor = palette[levels[t]];
       [low, high] = this.range(quantity, layer, unit);
@@ -278,13 +294,15 @@ class Page {
     const stops = [0, 0.25, 0.5, 0.75, 1].map((x) => palette[Math.round(x * (palette.length - 1))]);
     $("legend-bar").style.background = `linear-gradient(to right, ${stops.join(", ")})`;
     $("legend-low").textContent = this.format(low);
-    $("legend-high").textContent = quantity === "surprisal" ? `\u2265 ${this.format(high)} bits` : this.format(high);
+    $("legend-high").textContent =
+      quantity === "surprisal" ? `\u2265 ${this.format(high)} bits` : this.format(high);
     const where = quantity === "surprisal" ? "" : `, layer ${layer}, unit ${unit}`;
     $("legend-caption").textContent = `${MEANING[quantity]}${where}`;
   }
 
   format(x) {
-    return Math.abs(x) >= 100 ? x.toFixed(0) : Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(this.header.bits >= 6 ? 3 : 2);
+    if (Math.abs(x) >= 100) return x.toFixed(0);
+    return Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(this.header.bits >= 6 ? 3 : 2);
   }
 
   showTooltip(t, event) {
@@ -298,12 +316,14 @@ class Page {
       return node;
     };
     const title = add("div");
-    title.appendChild(Object.assign(document.createElement("span"), { className: "char", textContent: describeChar(this.chars[t]) }));
+    title.appendChild(Object.assign(document.createElement("span"),
+      { className: "char", textContent: describeChar(this.chars[t]) }));
     title.appendChild(Object.assign(document.createElement("span"), { className: "where",
       textContent: `#${t + 1} \u00b7 line ${this.line[t]}, column ${this.column[t]}` }));
     if (t > 0) {
       const bits = this.arrays.surprisal[t - 1];
-      add("div", `surprise: ${bits.toFixed(2)} bits (the model gave it p = ${(100 * 2 ** -bits).toFixed(1)}%)`, "surprise");
+      const p = (100 * 2 ** -bits).toFixed(1);
+      add("div", `surprise: ${bits.toFixed(2)} bits (the model gave it p = ${p}%)`, "surprise");
     }
     const guesses = add("div", "next character: ", "guesses");
     const k = header.top_k;
@@ -311,7 +331,8 @@ class Page {
       const id = this.arrays.top_ids[t * k + j], p = this.arrays.top_probs[t * k + j] / 65535;
       const guess = document.createElement("span");
       guess.className = "guess";
-      const shown = { "\n": "\u21b5", "\t": "\u21e5", " ": "\u2423" }[header.vocab[id]] || visible(header.vocab[id]);
+      const ch = header.vocab[id];
+      const shown = { "\n": "\u21b5", "\t": "\u21e5", " ": "\u2423" }[ch] || visible(ch);
       guess.textContent = `${j ? " \u00b7 " : ""}${shown} ${(100 * p).toFixed(1)}%`;
       guesses.appendChild(guess);
     }
@@ -331,7 +352,8 @@ class Page {
     const tip = $("tooltip");
     if (tip.hidden) return;
     const x = Math.min(event.clientX + 14, window.innerWidth - tip.offsetWidth - 8);
-    const y = event.clientY + 18 + tip.offsetHeight > window.innerHeight ? event.clientY - tip.offsetHeight - 10 : event.clientY + 18;
+    const below = event.clientY + 18 + tip.offsetHeight <= window.innerHeight;
+    const y = below ? event.clientY + 18 : event.clientY - tip.offsetHeight - 10;
     tip.style.left = `${Math.max(0, x)}px`;
     tip.style.top = `${Math.max(0, y)}px`;
   }
@@ -340,7 +362,8 @@ class Page {
 async function main() {
   const header = JSON.parse($("header").textContent);
   if (typeof DecompressionStream === "undefined") {
-    throw new Error("this browser cannot inflate the embedded data (no DecompressionStream); use a current browser");
+    throw new Error("this browser cannot inflate the embedded data (no DecompressionStream); " +
+      "open the page in a current browser");
   }
   const page = new Page(header, await decodeArrays(header));
   page.render();
