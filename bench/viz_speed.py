@@ -7,12 +7,13 @@ Side by side in one run, alternating over `--repeats`:
   eval    `textgen.evaluate.evaluate(model, vocab, [text], window=512)`: the same characters
           through the model's own forward pass (what `textgen eval` does), recording nothing
 
-reported as median seconds and the median per-repeat ratio trace / eval; the first trace call,
-which compiles the window with XLA, is reported on its own. Then the page under the default
-10 MB budget: bytes, the precision and number of characters it holds, the seconds to write it,
-and (with Playwright and /usr/bin/chromium) the seconds headless Chromium takes to open it and to
-recolour every character for another unit. Random weights by default; `--run` adds a trained
-run's weights (a trained model's gates are less regular, so its page is larger).
+reported as median seconds and the median per-repeat ratio trace / eval; the compilation of the
+window with XLA (the first call for a model, on one window) is reported on its own. Then the
+page under the default 10 MB budget: bytes, the precision and number of characters it holds, the
+seconds to write it, and (with Playwright and /usr/bin/chromium) the seconds headless Chromium
+takes to open it and to recolour every character for another unit. Random weights by default;
+`--run` adds a trained run's weights (a trained model's gates are less regular, so its page is
+larger).
 
     python bench/viz_speed.py
     python bench/viz_speed.py --run small --runs-dir checkpoints --repeats 3
@@ -60,7 +61,7 @@ def time_trace_and_eval(model, vocab, text: str, repeats: int) -> dict:
     from textgen.trace import trace_text
 
     start = time.perf_counter()
-    trace_text(model, vocab, text)
+    trace_text(model, vocab, text[:512])  # one window: XLA compiles it, once per model and process
     first = time.perf_counter() - start
     evaluate(model, vocab, [text], window=512)  # its compilation, outside the timing
     traces, evals = [], []
@@ -120,8 +121,11 @@ def report(label: str, model, vocab, text: str, repeats: int, folder: Path) -> N
     path, seconds = write_page(trace, label.split()[0], folder)
     header_bits, header_length = _page_shape(path)
     print(f"\n{label}: {len(trace):,} characters, {len(trace.layers)} x {trace.layers[0]['h'].shape[1]}")
-    print(f"  trace  {timing['trace_s']:.2f} s (median; first call with XLA compilation "
-          f"{timing['first']:.2f} s)   target < 5 s: {'PASS' if timing['first'] < 5 else 'FAIL'}")
+    total = timing["first"] + timing["trace_s"]
+    print(f"  trace  {timing['trace_s']:.2f} s (median)   target < 5 s: "
+          f"{'PASS' if timing['trace_s'] < 5 else 'FAIL'}; with the first window's XLA compilation "
+          f"({timing['first']:.2f} s, once per model and process) {total:.2f} s: "
+          f"{'PASS' if total < 5 else 'FAIL'}")
     print(f"  eval   {timing['eval_s']:.2f} s (median)   trace / eval = {timing['ratio']:.2f}")
     size = path.stat().st_size
     print(f"  page   {size / 1e6:.2f} MB   target < 10 MB: {'PASS' if size < 10e6 else 'FAIL'}   "

@@ -181,6 +181,30 @@ def test_gate_batch_of_a_mixed_precision_model_is_float32():
     np.testing.assert_allclose(per_layer[1]["c"][0], expected, atol=0.05)  # bfloat16 arithmetic
 
 
+def test_gate_batch_of_a_model_under_a_mirrored_strategy(model_and_vocab, trace):
+    model, vocab = model_and_vocab
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])  # the trainer's setting
+    with strategy.scope():
+        mirrored = build_model(model.config)
+        mirrored.set_weights(model.get_weights())
+        inside = gate_batch(mirrored, trace.ids[None, :40])
+    outside = gate_batch(mirrored, trace.ids[None, :40])
+    for per_layer in (inside, outside):
+        np.testing.assert_allclose(per_layer[1]["h"][0], trace.layers[1]["h"][:40], atol=TOL)
+
+
+def test_the_compiled_functions_do_not_keep_a_model_alive():
+    import gc
+    import weakref
+
+    model = build_model(ModelConfig(vocab_size=5, embedding_dim=3, units=4, num_layers=1))
+    gate_batch(model, np.array([[0, 1, 2]]))
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
+
+
 def test_saturation_counts_values_beyond_the_thresholds():
     f = np.array([[0.05, 0.5], [0.95, 0.5], [0.0, 0.92], [0.1, 0.9]])  # (time, units)
     result = saturation({"f": f, "c": f * 10})
