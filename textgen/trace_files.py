@@ -3,40 +3,25 @@
 npz (numpy's own format, loads with `np.load(path)`, no pickle): `chars` and `vocab` as arrays
 of single characters, `ids`, `top_ids`, `top_probs`, `surprisal`, `layer<n>_<q>` (time, units)
 float32 for q in i, f, g, o, c, h, `skipped_chars` / `skipped_counts`, and `header`, a JSON
-string (run, checkpoint, source, notices, ranked cells). JSON: one object with the same content,
-numbers rounded to 6 decimals, the NaN surprisal of the last character as null. Both are written
+string (run, checkpoint, source, notices, ranked cells). JSON: one ASCII object with the same
+content, numbers rounded to 6 decimals, the NaN surprisal of the last character as null. Both are written
 to a temporary file and renamed into place, so an existing file is never left half-written.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 import numpy as np
 
-from textgen.atomic import fsync_path, temporary_file
+from textgen.atomic import atomic_write_stream
 from textgen.trace import QUANTITIES, Trace
 
 FORMAT = "textgen-trace"
 VERSION = 1
-
-
-def _write_atomically(path: Path, write: Callable, binary: bool) -> None:
-    """Call `write(file)` on a temporary file next to `path`, fsync it, rename it into place."""
-    fd, tmp = temporary_file(path.parent, f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent, directory=True)
 
 
 def _json_rows(f: TextIO, array: np.ndarray) -> None:
@@ -50,7 +35,8 @@ def _json_rows(f: TextIO, array: np.ndarray) -> None:
 
 def write_trace_json(trace: Trace, path: str | Path, header: dict) -> None:
     """The trace as one JSON object; `header` (run, checkpoint, source, ...) is merged in."""
-    def write(f: TextIO) -> None:
+    def write(binary) -> None:
+        f = io.TextIOWrapper(binary, encoding="utf-8")
         top = {
             "format": FORMAT, "version": VERSION, **header,
             "chars": trace.chars, "ids": trace.ids.tolist(), "vocab": trace.vocab_chars,
@@ -68,8 +54,10 @@ def write_trace_json(trace: Trace, path: str | Path, header: dict) -> None:
                 _json_rows(f, layer[name])
             f.write("}")
         f.write("]}\n")
+        f.flush()
+        f.detach()  # leave the file to atomic_write_stream
 
-    _write_atomically(Path(path), write, binary=False)
+    atomic_write_stream(path, write)
 
 
 def trace_arrays(trace: Trace, header: dict) -> dict[str, np.ndarray]:
@@ -91,4 +79,4 @@ def trace_arrays(trace: Trace, header: dict) -> dict[str, np.ndarray]:
 def write_trace_npz(trace: Trace, path: str | Path, header: dict) -> None:
     """The trace as an uncompressed .npz (the values are float32 noise to a compressor)."""
     arrays = trace_arrays(trace, header)
-    _write_atomically(Path(path), lambda f: np.savez(f, **arrays), binary=True)
+    atomic_write_stream(path, lambda f: np.savez(f, **arrays))
