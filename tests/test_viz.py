@@ -118,6 +118,12 @@ def test_page_in_headless_chromium(quote_run, tmp_path):
         page.click("h1")  # out of the unit box, where [ and ] are typed, not shortcuts
         page.keyboard.press("]")
         assert page.input_value("#unit") == "5" and colours() != unit4
+        rows = "#cells tbody tr:not([hidden])"
+        assert page.locator(rows).count() == len({cell["feature"] for cell in header["cells"]})
+        page.click("#more-cells")
+        assert page.locator(rows).count() == len(header["cells"])
+        page.click("#more-cells")
+        assert page.locator(rows).count() == len({cell["feature"] for cell in header["cells"]})
         page.click("#cells tbody tr:first-child")  # the best "find the cell" row colours by its cell
         best = header["cells"][0]
         assert page.input_value("#unit") == str(best["unit"])
@@ -130,6 +136,11 @@ def test_page_in_headless_chromium(quote_run, tmp_path):
         for q, tolerance in (("f", 0.5 / 255), ("o", 0.5 / 255), ("c", 0.5 * c_step)):
             shown = float(page.inner_text(f'#tooltip td[data-q="{q}"]'))
             assert shown == pytest.approx(float(trace[f"layer0_{q}"][t, best["unit"]]), abs=tolerance + 5e-4)
+        page.locator("#saturation figure:nth-child(2) circle").nth(3).dispatch_event("click")  # forget gate
+        assert (page.input_value("#quantity"), page.input_value("#unit")) == ("f", "3")
+        assert "layer 0 · unit 3" in page.inner_text("#tooltip")  # the card follows the chosen unit
+        shown = float(page.inner_text('#tooltip td[data-q="f"]'))
+        assert shown == pytest.approx(float(trace["layer0_f"][t, 3]), abs=0.5 / 255 + 5e-4)
         page.screenshot(path=str(tmp_path / "page.png"))
         browser.close()
     assert errors == []
@@ -169,6 +180,11 @@ def test_standard_input_as_file(trained_run):
     assert result.exit_code == 0, describe(result)
     assert "".join(np.load("viz.npz")["chars"]) == "the cat\n"
     assert json.loads(str(np.load("viz.npz")["header"]))["source"] == "standard input"
+    latin = invoke("viz", "tiny", "-", "--runs-dir", trained_run.parent, "--format", "npz",
+                   "--encoding", "latin-1", input="the cat\xe9".encode("latin-1"))
+    assert latin.exit_code == 0 and "'é' x1" in latin.stderr, describe(latin)
+    bad = invoke("viz", "tiny", "-", "--runs-dir", trained_run.parent, input=b"the \xff cat")
+    assert bad.exit_code == 2 and bad.stderr.startswith("Error: standard input is not valid utf-8"), describe(bad)
 
 
 def test_prime_and_seeded_sample(trained_run):

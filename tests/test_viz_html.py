@@ -37,10 +37,12 @@ def test_packed_arrays_inflate_to_themselves():
 
 
 def test_no_text_in_the_header_can_close_the_script_element():
-    header = {"source": "</script><script>alert(1)</script>", "notices": ["<!-- x"], "vocab": ["<", "中"]}
+    header = {"source": "</script><script>alert(1)</script>", "notices": ["<!-- x", "__DATA__ __HEADER__"],
+              "vocab": ["<", "中"]}
     page = PackedPage(length=1, bits=8, manifest=[], blob=b"\x00\xff")
     html = render_page(header, page, template='<script id="header">__HEADER__</script><p>__DATA__</p>')
     assert html.count("</script>") == 1 and "<!--" not in html
     body = re.search(r'id="header">(.*?)</script>', html)[1]
     assert json.loads(body)["source"] == header["source"] and json.loads(body)["vocab"] == ["<", "中"]
+    assert json.loads(body)["notices"] == header["notices"]
     assert base64.b64decode(re.search(r"<p>(.*)</p>", html)[1]) == b"\x00\xff"

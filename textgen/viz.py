@@ -72,6 +72,28 @@ def gather_text(blocks: Iterable[str], vocab, max_chars: int) -> tuple[str, Coun
     return "".join(kept), skipped, False
 
 
+def stdin_blocks(encoding: str, block_chars: int = 1 << 20) -> Iterable[str]:
+    """Standard input decoded with `encoding`, in blocks; a one-line error if it does not decode."""
+    import codecs
+    import io
+
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise TextgenError(f"unknown encoding {encoding!r}; pass an --encoding Python knows, "
+                           "such as utf-8 or latin-1") from None
+    raw = getattr(sys.stdin, "buffer", None)
+    stream = io.TextIOWrapper(raw, encoding=encoding) if raw is not None else sys.stdin
+    try:
+        yield from iter(lambda: stream.read(block_chars), "")
+    except UnicodeDecodeError as e:
+        raise TextgenError(f"standard input is not valid {encoding} ({e.reason}); "
+                           "pass --encoding to read it with another encoding") from None
+    finally:
+        if raw is not None:
+            stream.detach()  # closing the wrapper would close standard input itself
+
+
 def source_text(loaded, file, prime, sample, seed, temperature, encoding, max_chars):
     """(text, skipped Counter, description, notices) for the chosen source."""
     from textgen.corpus import iter_text
@@ -79,7 +101,7 @@ def source_text(loaded, file, prime, sample, seed, temperature, encoding, max_ch
 
     notices = []
     if file == "-":
-        text, skipped, cut = gather_text(iter(lambda: sys.stdin.read(1 << 20), ""), loaded.vocab, max_chars)
+        text, skipped, cut = gather_text(stdin_blocks(encoding), loaded.vocab, max_chars)
         description = "standard input"
     elif file is not None:
         text, skipped, cut = gather_text(iter_text([file], encoding), loaded.vocab, max_chars)

@@ -164,8 +164,9 @@ def render_page(header: dict, page: PackedPage, template: str | None = None) -> 
     """The whole page: the template with the JSON header and the base64 blob filled in."""
     template = template or page_template()
     header = {**header, "length": page.length, "bits": page.bits, "arrays": page.manifest}
-    return (template.replace("__HEADER__", script_json(header))
-            .replace("__DATA__", base64.b64encode(page.blob).decode("ascii")))
+    # the data first: base64 never holds "__HEADER__", while the header may hold any text
+    page_text = template.replace("__DATA__", base64.b64encode(page.blob).decode("ascii"), 1)
+    return page_text.replace("__HEADER__", script_json(header), 1)
 
 
 def header_size(header: dict, template: str) -> int:

@@ -14,7 +14,7 @@ const MEANING = {
   h: "hidden state h = o \u00b7 tanh(C)",
 };
 const GATES = ["i", "f", "o"];
-const WHITE_BLUE = [[255, 255, 255], [198, 219, 239], [107, 174, 214], [49, 130, 189]];
+const WHITE_BLUE = [[255, 255, 255], [198, 219, 239], [107, 174, 214], [66, 146, 198]];
 const RED_WHITE_BLUE = [[214, 96, 77], [244, 165, 130], [247, 247, 247], [146, 197, 222], [67, 147, 195]];
 const HEAT = [[255, 255, 255], [254, 224, 144], [253, 174, 97], [244, 109, 67], [215, 48, 39]];
 const SURPRISAL_SHADES = 64;
@@ -81,7 +81,8 @@ class Page {
     document.title = `textgen viz: ${header.run}`;
     const bits = Array.from(this.arrays.surprisal.subarray(0, this.n - 1));
     const mean = bits.length ? bits.reduce((a, b) => a + b, 0) / bits.length : NaN;
-    $("summary").textContent = `${this.n.toLocaleString("en")} characters from ${header.source} \u00b7 ` +
+    const characters = `${this.n.toLocaleString("en")} character${this.n === 1 ? "" : "s"}`;
+    $("summary").textContent = `${characters} from ${header.source} \u00b7 ` +
       `${header.layers} layer${header.layers > 1 ? "s" : ""} \u00d7 ${header.units} units \u00b7 ` +
       (isNaN(mean) ? "" : `${mean.toFixed(3)} bits per character \u00b7 `) +
       `values stored to ${header.bits} bits (${this.levels + 1} levels); exact numbers: --format npz`;
@@ -118,10 +119,12 @@ class Page {
     const text = $("text");
     text.appendChild(fragment);
     text.addEventListener("mouseover", (event) => {
-      if (event.target.index !== undefined) this.showTooltip(event.target.index, event);
+      if (event.target.index === undefined) return;
+      this.hovered = { t: event.target.index, event };
+      this.showTooltip(this.hovered.t, event);
     });
     text.addEventListener("mousemove", (event) => this.placeTooltip(event));
-    text.addEventListener("mouseleave", () => { $("tooltip").hidden = true; });
+    text.addEventListener("mouseleave", () => { $("tooltip").hidden = true; this.hovered = null; });
   }
 
   renderControls() {
@@ -171,10 +174,11 @@ class Page {
     }
     const toggle = $("more-cells");
     toggle.hidden = !this.cellRows.some(([row]) => row.hidden);
+    let expanded = false;
     toggle.addEventListener("click", () => {
-      const expand = toggle.textContent.startsWith("show");
-      for (const row of body.querySelectorAll("tr.more")) row.hidden = !expand;
-      toggle.textContent = expand ? "show the best cell per feature" : "show more cells per feature";
+      expanded = !expanded;
+      for (const row of body.querySelectorAll("tr.more")) row.hidden = !expanded;
+      toggle.textContent = expanded ? "show the best cell per feature" : "show more cells per feature";
     });
   }
 
@@ -263,6 +267,7 @@ class Page {
       marker.setAttribute("cy", 8 + (1 - high[unit]) * 100);
     }
     if (updateHash) history.replaceState(null, "", `#q=${quantity}&layer=${layer}&unit=${unit}`);
+    if (this.hovered && !$("tooltip").hidden) this.showTooltip(this.hovered.t, this.hovered.event);
   }
 
   fromHash() {
