@@ -238,3 +238,11 @@ def test_gate_summaries_reach_tensorboard(model_and_vocab, trace, tmp_path):
     assert float(tf.make_ndarray(event.tensor_proto)) == pytest.approx((forget < 0.1).mean(), abs=1e-6)
     histogram = tf.make_ndarray(events.Tensors("gates/layer_1/forget_gate")[0].tensor_proto)  # (bins, 3)
     assert histogram[:, 2].sum() == forget.size
+    writer = tf.summary.create_file_writer(str(tmp_path / "sampled"))
+    with writer.as_default():
+        write_gate_summaries(per_layer, step=8, histogram_values=300)  # 700 values: every 3rd
+    writer.close()
+    events = EventAccumulator(str(tmp_path / "sampled"), size_guidance={"tensors": 0})
+    events.Reload()
+    histogram = tf.make_ndarray(events.Tensors("gates/layer_1/forget_gate")[0].tensor_proto)
+    assert histogram[:, 2].sum() == len(forget.reshape(-1)[::3]) == 234

@@ -184,7 +184,8 @@ def test_standard_input_as_file(trained_run):
                    "--encoding", "latin-1", input="the cat\xe9".encode("latin-1"))
     assert latin.exit_code == 0 and "'é' x1" in latin.stderr, describe(latin)
     bad = invoke("viz", "tiny", "-", "--runs-dir", trained_run.parent, input=b"the \xff cat")
-    assert bad.exit_code == 2 and bad.stderr.startswith("Error: standard input is not valid utf-8"), describe(bad)
+    assert bad.exit_code == 2, describe(bad)
+    assert bad.stderr.startswith("Error: standard input is not valid utf-8"), describe(bad)
 
 
 def test_prime_and_seeded_sample(trained_run):
