@@ -243,6 +243,9 @@ def test_a_size_budget_lowers_precision_first_then_cuts_the_page(trained_run):
     (["tiny", "--prime", "the", "--out", "empty.txt/v.html"], "does not exist"),
     (["tiny", "--sample", "5", "--seed", "-1"], "--seed must be between"),
     (["tiny", "keep.html", "--out", "keep.html"], "is the text being traced"),
+    (["tiny", "--prime", "the", "--max-mb", "nan"], "--max-mb must be a positive number"),
+    (["tiny", "--prime", "the", "--max-mb", "inf"], "--max-mb must be a positive number"),
+    (["tiny", "--sample", "5", "--temp", "nan"], "--temp must be 0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(trained_run, args, message):
     Path("empty.txt").write_text("")

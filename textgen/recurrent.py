@@ -83,10 +83,10 @@ def lstm_sequence_gates(proj_tm: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor,
                         recurrent_kernel: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
     """The fused forward recurrence with everything it computes: h, C and the gates of every step.
 
-    The same loop the fused path trains and evaluates with (no gradient), exposed for inspection
-    (`textgen.trace`). proj_tm: (time, batch, 4*units) = x.W + b; h0, c0: (batch, units);
-    recurrent_kernel: (units, 4*units). Returns ({"h", "c", "i", "f", "g", "o"}: each
-    (time, batch, units), where "g" is the candidate C~; h_T; C_T).
+    The same loop the fused path trains and evaluates with (here without its hand-written
+    backward pass), exposed for inspection (`textgen.trace`). proj_tm: (time, batch, 4*units) =
+    x.W + b; h0, c0: (batch, units); recurrent_kernel: (units, 4*units). Returns ({"h", "c",
+    "i", "f", "g", "o"}: each (time, batch, units), where "g" is the candidate C~; h_T; C_T).
     """
     *stacked, h, c = _forward_loop(proj_tm, h0, c0, recurrent_kernel)
     return dict(zip(SEQUENCE_QUANTITIES, stacked)), h, c

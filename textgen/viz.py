@@ -39,9 +39,8 @@ def output_path(out: str | None, fmt: str) -> Path:
     return path
 
 
-def check_source(file: str | None, prime: str | None, sample: int | None, seed: int | None,
-                 temperature: float) -> None:
-    """Exactly one text source, and sane sampling options (before the model loads)."""
+def check_source(file: str | None, prime: str | None, sample: int | None, seed: int | None) -> None:
+    """Exactly one text source, and a seed numpy accepts (before the model loads)."""
     if file is not None and (prime is not None or sample is not None):
         raise TextgenError("give either FILE or --prime/--sample, not both")
     if file is None and prime is None and sample is None:
@@ -52,8 +51,6 @@ def check_source(file: str | None, prime: str | None, sample: int | None, seed: 
         raise TextgenError("nothing to trace: --prime is empty; give some text")
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise TextgenError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
-    if not temperature >= 0 or temperature == float("inf"):
-        raise TextgenError(f"--temp must be 0 (greedy) or positive, got {temperature}")
 
 
 def gather_text(blocks: Iterable[str], vocab, max_chars: int) -> tuple[str, Counter, bool]:
@@ -135,8 +132,9 @@ def run_viz(run: str | None, file: str | None, runs_dir: str, checkpoint: str, c
             warn: Callable[[str], None] | None = None) -> Path:
     """Trace the text and write `config.format` to `out`; returns the path written."""
     warn = warn or (lambda _: None)
+    config.validate()
     run, file = resolve_positionals(run, file)
-    check_source(file, prime, sample, seed, config.temperature)
+    check_source(file, prime, sample, seed)
     path = output_path(out, config.format)
     if file not in (None, "-") and path.exists() and path.resolve() == Path(file).resolve():
         raise TextgenError(f"--out {path} is the text being traced; choose another --out")
