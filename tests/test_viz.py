@@ -85,7 +85,7 @@ def test_find_the_cell_ranks_a_quote_cell(quote_run):
 
 
 def test_page_in_headless_chromium(quote_run, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import sync_playwright  # the test extra; Chromium is Debian's
     runs, corpus = quote_run
     text = corpus.read_text(encoding="utf-8")[:1500]
     (tmp_path / "sample.txt").write_text(text, encoding="utf-8")
@@ -96,7 +96,7 @@ def test_page_in_headless_chromium(quote_run, tmp_path):
     trace, header = np.load("viz.npz"), page_header(tmp_path / "page.html")
     assert header["length"] == len(text) and header["bits"] == 8  # a short text keeps full precision
     errors = []
-    with playwright.sync_playwright() as p:
+    with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
