@@ -2,8 +2,9 @@
 
 Hand-written because neither Keras nor the standard library offers it. Every file textgen
 writes goes through these few helpers: `write_new_file` (write and fsync a file that did not
-exist), `atomic_write_bytes` (write a temporary file in the same directory, fsync, then
-`os.replace`, which is atomic on POSIX and Windows), `fsync_path` (make a rename durable).
+exist), `atomic_write_bytes` / `atomic_write_stream` (write a temporary file in the same
+directory, fsync, then `os.replace`, which is atomic on POSIX and Windows), `fsync_path` (make a
+rename durable).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 
 def write_new_file(path: str | Path, data: bytes) -> None:
@@ -32,11 +34,17 @@ def temporary_file(directory: str | Path, prefix: str) -> tuple[int, str]:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Replace `path` with `data` atomically; on failure the old file is untouched."""
+    atomic_write_stream(path, lambda f: f.write(data))
+
+
+def atomic_write_stream(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Replace `path` atomically with what `write(file)` writes to a binary file object (for
+    outputs too large to assemble in memory first); on failure the old file is untouched."""
     path = Path(path)
     fd, tmp = temporary_file(path.parent, f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -13,14 +13,14 @@ import sys
 import click
 
 from textgen import __version__
-from textgen.config import (EXPORT_FORMATS, PRECISIONS, PRESETS, QUANTIZATIONS, ExportConfig, ModelConfig,
-                            SampleConfig, TrainConfig, apply_preset)
+from textgen.config import (EXPORT_FORMATS, PRECISIONS, PRESETS, QUANTIZATIONS, VIZ_FORMATS, ExportConfig,
+                            ModelConfig, SampleConfig, TrainConfig, VizConfig, apply_preset)
 from textgen.distribute import STRATEGIES
 from textgen.errors import TextgenError, one_line
 
 RUNS_DIR = "checkpoints"
 CORPUS_DIR = "corpora"
-_M, _T, _S, _E = ModelConfig(), TrainConfig(), SampleConfig(), ExportConfig()
+_M, _T, _S, _E, _V = ModelConfig(), TrainConfig(), SampleConfig(), ExportConfig(), VizConfig()
 
 
 def user_errors(func):
@@ -210,6 +210,42 @@ def export_command(run, export_format, out, checkpoint, quantize, eval_text, run
     from textgen.export import describe, export_run
 
     click.echo(describe(export_run(run, runs_dir, checkpoint, config, out, warn=warn)))
+
+
+@main.command()
+@run_argument
+@click.argument("file", required=False, type=click.Path(allow_dash=True))
+@runs_dir_option
+@checkpoint_option
+@click.option("--prime", help="Trace this text (with --sample: start the sample with it).")
+@click.option("--sample", "sample_length", type=click.IntRange(1),
+              help="Trace N characters the model samples itself.")
+@click.option("--seed", type=int, help="Random seed for --sample: same seed, same text.")
+@click.option("--temp", "temperature", type=float, default=_V.temperature, show_default=True,
+              help="Sampling temperature for --sample; 0 is greedy.")
+@click.option("--out", help="Output file.  [default: viz.html, viz.json or viz.npz]")
+@click.option("--format", "fmt", type=click.Choice(VIZ_FORMATS), default=_V.format, show_default=True,
+              help="html: the page; json or npz: the raw trace.")
+@click.option("--max-chars", type=click.IntRange(1), default=_V.max_chars, show_default=True,
+              help="Cut longer texts to this many characters.")
+@click.option("--max-mb", type=click.FloatRange(0, min_open=True), default=_V.max_mb, show_default=True,
+              help="Size budget of the page: its precision, then its length, give way.")
+@click.option("--top-k", type=click.IntRange(1), default=_V.top_k, show_default=True,
+              help="Next-character guesses kept per character.")
+@click.option("--encoding", default=_T.encoding, show_default=True, help="Text encoding of FILE.")
+@user_errors
+def viz(run, file, runs_dir, checkpoint, prime, sample_length, seed, out, encoding, fmt, **options):
+    """Trace FILE (or --prime TEXT, or --sample N) through RUN: every gate, cell and guess, as a page.
+
+    \b
+    Writes one self-contained HTML file (opens from disk, no network) and prints its path.
+    With a single argument that is an existing file, it is FILE and RUN is the latest run.
+    """
+    from textgen.viz import run_viz
+
+    config = VizConfig(format=fmt, **options)
+    click.echo(run_viz(run, file, runs_dir, checkpoint, config, out=out, prime=prime,
+                       sample=sample_length, seed=seed, encoding=encoding, warn=warn))
 
 
 def _fields(cls):

@@ -254,3 +254,30 @@ class ExportConfig:
         if self.quantize != "none" and self.format != "litert":
             raise TextgenError(f"--quantize {self.quantize} applies to --format litert only; "
                                f"drop it for --format {self.format}")
+
+VIZ_FORMATS = ("html", "json", "npz")
+
+
+@dataclass
+class VizConfig:
+    """`textgen viz` knobs: what to trace and how big the page may get."""
+
+    top_k: int = 5  # next-character guesses kept per character
+    max_chars: int = 20_000  # longer texts are cut (with a notice)
+    max_mb: float = 10.0  # the HTML page's size budget: precision, then length, give way to it
+    window: int = 512  # characters per compiled trace call; the state is carried across windows
+    format: str = "html"  # html (the page), json or npz (the raw trace)
+    temperature: float = 1.0  # for --sample
+
+    def validate(self) -> None:
+        """Refuse option values that make no sense, one line each."""
+        for name in ("top_k", "max_chars", "window"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise TextgenError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if not (_finite(self.max_mb) and self.max_mb > 0):
+            raise TextgenError(f"--max-mb must be a positive number, got {self.max_mb}")
+        if not (_finite(self.temperature) and self.temperature >= 0):
+            raise TextgenError(f"--temp must be 0 (greedy) or positive, got {self.temperature}")
+        if self.format not in VIZ_FORMATS:
+            raise TextgenError(f"--format must be one of {', '.join(VIZ_FORMATS)}, got {self.format!r}")

@@ -76,6 +76,22 @@ def fused_lstm_sequence(
     return (outputs_tm if time_major else _swap_time_batch(outputs_tm)), h, c
 
 
+SEQUENCE_QUANTITIES = ("h", "c", "i", "f", "g", "o")  # what `lstm_sequence_gates` returns, in order
+
+
+def lstm_sequence_gates(proj_tm: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor,
+                        recurrent_kernel: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
+    """The fused forward recurrence with everything it computes: h, C and the gates of every step.
+
+    The same loop the fused path trains and evaluates with (here without its hand-written
+    backward pass), exposed for inspection (`textgen.trace`). proj_tm: (time, batch, 4*units) =
+    x.W + b; h0, c0: (batch, units); recurrent_kernel: (units, 4*units). Returns ({"h", "c",
+    "i", "f", "g", "o"}: each (time, batch, units), where "g" is the candidate C~; h_T; C_T).
+    """
+    *stacked, h, c = _forward_loop(proj_tm, h0, c0, recurrent_kernel)
+    return dict(zip(SEQUENCE_QUANTITIES, stacked)), h, c
+
+
 def _forward_loop(proj_tm, h0, c0, recurrent_kernel):
     """The forward recurrence. Returns the stacked (time, batch, units) h, C and gates i, f, C~, o
     (what the backward pass needs), then the final h and C.
