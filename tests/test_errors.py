@@ -532,6 +532,7 @@ RUN_COMMANDS = {
     "eval": ["eval", "RUN", "CORPUS", "--quiet"],
     "info": ["info", "RUN"],
     "train --resume": ["train", "--resume", "--name", "RUN", "--steps", "3", "--quiet"],
+    "viz": ["viz", "RUN", "CORPUS", "--format", "npz", "--out", "OUT"],
 }
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True)

@@ -40,10 +40,12 @@ def test_divergence_is_nan_inf_or_twice_uniform_guessing():
 
 
 def test_schedule_estimate_is_the_remaining_time_at_the_steady_speed_with_a_margin():
-    # 100 steps in 10 s measured, 60 s left at step 120: 720 steps, of which the margin's share
-    assert estimated_total_steps(120, 100, 10.0, 60.0) == int(SCHEDULE_MARGIN * 720)
-    assert estimated_total_steps(500, 100, 10.0, 0.0) == 500  # out of time: never before now
-    assert estimated_total_steps(5, 10, 1.0, -3.0) == 5
+    # 0.1 s a step, 60 s left at step 120: 600 more steps, of which the margin's share
+    assert estimated_total_steps(120, 0.1, 0.0, 200, 60.0) == int(SCHEDULE_MARGIN * 720)
+    # a 2 s validation every 20 steps adds 0.1 s a step: half as many steps
+    assert estimated_total_steps(120, 0.1, 2.0, 20, 60.0) == int(SCHEDULE_MARGIN * 420)
+    assert estimated_total_steps(500, 0.1, 0.0, 10, 0.0) == 500  # out of time: never before now
+    assert estimated_total_steps(5, 0.1, 0.0, 10, -3.0) == 5
 
 
 def test_patience_needs_validations_without_a_new_best():

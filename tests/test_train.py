@@ -206,11 +206,16 @@ def test_minutes_budget_schedule_ends_with_the_budget(corpus, tmp_path):
     steps = progress.step
     assert steps > 300 and max(learning_rates) >= 0.95 * steps, (steps, max(learning_rates))
     floor = 1e-3
-    reached = min(s for s, lr in learning_rates.items() if lr <= floor * 1.001)
-    assert 0.95 * steps <= reached <= steps, (reached, steps, progress.schedule_steps)
-    assert 0.95 * steps <= progress.schedule_steps <= steps
-    assert max(v for s, v in learning_rates.items() if s < 0.5 * steps) > 0.5 * 1e-2  # not decayed early
+    final = learning_rates[max(learning_rates)]
+    assert final == pytest.approx(floor, rel=1e-3)  # the decay ended ...
+    assert 0.95 * steps <= progress.schedule_steps <= steps  # ... in the last 5% of the steps
+    # and it did not decay early: a cosine over the whole run is still above half the peak at its
+    # middle (the old estimate, fixed from the first 20 steps, reached the floor at a quarter)
+    first_half = [lr for s, lr in learning_rates.items() if s <= 0.5 * steps]
+    assert min(first_half) > 0.3 * 1e-2, learning_rates
     train_bpc = _logged(run_dir, "train", "bits_per_char")
     val_bpc = _logged(run_dir, "validation", "bits_per_char")
     assert len(train_bpc) >= steps // 10 - 1 and sorted(val_bpc)[-1] == steps
     assert abs(val_bpc[steps] - progress.history[-1]["val_bpc"]) < 1e-6
+    forget_saturated = _logged(run_dir, "validation", "gates/layer_0/forget_gate_above_0.9")
+    assert sorted(forget_saturated) == sorted(val_bpc) and all(0 <= v <= 1 for v in forget_saturated.values())

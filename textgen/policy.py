@@ -7,9 +7,9 @@ tested on its own. No TensorFlow here.
 * Divergence: a loss that is NaN/Inf, or above `DIVERGENCE_FACTOR` x ln(vocab) nats. ln(vocab)
   is what a model that knows nothing scores by guessing uniformly; a model doing twice as badly
   puts on average under 1/vocab^2 on the right character: it has blown up.
-* Schedule length under `--minutes`: estimated from the speed of the steps taken so far after
-  compilation (`speed_window`), re-estimated at every validation, so the cosine decay ends with
-  the budget and not long before it.
+* Schedule length under `--minutes`: estimated from the time of the steps taken so far after
+  compilation and of the latest validation, re-estimated at every validation, so the cosine
+  decay ends with the budget and not long before it.
 """
 
 from __future__ import annotations
@@ -57,10 +57,10 @@ def divergence(loss_nats: float, vocab_size: int) -> str | None:
     return None
 
 
-def estimated_total_steps(step: int, steady_steps: int, steady_seconds: float,
-                          seconds_left: float) -> int:
-    """Where a time budget's schedule should end: SCHEDULE_MARGIN x (`step` plus what
-    `seconds_left` buys at the speed of the `steady_steps` steps, taken in `steady_seconds`,
-    validations and saves included, measured since compilation); never before `step`."""
-    rate = steady_steps / max(steady_seconds, 1e-9)  # steps per second
-    return max(step, int(SCHEDULE_MARGIN * (step + rate * max(seconds_left, 0.0))))
+def estimated_total_steps(step: int, seconds_per_step: float, validation_seconds: float,
+                          eval_every: int, seconds_left: float) -> int:
+    """Where a time budget's schedule should end: SCHEDULE_MARGIN x (`step` plus the steps
+    `seconds_left` buys, each costing `seconds_per_step` plus its share of a validation every
+    `eval_every` steps); never before `step`."""
+    per_step = seconds_per_step + validation_seconds / max(eval_every, 1)
+    return max(step, int(SCHEDULE_MARGIN * (step + max(seconds_left, 0.0) / max(per_step, 1e-9))))

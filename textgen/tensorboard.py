@@ -3,8 +3,11 @@
 Each run directory holds two TensorBoard runs, `train/` and `validation/`, that log the same
 tag, `bits_per_char`, so `tensorboard --logdir checkpoints` draws the two curves of a run on one
 chart (overfitting shows as the validation curve turning up while the training one goes on
-down). `train/` also has `learning_rate` and `chars_per_sec`; `validation/` has a generated
-`sample` (text) at each validation. Training scalars are written every `log_every` steps, the
+down). `train/` also has `learning_rate` and `chars_per_sec`; `validation/` has, at each
+validation, a generated `sample` (text) and, per layer, histograms of the input, forget and output
+gates, the candidate and the cell state on the first validation window, with the fraction of
+saturated gates (`gates/layer_<n>/...`, from `textgen.trace`), so gates can be watched saturating
+as the model learns. Training scalars are written every `log_every` steps, the
 mean over those steps, so logging costs the loop nothing measurable.
 
 A trainer hook (see `textgen.train`): `on_steps`, `on_validation`, `close`. Only the chief of a
@@ -22,6 +25,7 @@ from textgen.config import SampleConfig
 TRAIN_DIR, VALIDATION_DIR = "train", "validation"
 SAMPLE_CHARS = 300  # length of the text sample logged at each validation
 SAMPLE_TEMPERATURE = 0.8
+GATE_ROWS = 16  # validation rows whose gates are logged (16 x seq_len characters)
 
 
 class TensorBoardLog:
@@ -51,9 +55,13 @@ class TensorBoardLog:
     def on_validation(self, step: int, val_bpc: float, trainer) -> None:
         if not self.write:
             return
+        from textgen.trace import gate_batch, write_gate_summaries
+
         with self.validation.as_default(step=step):
             tf.summary.scalar("bits_per_char", val_bpc)
             tf.summary.text("sample", self._sample_text(trainer, step))
+            window, _ = trainer.val_data.window(0)  # (batch, seq_len)
+            write_gate_summaries(gate_batch(self._sample_model, window[:GATE_ROWS]), step)
         self.validation.flush()
 
     def _sample_text(self, trainer, step: int) -> str:

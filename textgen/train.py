@@ -212,17 +212,19 @@ class Trainer:
         self._out_of_time = out_of_time
 
     def _size_schedule(self, clock: "_Clock", validated: bool) -> None:
-        """Under a --minutes budget, (re)estimate the schedule's length from the speed of this
-        session's steps since compilation: first after FIRST_ESTIMATE_AFTER of them, then at each
-        validation. Decided on step counts, so every worker takes part in the same agreement."""
+        """Under a --minutes budget, (re)estimate the schedule's length from this session's step
+        time since compilation and its latest validation's duration: first after
+        FIRST_ESTIMATE_AFTER steady steps, then at each validation. Decided on step counts, so
+        every worker takes part in the same agreement."""
         c, p = self.config, self.progress
-        steady = clock.steady_steps(p.step)
-        if not c.minutes or steady < policy.FIRST_ESTIMATE_AFTER:
+        if not c.minutes or clock.steady_steps < policy.FIRST_ESTIMATE_AFTER:
             return
-        if not (validated or steady == policy.FIRST_ESTIMATE_AFTER):
+        if not (validated or not clock.estimated):
             return
-        estimate = policy.estimated_total_steps(p.step, steady, clock.steady_seconds(),
-                                                60 * c.minutes - clock.session_seconds())
+        clock.estimated = True
+        estimate = policy.estimated_total_steps(
+            p.step, clock.seconds_per_step(), clock.validation_seconds, c.eval_every,
+            60 * c.minutes - clock.session_seconds())
         total = policy.total_steps(c.steps, c.epoch_budget(), self.train_data.num_windows)
         estimate = min(estimate, total) if total else estimate
         p.schedule_steps = int(self.replicas.agree(estimate, self.chief))  # one schedule for all
@@ -237,7 +239,7 @@ class Trainer:
             if problem:
                 bad_step = self.progress.step - len(losses) + offset + 1
                 raise self._diverged(f"the training loss {problem}", bad_step)
-        seconds = clock.lap()
+        seconds = clock.lap(len(losses))
         self.progress.elapsed += seconds
         mean = float(losses.mean())
         chars = len(losses) * self.config.batch_size * self.config.seq_len
@@ -255,7 +257,7 @@ class Trainer:
         StopRequest already installed by the caller; by default one is installed here."""
         c, p = self.config, self.progress
         hooks = hooks or []
-        clock = _Clock(p.step)
+        clock = _Clock()
         total = policy.total_steps(c.steps, c.epoch_budget(), self.train_data.num_windows)
         if total and not c.minutes:  # a step or epoch budget fixes the schedule's length now
             p.schedule_steps = total
@@ -273,13 +275,12 @@ class Trainer:
                     loss, self.carried = self.train_step(x, y, self.carried)
                     pending.append(loss)
                     p.step, p.window = p.step + 1, p.window + 1
-                    clock.stepped(p.step)
                     validating = p.step % c.eval_every == 0
                     if validating or len(pending) >= c.log_every:
                         train_loss = self._read_losses(pending, clock, hooks)
                     if validating:
                         self._validate_and_save(train_loss, hooks)  # every worker: a collective save
-                        clock.lap()  # the next interval's speed leaves the validation out
+                        clock.validated()
                         if policy.patience_exhausted(p.history, c.patience):
                             self._stopping = "early stopping"  # same history on every worker
                     self._size_schedule(clock, validating)
@@ -304,29 +305,37 @@ class Trainer:
 
 
 class _Clock:
-    """Wall-clock bookkeeping of one training session: its length, the laps between loss
-    reads, and the steady speed (steps after the first COMPILE_STEPS, which include tracing)."""
+    """Wall-clock bookkeeping of one training session: its length, the laps between loss reads,
+    the steady step time (laps after the first COMPILE_STEPS steps, which trace the graphs) and
+    the duration of the latest validation (the session's first one compiles its functions, so it
+    counts only until a second one is timed)."""
 
-    def __init__(self, first_step: int):
+    def __init__(self):
         self.start = self.lap_start = time.monotonic()
-        self.first_step = first_step
-        self.steady_start: tuple[int, float] | None = None  # (step, time) once compiled
+        self.steps = 0  # taken in this session
+        self.steady_steps, self.steady_seconds = 0, 0.0
+        self.validations, self.validation_seconds = 0, 0.0
+        self.estimated = False  # whether the schedule was sized in this session
+    def lap(self, steps: int) -> float:
+        """Seconds since the previous lap: the time of the `steps` steps taken since then."""
+        now = time.monotonic()
+        seconds, self.lap_start = now - self.lap_start, now
+        if self.steps >= policy.COMPILE_STEPS:
+            self.steady_steps += steps
+            self.steady_seconds += seconds
+        self.steps += steps
+        return seconds
 
-    def stepped(self, step: int) -> None:
-        if self.steady_start is None and step - self.first_step >= policy.COMPILE_STEPS:
-            self.steady_start = (step, time.monotonic())
+    def validated(self) -> None:
+        """A validation (and checkpoint) just ended: time it, and start the next lap."""
+        now = time.monotonic()
+        seconds, self.lap_start = now - self.lap_start, now
+        self.validations += 1
+        if self.validations > 1:  # the first one compiled the validation's functions
+            self.validation_seconds = seconds
 
-    def steady_steps(self, step: int) -> int:
-        return 0 if self.steady_start is None else step - self.steady_start[0]
-
-    def steady_seconds(self) -> float:
-        return time.monotonic() - self.steady_start[1] if self.steady_start else 0.0
+    def seconds_per_step(self) -> float:
+        return self.steady_seconds / max(self.steady_steps, 1)
 
     def session_seconds(self) -> float:
         return time.monotonic() - self.start
-
-    def lap(self) -> float:
-        """Seconds since the previous lap (or the start)."""
-        now = time.monotonic()
-        seconds, self.lap_start = now - self.lap_start, now
-        return seconds
