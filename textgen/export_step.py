@@ -92,7 +92,8 @@ class StepModule(tf.Module):
             tf.debugging.assert_positive(top_p, message="top_p must be in (0, 1]"),
             tf.debugging.assert_less_equal(top_p, 1.0, message="top_p must be in (0, 1]"),
         ]
-        with tf.control_dependencies(checks):
+        with tf.control_dependencies(checks):  # nothing reads the prime before the checks pass
+            prime = tf.identity(prime)
             flat = [tf.zeros((1, self.units)) for _ in range(2 * self.num_layers)]  # (1, units) each
 
         def warm(i, flat):  # the prime, all but its last id, one step at a time
