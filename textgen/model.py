@@ -47,8 +47,12 @@ class CharLSTM(keras.Model):
             raise ValueError("ModelConfig.vocab_size must be set from the vocabulary")
         self.config = config
         self.lstm_path = lstm_path
+        # N(0, 1), as PyTorch's nn.Embedding: Keras's default, uniform(-0.05, 0.05), feeds the first
+        # layer an input ~30x weaker than its recurrent one, and characters the model sees rarely
+        # stay near zero, indistinct, for thousands of steps (bench/QUALITY.md, issue 13)
         self.embedding = keras.layers.Embedding(
-            config.vocab_size, config.embedding_dim, name="embedding", dtype=policy
+            config.vocab_size, config.embedding_dim, name="embedding", dtype=policy,
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=None),
         )
         self.lstm_layers = [
             LSTMLayer(config.units, lstm_path=lstm_path, name=f"lstm_{i}", dtype=policy)
