@@ -343,3 +343,32 @@ def test_resume_continues_to_more_steps(copy_run):
     assert not (run_dir / "train.lock").exists()
     out = invoke("sample", run_dir, "--checkpoint", "last", "--length", 10, "--seed", 1)
     assert out.exit_code == 0, describe(out)
+
+
+def test_min_count_folds_rare_characters_into_one_unknown_symbol(tmp_path):
+    """`--min-count 3`: characters seen fewer than 3 times become one symbol; info reports it,
+    eval scores them as it, a prime may hold them, and generated text never contains it; the run
+    resumes with the same folding."""
+    from textgen.vocab import UNKNOWN
+
+    corpus = tmp_path / "rare.txt"
+    corpus.write_text(CORPUS_TEXT + "xyz\nqq\n", encoding="utf-8")  # x, y, z once, q twice
+    runs = tmp_path / "runs"
+    result = invoke("train", corpus, "--runs-dir", runs, "--name", "rare", "--min-count", 3, *TINY)
+    assert result.exit_code == 0, describe(result)
+    vocab = json.loads((runs / "rare" / "vocab.json").read_text(encoding="utf-8"))
+    assert vocab["unknown"] == UNKNOWN and vocab["chars"] == sorted(set(CORPUS_TEXT) | {UNKNOWN})
+    info = invoke("info", "rare", "--runs-dir", runs)
+    assert "4 distinct characters seen fewer than 3 times (5 occurrences) are one unknown symbol" in info.stdout
+    held_out = tmp_path / "held.txt"
+    held_out.write_text("the cat sat on the mat\nthe zebra\n", encoding="utf-8")
+    scored = invoke("eval", "rare", held_out, "--runs-dir", runs, "--quiet")
+    assert scored.exit_code == 0, describe(scored)
+    assert "rare characters scored as the unknown symbol: 3 (3 distinct" in scored.stdout  # z, b, r
+    assert "characters scored: 32" in scored.stdout  # none skipped
+    sampled = invoke("sample", "rare", "--runs-dir", runs, "--prime", "qx", "--temp", "3", "--length", 400,
+                     "--num-samples", 4, "--seed", 1)
+    assert sampled.exit_code == 0, describe(sampled)
+    assert UNKNOWN not in sampled.stdout.replace("----- sample", "")  # never generated
+    resumed = invoke("train", corpus, "--resume", "--name", "rare", "--runs-dir", runs, "--steps", 4, "--quiet")
+    assert resumed.exit_code == 0, describe(resumed)

@@ -393,3 +393,17 @@ def test_building_keeps_resident_memory_flat(tmp_path):
     num_chars, grown = map(int, out.split())
     assert num_chars == 60 * len(chunk) + (not chunk.endswith("\n"))  # newline between files
     assert grown < 40 << 20, f"peak RSS grew by {grown >> 20} MiB encoding a 60 MiB corpus"
+
+
+def test_counts_and_the_model_vocabulary_of_a_min_count(tmp_path):
+    from textgen.vocab import UNKNOWN
+
+    path = tmp_path / "c.txt"
+    path.write_text("aaaabbbcd" * 3 + "é", encoding="utf-8")
+    corpus = encode_corpus([path], "utf-8", tmp_path / "cache")
+    assert dict(zip(corpus.chars, corpus.counts)) == {"a": 12, "b": 9, "c": 3, "d": 3, "é": 1}
+    vocab, remap, folded = corpus.model_vocabulary(4)
+    assert vocab.chars == ["a", "b", UNKNOWN] and vocab.unknown == UNKNOWN
+    assert remap.tolist() == [0, 1, 2, 2, 2]  # stored ids a b c d é -> model ids
+    assert folded == {"min_count": 4, "rare_chars": 3, "rare_occurrences": 7}
+    assert corpus.model_vocabulary(1)[1] is None and corpus.model_vocabulary(1)[0].chars == corpus.chars

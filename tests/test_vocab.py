@@ -214,3 +214,22 @@ def test_encode_large_text_allocates_only_the_result():
     # the uint16 result plus one chunk's temporaries, not 4 + 8 bytes per character
     assert peak < ids.nbytes + 120 * 2**20
     assert np.array_equal(ids[:44], reference_encode(vocab, text[:44]))
+
+
+def test_vocabulary_keeping_folds_every_other_character_into_the_unknown_symbol(tmp_path):
+    from textgen.vocab import UNKNOWN
+
+    vocab = Vocabulary.keeping(["b", "a"])
+    assert vocab.chars == ["a", "b", UNKNOWN] and vocab.unknown == UNKNOWN and vocab.unknown_id == 2
+    assert vocab.encode("abz\u4e00a").tolist() == [0, 1, 2, 2, 0]
+    assert vocab.unknown_chars("abz") == ["z"]  # still named: eval reports them
+    assert vocab.decode([0, 2]) == "a" + UNKNOWN
+    vocab.save(tmp_path / "v.json")
+    assert Vocabulary.load(tmp_path / "v.json") == vocab
+    assert Vocabulary.load(tmp_path / "v.json").unknown == UNKNOWN
+    plain = Vocabulary(["a", "b", UNKNOWN])
+    assert plain != vocab and plain.unknown is None
+    with pytest.raises(TextgenError, match="not in the vocabulary"):
+        plain.encode("z")
+    with pytest.raises(TextgenError, match="unknown symbol"):
+        Vocabulary(["a"], unknown="z")

@@ -112,6 +112,7 @@ def main():
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=_T.strategy, show_default=True, help="Devices to train on: auto (all GPUs if several, else one device), single, mirrored (all local GPUs) or multiworker (hosts from TF_CONFIG).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=_T.precision, show_default=True, help="Arithmetic: auto (mixed 16-bit on GPUs with tensor cores, float32 on CPUs), float32, or mixed_* (16-bit arithmetic; weights, logits and loss stay float32).")
 @click.option("--encoding", default=_T.encoding, show_default=True, help="Text encoding of the corpus files.")
+@click.option("--min-count", type=click.IntRange(1), default=_T.min_count, show_default=True, help="Characters occurring fewer times in the corpus become one unknown symbol (1: keep all).")
 @click.option("--allow-corpus-change", is_flag=True, help="With --resume: train on the corpus even though its text changed since the run started.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context

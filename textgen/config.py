@@ -63,6 +63,7 @@ class TrainConfig:
     patience: int | None = None  # stop after this many validations without a new best
     seed: int = 1234
     encoding: str = "utf-8"
+    min_count: int = 1  # characters occurring fewer times fold into one unknown symbol (1: none do)
     strategy: str = "auto"  # auto, single, mirrored or multiworker (see textgen.distribute)
     precision: str = "auto"  # auto (resolved when a run starts), float32, mixed_float16, mixed_bfloat16
 
@@ -121,7 +122,7 @@ def check_config(model: ModelConfig, train: TrainConfig) -> None:
     for name in ("embedding_dim", "units", "num_layers"):
         if not isinstance(getattr(model, name), int) or getattr(model, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(model, name)}")
-    for name in ("batch_size", "seq_len", "eval_every", "eval_batches", "log_every", "keep"):
+    for name in ("batch_size", "seq_len", "eval_every", "eval_batches", "log_every", "keep", "min_count"):
         if not isinstance(getattr(train, name), int) or getattr(train, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(train, name)}")
     for name in ("steps", "epochs"):

@@ -52,7 +52,7 @@ from textgen.runlock import process_alive
 from textgen.vocab import Vocabulary
 
 FORMAT = "textgen-corpus-cache"
-VERSION = 2  # 2: corpus.json records the sha256 of the ids (the content fingerprint)
+VERSION = 3  # 2: corpus.json records the sha256 of the ids (the content fingerprint); 3: counts
 IDS_FILE, META_FILE = "ids.bin", "corpus.json"
 BLOCK_BYTES = 1 << 20  # bytes of source text read at a time
 STALE_TEMP_SECONDS = 3600  # a dead build's temporary file this old is deleted
@@ -66,6 +66,7 @@ class EncodedCorpus:
 
     ids: np.ndarray  # read-only np.memmap of the character ids, shape (num_chars,)
     chars: list[str]  # distinct characters in code-point order; an id indexes this list
+    counts: list[int]  # how often each of `chars` occurs
     num_chars: int  # characters in the corpus (len(ids))
     directory: Path  # the cache directory holding ids.bin and corpus.json
     rebuilt: bool  # True when this call built the cache, False when it reused it
@@ -75,6 +76,20 @@ class EncodedCorpus:
     def vocabulary(self) -> Vocabulary:
         """The corpus's vocabulary (the same as `Vocabulary.from_text` of its text)."""
         return Vocabulary(self.chars)
+
+    def model_vocabulary(self, min_count: int = 1) -> tuple[Vocabulary, np.ndarray | None, dict]:
+        """(the vocabulary a model of this corpus uses, the map from stored ids to its ids or None,
+        a summary of what was folded). With `min_count` above 1, characters occurring fewer times
+        fold into one unknown symbol (`Vocabulary.keeping`); the cache itself keeps them all."""
+        if min_count <= 1:
+            return self.vocabulary(), None, {}
+        counts = np.asarray(self.counts)
+        kept = [c for c, n in zip(self.chars, counts) if n >= min_count]
+        vocab = Vocabulary.keeping(kept)
+        remap = vocab.encode("".join(self.chars)).astype(np.int32)  # (stored vocab,) -> model ids
+        rare = counts < min_count
+        return vocab, remap, {"min_count": min_count, "rare_chars": int(rare.sum()),
+                              "rare_occurrences": int(counts[rare].sum())}
 
 
 def encode_corpus(paths: Sequence[str | Path], encoding: str, cache_root: str | Path,
@@ -99,8 +114,8 @@ def encode_corpus(paths: Sequence[str | Path], encoding: str, cache_root: str | 
         meta = _build(directory, paths, encoding, fingerprint, progress, block_bytes)
     ids = np.memmap(directory / IDS_FILE, dtype=meta["dtype"], mode="r",
                     shape=(meta["num_chars"],))  # (num_chars,), read-only
-    return EncodedCorpus(ids, meta["chars"], meta["num_chars"], directory, rebuilt, resolved,
-                         meta["content_sha256"])
+    return EncodedCorpus(ids, meta["chars"], meta["counts"], meta["num_chars"], directory, rebuilt,
+                         resolved, meta["content_sha256"])
 
 
 CACHE_DIR = ".corpus-cache"  # under the runs directory: encoded corpora, shared by runs
@@ -171,7 +186,9 @@ def _read_meta(directory: Path, fingerprint: dict) -> dict | None:
                 and meta.get("version") == VERSION and meta.get("fingerprint") == fingerprint):
             return None
         chars, num_chars = Vocabulary(meta["chars"]).chars, meta["num_chars"]
-        if not isinstance(meta["content_sha256"], str):
+        if not isinstance(meta["content_sha256"], str) or not (
+                isinstance(meta["counts"], list) and len(meta["counts"]) == len(chars)
+                and all(type(n) is int and n > 0 for n in meta["counts"])):
             return None
         if meta["dtype"] != dtype_for(len(chars)).name or type(num_chars) is not int:
             return None
@@ -196,14 +213,14 @@ def _build(directory: Path, paths: list, encoding: str, fingerprint: dict,
         with os.fdopen(fd, "wb") as out:
             chars, num_chars = _scan(paths, encoding, block_bytes, progress)
             dtype = dtype_for(len(chars))
-            written, content = _write_ids(out, paths, encoding, Vocabulary(chars), dtype,
-                                          block_bytes, progress)
+            written, content, counts = _write_ids(out, paths, encoding, Vocabulary(chars), dtype,
+                                                  block_bytes, progress)
         fsync_path(tmp)
         if written != num_chars or _fingerprint(paths, encoding) != fingerprint:
             raise _changed(paths)
         meta = {"format": FORMAT, "version": VERSION, "encoding": encoding, "dtype": dtype.name,
                 "num_chars": num_chars, "chars": chars, "fingerprint": fingerprint,
-                "content_sha256": content}
+                "content_sha256": content, "counts": counts}
         (directory / META_FILE).unlink(missing_ok=True)  # uncommit before replacing ids.bin
         os.replace(tmp, directory / IDS_FILE)
         atomic_write_text(directory / META_FILE, json.dumps(meta))  # commit
@@ -232,10 +249,11 @@ def _scan(paths: list, encoding: str, block_bytes: int,
 
 
 def _write_ids(out, paths: list, encoding: str, vocab: Vocabulary, dtype: np.dtype,
-               block_bytes: int, progress: Progress | None) -> tuple[int, str]:
+               block_bytes: int, progress: Progress | None) -> tuple[int, str, list[int]]:
     """Pass 2: append the ids of each block to `out`; returns (how many were written, the
-    sha256 of the ids written: the content fingerprint)."""
+    sha256 of the ids written: the content fingerprint, how often each character occurs)."""
     written, content = 0, hashlib.sha256()
+    counts = np.zeros(vocab.size, np.int64)  # (vocab,)
     for block in iter_text(paths, encoding, block_bytes, progress):
         try:
             ids = vocab.encode(block)  # (len(block),) uint16 or int32, ids < vocab.size
@@ -244,8 +262,9 @@ def _write_ids(out, paths: list, encoding: str, vocab: Vocabulary, dtype: np.dty
         data = ids.astype(dtype, copy=False).data
         out.write(data)
         content.update(data)
+        counts += np.bincount(ids, minlength=vocab.size)
         written += len(ids)
-    return written, content.hexdigest()
+    return written, content.hexdigest(), counts.tolist()
 
 
 def _remove_stale_temps(directory: Path) -> None:

@@ -51,10 +51,12 @@ class StreamBatcher:
     long epoch reads would stay mapped and count in the process's resident memory, so every
     `release_every` windows (default: about RELEASE_BYTES of windows) they are released (see
     `_release_pages`); for ordinary arrays, and where madvise is missing, nothing is done.
+    `remap`, if given, maps each stored id to the model's id as windows are cut (the corpus cache
+    holds every character; `--min-count` folds the rare ones into the unknown symbol).
     """
 
     def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, name: str = "training",
-                 release_every: int | None = None):
+                 release_every: int | None = None, remap: np.ndarray | None = None):
         self._mapping = _read_only_mapping(ids)  # before asarray, which drops the memmap class
         ids = np.asarray(ids)  # a memmap (or a view of one) becomes an ndarray view: no copy
         if ids.ndim != 1:
@@ -63,6 +65,7 @@ class StreamBatcher:
             raise TextgenError(f"batch size and sequence length must be at least 1, "
                                f"got {batch_size} and {seq_len}")
         self.batch_size, self.seq_len, self.name = batch_size, seq_len, name
+        self.remap = remap  # (stored id range,) int32: the model's id of each stored id, or None
         self.stream_len = len(ids) // batch_size
         self.num_windows = max(0, (self.stream_len - 1) // seq_len)
         if self.num_windows < 1:
@@ -93,6 +96,8 @@ class StreamBatcher:
         every `release_every` windows the mapping's pages are released once it is copied."""
         start = k * self.seq_len
         block = self.streams[:, start : start + self.seq_len + 1].astype(np.int32)
+        if self.remap is not None:
+            block = self.remap[block]
         if self._mapping is not None and (k + 1) % self.release_every == 0:
             _release_pages(self._mapping)
         return block
@@ -121,19 +126,20 @@ class StreamBatcher:
         return windows.map(cut).prefetch(tf.data.AUTOTUNE)
 
 
-def make_batchers(ids, batch_size: int, seq_len: int,
-                  val_fraction: float) -> tuple[StreamBatcher, StreamBatcher]:
-    """Training and validation windows of a corpus's ids; the validation slice gets as many
-    streams as it can fill, up to batch_size, so a short held-out tail still validates."""
+def make_batchers(ids, batch_size: int, seq_len: int, val_fraction: float,
+                  remap: np.ndarray | None = None) -> tuple[StreamBatcher, StreamBatcher]:
+    """Training and validation windows of a corpus's ids (mapped through `remap`, if given); the
+    validation slice gets as many streams as it can fill, up to batch_size, so a short held-out
+    tail still validates."""
     train_ids, val_ids = split_train_val(ids, val_fraction)
-    train_data = StreamBatcher(train_ids, batch_size, seq_len)
+    train_data = StreamBatcher(train_ids, batch_size, seq_len, remap=remap)
     if len(val_ids) < seq_len + 1:
         raise TextgenError(
             f"the validation slice is too short: {len(val_ids)} characters, need at least "
             f"{seq_len + 1}; raise --val-fraction, lower --seq-len or use a longer corpus"
         )
     batch = min(batch_size, len(val_ids) // (seq_len + 1))
-    return train_data, StreamBatcher(val_ids, batch, seq_len, name="validation")
+    return train_data, StreamBatcher(val_ids, batch, seq_len, name="validation", remap=remap)
 
 
 def _read_only_mapping(ids) -> mmap.mmap | None:

@@ -27,7 +27,8 @@ class EvalResult:
 
     nats: float = 0.0  # summed cross-entropy
     scored: int = 0  # characters predicted (all but the first)
-    unknown: Counter = field(default_factory=Counter)  # out-of-vocabulary characters seen
+    unknown: Counter = field(default_factory=Counter)  # out-of-vocabulary characters skipped
+    folded: Counter = field(default_factory=Counter)  # or scored as the unknown symbol (--min-count)
 
     @property
     def bpc(self) -> float:
@@ -47,7 +48,10 @@ def evaluate(model, vocab, blocks: Iterable[str], window: int = WINDOW, progress
     pending = np.zeros(0, np.int32)  # ids not yet consumed; pending[0] is the next input
     for block in blocks:
         unknown = vocab.unknown_chars(block)
-        if unknown:
+        if unknown and vocab.unknown is not None:  # the model has a symbol for them: score it
+            missing = set(unknown)
+            result.folded.update(ch for ch in block if ch in missing)
+        elif unknown:
             missing = set(unknown)
             result.unknown.update(ch for ch in block if ch in missing)
             block = "".join(ch for ch in block if ch not in missing)
@@ -94,6 +98,10 @@ def describe(result: EvalResult) -> str:
         shown = " ".join(repr(ch) for ch, _ in result.unknown.most_common(10))
         lines.append(f"out-of-vocabulary characters skipped: {sum(result.unknown.values()):,} "
                      f"({len(result.unknown)} distinct: {shown})")
+    if result.folded:
+        shown = " ".join(repr(ch) for ch, _ in result.folded.most_common(10))
+        lines.append(f"rare characters scored as the unknown symbol: {sum(result.folded.values()):,} "
+                     f"({len(result.folded)} distinct: {shown})")
     return "\n".join(lines)
 
 

@@ -31,4 +31,9 @@ def describe_run(run: str | None, runs_dir: str | Path) -> str:
         f"last {meta['checkpoints'].get('last', '-')}",
         f"corpus:           {corpus.get('chars', 0):,} characters from {sources}",
     ]
+    folded = corpus.get("folded")
+    if folded:
+        lines.append(f"rare characters:  {folded['rare_chars']:,} distinct characters seen fewer than "
+                     f"{folded['min_count']} times ({folded['rare_occurrences']:,} occurrences) are one "
+                     "unknown symbol (--min-count)")
     return "\n".join(lines)

@@ -190,7 +190,8 @@ def _reopen(run_dir: Path, request: RunRequest, chief: bool = True):
     encoded, summary = load_corpus(paths, train_config.encoding, run_dir.parent, request.corpus_dir,
                                    request.show_progress)
     vocab = runs.load_vocab(run_dir, meta)
-    difference = _vocab_difference(vocab.chars, encoded.chars)
+    current, remap, _ = encoded.model_vocabulary(train_config.min_count)
+    difference = _vocab_difference(vocab.chars, current.chars)
     if difference:
         raise TextgenError(f"the corpus's characters differ from run {run_dir.name}'s vocabulary "
                            f"({difference}); resume with the original corpus or start a new run")
@@ -200,7 +201,7 @@ def _reopen(run_dir: Path, request: RunRequest, chief: bool = True):
                            "--allow-corpus-change to train on the new one")
     ckpt.checkpoint_dir(run_dir, meta, "last")  # refuse a run without a loadable checkpoint early
     train_data, val_data = make_batchers(encoded.ids, train_config.batch_size, train_config.seq_len,
-                                         train_config.val_fraction)
+                                         train_config.val_fraction, remap)
     summary.update(train_chars=int(train_data.streams.size), vocab_size=vocab.size)
     meta["corpus"] = summary
 
@@ -217,7 +218,9 @@ def _prepare_new(request: RunRequest, chief: bool = True):
     check_config(ModelConfig(vocab_size=1, **model_options), train_config)  # before reading the corpus
     encoded, summary = load_corpus(request.corpus, train_config.encoding, request.runs_root,
                                    request.corpus_dir, request.show_progress)
-    vocab = encoded.vocabulary()
+    vocab, remap, folded = encoded.model_vocabulary(train_config.min_count)
+    if folded:
+        summary["folded"] = folded
     model_config = ModelConfig(vocab_size=vocab.size, **model_options)
     check_config(model_config, train_config)
     run_dir = Path(request.runs_root) / (request.name or time.strftime("%Y%m%d-%H%M%S"))
@@ -233,7 +236,7 @@ def _prepare_new(request: RunRequest, chief: bool = True):
             "precision_reason": why, "vocab_sha256": runs.vocab_fingerprint(vocab),
             "checkpoints": {}}
     train_data, val_data = make_batchers(encoded.ids, train_config.batch_size, train_config.seq_len,
-                                         train_config.val_fraction)
+                                         train_config.val_fraction, remap)
     summary.update(train_chars=int(train_data.streams.size), vocab_size=vocab.size)
 
     from textgen.train import Trainer

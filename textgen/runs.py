@@ -167,6 +167,9 @@ _CORPUS_FIELDS = {
     "train_chars": (_is_count, "a character count"),
     "vocab_size": (_is_count, "a count"),
     "fingerprint": (lambda v: isinstance(v, str), "a string"),
+    "folded": (lambda v: isinstance(v, dict) and all(_is_count(v.get(k)) for k in
+                                                     ("min_count", "rare_chars", "rare_occurrences")),
+               "a summary of the characters folded into the unknown symbol"),
 }
 _HISTORY_FIELDS = {
     "step": (_is_count, "a step number"),

@@ -68,11 +68,11 @@ class TensorBoardLog:
         """A sample from a float32 single-device copy of the current weights (whatever the
         strategy and precision of training, sampling is what a user will run)."""
         from textgen.model import build_model
-        from textgen.sample import Sampler, generate_text
+        from textgen.sample import generate_text, sampler_for
 
         if self._sampler is None:
             self._sample_model = build_model(trainer.model_config)
-            self._sampler = Sampler(self._sample_model)
+            self._sampler = sampler_for(self._sample_model, trainer.vocab)
         self._sample_model.set_weights(trainer.model.get_weights())
         config = SampleConfig(temperature=SAMPLE_TEMPERATURE, length=SAMPLE_CHARS, seed=step)
         return generate_text(self._sample_model, trainer.vocab, config, sampler=self._sampler)[0]

@@ -46,18 +46,42 @@ def _chars_problem(chars: object) -> str | None:
     return None
 
 
-class Vocabulary:
-    """A sorted list of distinct characters; a character's id is its index in the list."""
+UNKNOWN = "\ufffd"  # U+FFFD REPLACEMENT CHARACTER: stands for every character left out (--min-count)
 
-    def __init__(self, chars: Iterable[str]):
+
+class Vocabulary:
+    """A sorted list of distinct characters; a character's id is its index in the list.
+
+    Args:
+        chars: the characters, sorted by code point, distinct.
+        unknown: if given (one of `chars`, normally UNKNOWN), every character outside the
+            vocabulary encodes as this one instead of being refused: the rare-character tail of a
+            corpus trained with `--min-count`.
+
+    Example:
+
+        vocab = Vocabulary.keeping(["a", "b"])   # ['a', 'b', '\ufffd'], unknown '\ufffd'
+        vocab.encode("abz")                        # [0, 1, 2]
+    """
+
+    def __init__(self, chars: Iterable[str], unknown: str | None = None):
         chars = list(chars)
         problem = _chars_problem(chars)
         if problem:
             raise TextgenError(f"invalid vocabulary: {problem}")
+        if unknown is not None and unknown not in chars:
+            raise TextgenError(f"invalid vocabulary: the unknown symbol {unknown!r} is not one of its characters")
         self.chars: list[str] = chars
+        self.unknown = unknown
+        self.unknown_id = chars.index(unknown) if unknown is not None else None
         self._codes = _code_points("".join(chars))  # sorted code points, (size,)
         self.dtype = np.dtype(np.uint16 if len(chars) <= 65536 else np.int32)
         self._table_cache: np.ndarray | None = None
+
+    @classmethod
+    def keeping(cls, chars: Iterable[str]) -> Vocabulary:
+        """The vocabulary of `chars` plus UNKNOWN, which every other character encodes as."""
+        return cls(sorted(set(chars) | {UNKNOWN}), unknown=UNKNOWN)
 
     @classmethod
     def from_text(cls, text: str) -> Vocabulary:
@@ -99,7 +123,7 @@ class Vocabulary:
         return len(self.chars)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Vocabulary) and self.chars == other.chars
+        return isinstance(other, Vocabulary) and (self.chars, self.unknown) == (other.chars, other.unknown)
 
     def __repr__(self) -> str:
         return f"Vocabulary(size={self.size})"
@@ -118,14 +142,16 @@ class Vocabulary:
         """Ids of the characters of `text`, shape (len(text),), dtype `self.dtype`.
 
         Works chunk by chunk into one preallocated array, so besides the result only
-        O(CHUNK_CHARS) temporaries are built. Raises TextgenError naming the characters that
-        are not in the vocabulary.
+        O(CHUNK_CHARS) temporaries are built. Characters that are not in the vocabulary encode as
+        its unknown symbol if it has one; otherwise they raise a TextgenError naming them.
         """
         out = np.empty(len(text), dtype=self.dtype)  # (n,)
         table = self._table()
         for start, cps in _code_point_chunks(text):
             idx = table.take(cps, mode="clip")  # int32 ids, -1 for unknown characters
-            if idx.min() < 0:
+            if self.unknown_id is not None:
+                idx = np.where(idx < 0, self.unknown_id, idx)
+            elif idx.min() < 0:
                 unknown = self.unknown_chars(text)
                 shown = ", ".join(repr(c) for c in unknown[:20])
                 more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
@@ -146,6 +172,8 @@ class Vocabulary:
         """Write the vocabulary as UTF-8 JSON, atomically (temp file, fsync, rename)."""
         path = Path(path)
         payload = {"format": FORMAT, "version": VERSION, "chars": self.chars}
+        if self.unknown is not None:
+            payload["unknown"] = self.unknown
         atomic_write_text(path, json.dumps(payload, ensure_ascii=False))
 
     @classmethod
@@ -166,7 +194,10 @@ class Vocabulary:
         problem = _chars_problem(data.get("chars"))
         if problem:
             raise _damaged(path, problem)
-        return cls(data["chars"])
+        unknown = data.get("unknown")
+        if unknown is not None and not (isinstance(unknown, str) and unknown in data["chars"]):
+            raise _damaged(path, "its unknown symbol is not one of its characters")
+        return cls(data["chars"], unknown)
 
 
 def _damaged(path: Path, why: str) -> TextgenError:
