@@ -13,7 +13,8 @@ import sys
 import click
 
 from textgen import __version__
-from textgen.config import PRECISIONS, PRESETS, ModelConfig, SampleConfig, TrainConfig, apply_preset
+from textgen.config import (PRECISIONS, PRESETS, ModelConfig, SampleConfig, ServeConfig, TrainConfig,
+                            apply_preset)
 from textgen.distribute import STRATEGIES
 from textgen.errors import TextgenError
 
@@ -178,6 +179,32 @@ def info(run, runs_dir):
     from textgen.info import describe_run
 
     click.echo(describe_run(run, runs_dir))
+
+
+_V = ServeConfig()
+
+
+@main.command()
+@click.argument("runs", nargs=-1, metavar="[RUN]...")
+@runs_dir_option
+@checkpoint_option
+@click.option("--host", default=_V.host, show_default=True, help="Address to listen on; 127.0.0.1 is this machine only (give 0.0.0.0 to open it to the network).")
+@click.option("--port", type=int, default=_V.port, show_default=True, help="Port to listen on (0: any free port).")
+@click.option("--max-batch", type=int, default=_V.max_batch, show_default=True, help="Choices generated side by side in one compiled loop.")
+@click.option("--max-queue", type=int, default=_V.max_queue, show_default=True, help="Choices that may wait for a free slot; beyond, requests get HTTP 429.")
+@click.option("--max-prompt", type=int, default=_V.max_prompt, show_default=True, help="Most characters in one prompt.")
+@click.option("--max-tokens", type=int, default=_V.max_tokens, show_default=True, help="Most characters one choice may ask for (max_tokens).")
+@click.option("--max-n", type=int, default=_V.max_n, show_default=True, help="Most choices in one request (n x prompts).")
+@user_errors
+def serve(runs, runs_dir, checkpoint, **options):
+    """Serve RUNs (default: the latest) over HTTP: an OpenAI-compatible completions API and a
+    playground page at http://HOST:PORT/. Concurrent requests share one compiled sampling loop."""
+    config = ServeConfig(**options)
+    config.validate()  # before TensorFlow and the models load
+    from textgen.serving import serve_runs
+
+    serve_runs(list(runs), runs_dir, checkpoint, config, echo=click.echo,
+               log=lambda message: click.echo(message, err=True), warn=warn)
 
 
 def _fields(cls):

@@ -1,0 +1,202 @@
+"""`textgen serve` under load: a real HTTP load generator against a real server on 127.0.0.1.
+
+A 2 x 256 run (embedding 64, a 65-character vocabulary, weights after one training step, i.e.
+random) is created in a temporary directory and served by `textgen serve --port 0` in its own
+process. The load generator (httpx, asyncio) sends streaming `POST /v1/completions` requests
+(prompt "The ", temperature 1.0, `--length` characters each, seeds 0..31) and measures:
+
+  serial      the 32 requests one after another: total characters / total seconds
+  concurrent  the same 32 requests from 32 clients at once: total characters / wall seconds,
+              and each request's first-character latency (request sent -> first text received)
+  single      one client streaming `--single-length` characters: characters / seconds, against
+              `textgen sample`'s generation speed for one stream of the same length
+              (`Sampler.generate`, same run, in this process, while the server is idle)
+
+Every request has a timeout and every loop a fixed count, so the run is bounded. Scenarios
+alternate over `--repeats`; medians are reported with each repeat's figure.
+
+    python bench/serve_speed.py                      # length 2000, single 4000, 3 repeats
+    python bench/serve_speed.py --repeats 1 --length 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CLIENTS = 32
+PROMPT = "The "
+ALPHABET = ("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" " \n!$&',-.:;?3")  # 65 characters
+REQUEST_TIMEOUT = 300.0  # seconds, any single request
+
+
+def make_run(root: Path) -> Path:
+    """A 2 x 256 run over a 65-character vocabulary, trained for one step (random weights)."""
+    import random
+
+    rng = random.Random(0)
+    corpus = root / "corpus.txt"
+    corpus.write_text("".join(rng.choice(ALPHABET) for _ in range(20_000)) + ALPHABET, encoding="utf-8")
+    command = [sys.executable, "-m", "textgen", "train", str(corpus), "--runs-dir", str(root / "runs"),
+               "--name", "bench", "--units", "256", "--num-layers", "2", "--embedding-dim", "64",
+               "--batch-size", "4", "--seq-len", "32", "--steps", "1", "--eval-every", "1",
+               "--eval-batches", "1", "--quiet"]
+    subprocess.run(command, check=True, timeout=600, capture_output=True)
+    return root / "runs" / "bench"
+
+
+def start_server(run: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
+    """`textgen serve RUN --port 0`, and its URL once it is ready."""
+    command = [sys.executable, "-m", "textgen", "serve", str(run), "--port", "0", "--max-batch",
+               str(max_batch), "--max-tokens", "100000"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        line = server.stdout.readline()
+        match = re.search(r"(http://127\.0\.0\.1:\d+)/", line)
+        if match:
+            return server, match.group(1)
+        if not line and server.poll() is not None:
+            break
+    server.kill()
+    raise SystemExit("the server did not start")
+
+
+async def stream(client, url: str, length: int, seed: int) -> tuple[float, float, int]:
+    """One streaming completion: (seconds to the first text, seconds in all, characters)."""
+    body = {"model": "bench", "prompt": PROMPT, "max_tokens": length, "temperature": 1.0,
+            "seed": seed, "stream": True}
+    start = time.perf_counter()
+    first, chars = None, 0
+    async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            text = json.loads(line[6:])["choices"][0]["text"]
+            if text and first is None:
+                first = time.perf_counter() - start
+            chars += len(text)
+    assert chars == length, (chars, length)
+    return first, time.perf_counter() - start, chars
+
+
+async def serial(url: str, length: int) -> float:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT) as client:
+        start = time.perf_counter()
+        chars = 0
+        for seed in range(CLIENTS):
+            chars += (await stream(client, url, length, seed))[2]
+        return chars / (time.perf_counter() - start)
+
+
+async def concurrent(url: str, length: int) -> tuple[float, list[float]]:
+    import httpx
+
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT, limits=limits) as client:
+        start = time.perf_counter()
+        results = await asyncio.gather(*(stream(client, url, length, seed) for seed in range(CLIENTS)))
+        wall = time.perf_counter() - start
+    return sum(r[2] for r in results) / wall, [r[0] for r in results]
+
+
+async def single(url: str, length: int) -> float:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT) as client:
+        _, seconds, chars = await stream(client, url, length, 99)
+    return chars / seconds
+
+
+def sampler_speed(run: Path, length: int):
+    """A function timing `textgen sample`'s generation of one stream of `length` characters."""
+    import numpy as np
+
+    from textgen.config import SampleConfig
+    from textgen.inference import load_run
+    from textgen.sample import Sampler, start_ids
+
+    loaded = load_run(str(run), run.parent)
+    sampler = Sampler(loaded.model)
+    ids, _ = start_ids(loaded.vocab, PROMPT)
+
+    def timed(seed: int) -> float:
+        config = SampleConfig(temperature=1.0, length=length, seed=seed, prime=PROMPT)
+        start = time.perf_counter()
+        total = sum(chunk.shape[1] for chunk in sampler.generate(np.asarray(ids), config))
+        return total / (time.perf_counter() - start)
+
+    timed(0)  # compiles
+    return timed
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered))) - 1))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--length", type=int, default=2000, help="characters per request")
+    parser.add_argument("--single-length", type=int, default=4000, help="characters of the single stream")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-batch", type=int, default=64)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    print(f"serve_speed: python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
+          f"load average at start {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"{CLIENTS} requests x {args.length} characters; single stream {args.single_length}; "
+          f"{args.repeats} repeats; --max-batch {args.max_batch}")
+    with tempfile.TemporaryDirectory() as tmp:
+        run = make_run(Path(tmp))
+        timed_sampler = sampler_speed(run, args.single_length)
+        server, url = start_server(run, args.max_batch)
+        try:
+            asyncio.run(concurrent(url, 64))  # first requests through every path
+            rows = {"serial": [], "concurrent": [], "p95": [], "p50": [], "single": [], "sample": []}
+            for repeat in range(args.repeats):
+                rows["single"].append(asyncio.run(single(url, args.single_length)))
+                rows["sample"].append(timed_sampler(repeat + 1))
+                rows["serial"].append(asyncio.run(serial(url, args.length)))
+                rate, firsts = asyncio.run(concurrent(url, args.length))
+                rows["concurrent"].append(rate)
+                rows["p95"].append(percentile(firsts, 95) * 1000)
+                rows["p50"].append(percentile(firsts, 50) * 1000)
+                print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rows.items()),
+                      flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    median = {k: statistics.median(v) for k, v in rows.items()}
+    ratios = [c / s for c, s in zip(rows["concurrent"], rows["serial"])]
+    single_ratios = [a / b for a, b in zip(rows["single"], rows["sample"])]
+    print(f"\nserial (1 client at a time):  {median['serial']:10,.0f} chars/s")
+    print(f"concurrent ({CLIENTS} clients):      {median['concurrent']:10,.0f} chars/s")
+    print(f"  ratio concurrent/serial: median {statistics.median(ratios):.2f} "
+          f"(per repeat {', '.join(f'{r:.2f}' for r in ratios)}); target >= 8")
+    print(f"  first-character latency at {CLIENTS} clients: p50 {median['p50']:.0f} ms, "
+          f"p95 {median['p95']:.0f} ms (per repeat {', '.join(f'{v:.0f}' for v in rows['p95'])}); "
+          "target p95 <= 300 ms")
+    print(f"single client stream:         {median['single']:10,.0f} chars/s")
+    print(f"textgen sample, 1 stream:     {median['sample']:10,.0f} chars/s")
+    print(f"  ratio single/sample: median {statistics.median(single_ratios):.2f} "
+          f"(per repeat {', '.join(f'{r:.2f}' for r in single_ratios)}); target >= 0.80")
+    print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
