@@ -201,7 +201,11 @@ def serve(runs, runs_dir, checkpoint, **options):
     playground page at http://HOST:PORT/. Concurrent requests share one compiled sampling loop."""
     config = ServeConfig(**options)
     config.validate()  # before TensorFlow and the models load
-    from textgen.serving import serve_runs
+    try:
+        from textgen.serving import serve_runs
+    except ModuleNotFoundError as e:  # the optional `serve` extra (Starlette, uvicorn) is missing
+        raise TextgenError(f"textgen serve needs the Python package {e.name!r}; install it with "
+                           "pip install 'textgen[serve]' (or pip install -e '.[serve]' in a checkout)") from None
 
     serve_runs(list(runs), runs_dir, checkpoint, config, echo=click.echo,
                log=lambda message: click.echo(message, err=True), warn=warn)
