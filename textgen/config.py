@@ -254,6 +254,8 @@ class ServeConfig:
         if not 1 <= self.default_max_tokens <= max(self.max_tokens, 1):
             problems.append(f"the default max_tokens ({self.default_max_tokens}) must be between 1 "
                             f"and --max-tokens ({self.max_tokens})")
+        if self.max_prompt + self.max_tokens > INT32_MAX - self.chunk:  # the loop counts steps in int32
+            problems.append(f"--max-prompt + --max-tokens must be below {INT32_MAX - self.chunk:,}")
         if self.max_n > self.max_queue:
             problems.append(f"--max-n ({self.max_n}) must not exceed --max-queue ({self.max_queue})")
         if problems:

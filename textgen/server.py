@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
@@ -103,8 +104,9 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig, counters: Co
         texts = [ChoiceText(i, completion.prompt_of(i), completion.echo, completion.logprobs)
                  for i in range(len(completion.choices))]
         if completion.stream:
+            # the background task also covers a client gone before the first event was written
             return StreamingResponse(_stream(completion, job, queue, texts, counters),
-                                     media_type="text/event-stream",
+                                     media_type="text/event-stream", background=BackgroundTask(job.cancel),
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await _respond(request, completion, job, queue, texts)
 
