@@ -20,7 +20,7 @@ MAX_BATCH = 8
 MAX_QUEUE = 40
 MAX_PROMPT = 300
 MAX_TOKENS = 10**6
-CHUNK = 32  # ServeConfig.chunk
+CHUNK = 64  # ServeConfig.chunk
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 

@@ -233,7 +233,7 @@ class ServeConfig:
     host: str = "127.0.0.1"  # loopback only; another host only when asked for
     port: int = 8000
     max_batch: int = 64  # rows (choices) generated side by side in one compiled loop
-    chunk: int = 32  # characters per row per graph call: the join/leave and cancel granularity
+    chunk: int = 64  # characters per row per graph call: the join/leave and cancel granularity
     max_queue: int = 256  # rows waiting for a free slot; more requests get 429
     max_prompt: int = 4096  # characters in one prompt
     max_tokens: int = 4096  # characters one choice may ask for

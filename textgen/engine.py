@@ -138,12 +138,12 @@ class Engine:
         max_queue: rows that may wait for a slot; `submit` raises `QueueFull` beyond.
 
     Example:
-        >>> engine = Engine(model, vocab, max_batch=64, chunk=32); engine.start()
+        >>> engine = Engine(model, vocab, max_batch=64, chunk=64); engine.start()
         >>> engine.submit(Job([Choice(0, ids, 100, row_key(1, 0))], sink=print))
         >>> engine.close()
     """
 
-    def __init__(self, model, vocab, max_batch: int = 64, chunk: int = 32, max_queue: int = 256):
+    def __init__(self, model, vocab, max_batch: int = 64, chunk: int = 64, max_queue: int = 256):
         self.vocab, self.max_batch, self.chunk, self.max_queue = vocab, max_batch, chunk, max_queue
         self.loop = RowLoop(model, chunk)
         self.sizes = batch_sizes(max_batch)

@@ -97,7 +97,7 @@ class RowLoop:
     """The compiled chunk loop over rows that each carry their own settings.
 
     Args:
-        model: a built `CharLSTM`.
+        model: a built `CharLSTM`; its weights are read once, here.
         chunk: steps per graph call.
         jit_compile: compile each row group's loop with XLA (as `textgen.sample.Sampler` does).
 
@@ -112,12 +112,15 @@ class RowLoop:
         (rows, chunk, TOP_LOGPROBS), zeros unless want_top, new flat states).
 
     Example:
-        >>> loop = RowLoop(model, chunk=32)
+        >>> loop = RowLoop(model, chunk=64)
         >>> ids, logprobs, top_ids, top_logprobs, flat = loop.run(rows, flat, tf.constant(False))
     """
 
     def __init__(self, model, chunk: int, jit_compile: bool = True):
         self.model, self.chunk = model, chunk
+        # The step weights, rearranged once: a server's weights never change, so no chunk pays
+        # for the (vocab, 4*units) table and the stacked kernels again.
+        self.weights = model.step_weights()
         self._group = tf.function(self._group_loop, jit_compile=jit_compile)
         self._groups = tf.function(self._run_groups)
 
@@ -138,7 +141,7 @@ class RowLoop:
     def _group_loop(self, rows, flat_states, want_top):
         last, forced, forced_len, position, temperature, top_k, top_p, keys = rows
         count = tf.shape(last)[0]
-        weights = self.model.step_weights()  # once per chunk, outside the loop
+        weights = self.weights
         no_top = (tf.zeros((count, TOP_LOGPROBS)), tf.zeros((count, TOP_LOGPROBS), tf.int32))
 
         def body(t, last, flat, ids, logprobs, top_ids, top_logprobs):
