@@ -28,15 +28,28 @@ def multibyte_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def doomed_servers(multibyte_run):
-    """Two servers, started side by side, one for each signal."""
-    servers = {sig: Server(multibyte_run, "--max-batch", "2", "--max-tokens", "1000000")
-               for sig in (signal.SIGTERM, signal.SIGINT)}
+def doomed_servers(multibyte_run, trained_run):
+    """Two servers, started side by side, one for each signal; the first serves two runs."""
+    options = ["--max-batch", "2", "--max-tokens", "1000000"]
+    servers = {signal.SIGTERM: Server(multibyte_run, trained_run, *options),
+               signal.SIGINT: Server(multibyte_run, *options)}
     for server in servers.values():
         server.wait_ready()
     yield servers
     for server in servers.values():
         server.stop()
+
+
+def test_several_runs_are_served_by_name(doomed_servers):
+    url = doomed_servers[signal.SIGTERM].url
+    models = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
+    assert [(m["id"], m["textgen"]["vocab_size"]) for m in models] == [("multi", 15), ("tiny", 11)]
+    for model, prompt in (("multi", "\u6f22"), ("tiny", "the")):
+        reply = httpx.post(f"{url}/v1/completions", timeout=60,
+                           json={"model": model, "prompt": prompt, "max_tokens": 40, "seed": 1}).json()
+        assert len(reply["choices"][0]["text"]) == 40 and reply["model"] == model
+    wrong = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "\u6f22"}, timeout=60)
+    assert wrong.status_code == 400 and "never saw" in wrong.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -85,3 +98,5 @@ def test_a_busy_port_and_bad_limits_are_one_line_errors(trained_run):
         assert result.exit_code == 2 and message in result.stderr, describe(result)
     result = invoke("serve", "no-such-run", "--runs-dir", trained_run.parent)
     assert result.exit_code == 2 and result.stderr.startswith("Error:"), describe(result)
+    result = invoke("serve", trained_run, trained_run, "--port", "0")
+    assert result.exit_code == 2 and "two runs are named 'tiny'" in result.stderr, describe(result)

@@ -192,6 +192,9 @@ class Engine:
                 raise QueueFull(f"the server is busy ({len(self._pending)} choices waiting); "
                                 "try again shortly")
             for choice in job.choices:
+                if choice.max_chars == 0 and not choice.score_prompt:  # nothing to compute
+                    job.sink([Finish(choice.index, "length")])
+                    continue
                 ids = np.asarray(choice.prompt_ids, np.int32)
                 self._pending.append(_Row(job, choice, int(ids[0]), ids[1:]))
             self._cond.notify()

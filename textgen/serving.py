@@ -82,12 +82,13 @@ def load_models(runs: list[str], runs_dir: str, which: str, config: ServeConfig,
     from textgen.engine import Engine
     from textgen.inference import load_run
 
+    runs_loaded = [load_run(run, runs_dir, which, warn=warn) for run in runs or [None]]
+    names = [loaded.name for loaded in runs_loaded]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise TextgenError(f"two runs are named {twice[0]!r}; serve one of them, or rename a run directory")
     models: dict[str, ServedModel] = {}
-    for run in runs or [None]:
-        loaded = load_run(run, runs_dir, which, warn=warn)
-        if loaded.name in models:
-            raise TextgenError(f"two runs are named {loaded.name!r}; serve one of them, or rename a "
-                               "run directory")
+    for loaded in runs_loaded:
         engine = Engine(loaded.model, loaded.vocab, config.max_batch, config.chunk, config.max_queue)
         log(f"{loaded.name}: compiling the generation loop for {len(engine.sizes)} batch sizes "
             f"(up to {config.max_batch})...")
