@@ -18,8 +18,8 @@ function surprisalColour(logprob) {
 let pending = [];
 let frameRequested = false;
 
-function appendText(parent, text, logprobs, className) {
-  pending.push([parent, text, logprobs, className]);
+function appendText(parent, text, info, className) {
+  pending.push([parent, text, info, className]);
   if (!frameRequested) {
     frameRequested = true;
     requestAnimationFrame(flush);
@@ -32,13 +32,18 @@ function flush() {
   const parent = pending[0][0];
   // follow the text while the reader is at the bottom of the box
   const following = parent.scrollHeight - parent.scrollTop - parent.clientHeight < 40;
-  for (const [target, text, logprobs, className] of pending) addSpans(target, text, logprobs, className);
+  for (const [target, text, info, className] of pending) addSpans(target, text, info, className);
   pending = [];
   if (following) parent.scrollTop = parent.scrollHeight;
 }
 
-function addSpans(parent, text, logprobs, className) {
-  const colour = $("colour").checked && logprobs;
+function bits(logprob) {
+  return (-logprob / Math.LN2).toFixed(2);
+}
+
+// info: per character {logprob, top: {character: logprob}}, or null (no colouring)
+function addSpans(parent, text, info, className) {
+  const colour = $("colour").checked && info;
   if (!colour) {
     const span = document.createElement("span");
     if (className) span.className = className;
@@ -51,10 +56,12 @@ function addSpans(parent, text, logprobs, className) {
     const span = document.createElement("span");
     if (className) span.className = className;
     span.textContent = ch;
-    const lp = logprobs[i];
-    if (lp !== null && lp !== undefined) {
-      span.style.background = surprisalColour(lp);
-      span.title = `${JSON.stringify(ch)}: ${(-lp / Math.LN2).toFixed(2)} bits`;
+    const { logprob, top } = info[i] || {};
+    if (logprob !== null && logprob !== undefined) {
+      span.style.background = surprisalColour(logprob);
+      const likeliest = top ? Object.entries(top).map(([c, lp]) => `${JSON.stringify(c)} ${bits(lp)}`) : [];
+      span.title = `${JSON.stringify(ch)}: ${bits(logprob)} bits` +
+        (likeliest.length ? `\nlikeliest: ${likeliest.join(", ")}` : "");
     }
     fragment.appendChild(span);
   });
@@ -108,7 +115,7 @@ function requestBody() {
     top_k: Math.max(0, parseInt($("top-k").value, 10) || 0),
     stream: true,
     echo: true,
-    logprobs: 0,
+    logprobs: 3, // each character's log-probability, and the 3 likeliest alternatives
   };
   const seed = $("seed").value.trim();
   if (seed !== "") body.seed = parseInt(seed, 10);
@@ -165,16 +172,18 @@ async function generate() {
       for (const choice of chunk.choices) {
         // characters are code points, as on the server (a JS string's length counts UTF-16 units)
         let chars = [...choice.text];
-        let logprobs = choice.logprobs ? choice.logprobs.token_logprobs : null;
+        const scores = choice.logprobs;
+        let info = scores ? scores.token_logprobs.map((logprob, i) =>
+          ({ logprob, top: scores.top_logprobs && scores.top_logprobs[i] })) : null;
         if (promptLeft > 0 && chars.length) {
           const n = Math.min(promptLeft, chars.length);
-          appendText(output, chars.slice(0, n).join(""), logprobs && logprobs.slice(0, n), "prompt");
+          appendText(output, chars.slice(0, n).join(""), info && info.slice(0, n), "prompt");
           promptLeft -= n;
           chars = chars.slice(n);
-          logprobs = logprobs && logprobs.slice(n);
+          info = info && info.slice(n);
         }
         if (chars.length) {
-          appendText(output, chars.join(""), logprobs);
+          appendText(output, chars.join(""), info);
           generated += chars.length;
         }
         if (choice.finish_reason) reason = choice.finish_reason;
