@@ -15,7 +15,7 @@ process. The load generator (httpx, asyncio) sends streaming `POST /v1/completio
 Every request has a timeout and every loop a fixed count, so the run is bounded. Scenarios
 alternate over `--repeats`; medians are reported with each repeat's figure.
 
-    python bench/serve_speed.py                      # length 2000, single 4000, 3 repeats
+    python bench/serve_speed.py                      # length 3000, single 6000, 3 repeats
     python bench/serve_speed.py --repeats 1 --length 500
 """
 
@@ -150,8 +150,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--length", type=int, default=2000, help="characters per request")
-    parser.add_argument("--single-length", type=int, default=4000, help="characters of the single stream")
+    parser.add_argument("--length", type=int, default=3000, help="characters per request")
+    parser.add_argument("--single-length", type=int, default=6000, help="characters of the single stream")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-batch", type=int, default=64)
     args = parser.parse_args(argv)
