@@ -3,20 +3,22 @@
 A 2 x 256 run (embedding 64, a 65-character vocabulary, weights after one training step, i.e.
 random) is created in a temporary directory and served by `textgen serve --port 0` in its own
 process. The load generator (httpx, asyncio) sends streaming `POST /v1/completions` requests
-(prompt "The ", temperature 1.0, `--length` characters each, seeds 0..31) and measures:
+(prompt "The ", temperature 1.0, `--length` characters each, seeds 0, 1, ...) and measures:
 
-  serial      the 32 requests one after another: total characters / total seconds
-  concurrent  the same 32 requests from 32 clients at once: total characters / wall seconds,
+  serial      the --clients (32) requests one after another: total characters / total seconds
+  concurrent  the same requests from that many clients at once: total characters / wall seconds,
               and each request's first-character latency (request sent -> first text received)
   single      one client streaming `--single-length` characters: characters / seconds, against
               `textgen sample`'s generation speed for one stream of the same length
-              (`Sampler.generate`, same run, in this process, while the server is idle)
+              (`Sampler.generate` on the same run, in a child process, while the server is idle;
+              the load generator itself never imports TensorFlow)
 
 Every request has a timeout and every loop a fixed count, so the run is bounded. Scenarios
 alternate over `--repeats`; medians are reported with each repeat's figure.
 
     python bench/serve_speed.py                      # length 3000, single 6000, 3 repeats
     python bench/serve_speed.py --repeats 1 --length 500
+    python bench/serve_speed.py --clients 64         # 64 at once (--max-batch 64 holds them all)
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-CLIENTS = 32
+CLIENTS = 32  # default --clients
 PROMPT = "The "
 ALPHABET = ("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" " \n!$&',-.:;?3")  # 65 characters
 REQUEST_TIMEOUT = 300.0  # seconds, any single request
@@ -90,24 +92,24 @@ async def stream(client, url: str, length: int, seed: int) -> tuple[float, float
     return first, time.perf_counter() - start, chars
 
 
-async def serial(url: str, length: int) -> float:
+async def serial(url: str, length: int, clients: int) -> float:
     import httpx
 
     async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT) as client:
         start = time.perf_counter()
         chars = 0
-        for seed in range(CLIENTS):
+        for seed in range(clients):
             chars += (await stream(client, url, length, seed))[2]
         return chars / (time.perf_counter() - start)
 
 
-async def concurrent(url: str, length: int) -> tuple[float, list[float]]:
+async def concurrent(url: str, length: int, clients: int) -> tuple[float, list[float]]:
     import httpx
 
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT, limits=limits) as client:
         start = time.perf_counter()
-        results = await asyncio.gather(*(stream(client, url, length, seed) for seed in range(CLIENTS)))
+        results = await asyncio.gather(*(stream(client, url, length, seed) for seed in range(clients)))
         wall = time.perf_counter() - start
     return sum(r[2] for r in results) / wall, [r[0] for r in results]
 
@@ -120,26 +122,34 @@ async def single(url: str, length: int) -> float:
     return chars / seconds
 
 
-def sampler_speed(run: Path, length: int):
-    """A function timing `textgen sample`'s generation of one stream of `length` characters."""
+def sampler_speed(run: str, length: int, seed: int) -> float:
+    """`textgen sample`'s generation speed for one stream of `length` characters (chars/s),
+    after a first generation that compiles the loop. Runs in a child process (`--sample-speed`):
+    the load generator must not be a TensorFlow process, whose idle thread pools measurably slow
+    a server beside it on two cores (concurrent throughput halved in a development run)."""
     import numpy as np
 
     from textgen.config import SampleConfig
     from textgen.inference import load_run
     from textgen.sample import Sampler, start_ids
 
-    loaded = load_run(str(run), run.parent)
+    loaded = load_run(run, Path(run).parent)
     sampler = Sampler(loaded.model)
     ids, _ = start_ids(loaded.vocab, PROMPT)
-
-    def timed(seed: int) -> float:
-        config = SampleConfig(temperature=1.0, length=length, seed=seed, prime=PROMPT)
+    rate = 0.0
+    for attempt in (seed, seed + 1):  # the first one compiles
+        config = SampleConfig(temperature=1.0, length=length, seed=attempt, prime=PROMPT)
         start = time.perf_counter()
         total = sum(chunk.shape[1] for chunk in sampler.generate(np.asarray(ids), config))
-        return total / (time.perf_counter() - start)
+        rate = total / (time.perf_counter() - start)
+    return rate
 
-    timed(0)  # compiles
-    return timed
+
+def sample_speed_in_child(run: Path, length: int, seed: int) -> float:
+    command = [sys.executable, __file__, "--sample-speed", str(run), "--single-length", str(length),
+               "--seed", str(seed)]
+    done = subprocess.run(command, check=True, timeout=600, capture_output=True, text=True)
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -154,24 +164,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single-length", type=int, default=6000, help="characters of the single stream")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--clients", type=int, default=CLIENTS, help="concurrent clients (and serial requests)")
+    parser.add_argument("--sample-speed", metavar="RUN", help=argparse.SUPPRESS)  # the child's job
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.sample_speed:
+        print(sampler_speed(args.sample_speed, args.single_length, args.seed))
+        return 0
+    if not (1 <= args.clients <= 256 and args.repeats >= 1 and args.length >= 64 and args.single_length >= 64):
+        parser.error("--clients must be 1..256, --repeats >= 1, lengths >= 64")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     print(f"serve_speed: python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
           f"load average at start {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print(f"{CLIENTS} requests x {args.length} characters; single stream {args.single_length}; "
+    clients = args.clients
+    print(f"{clients} requests x {args.length} characters; single stream {args.single_length}; "
           f"{args.repeats} repeats; --max-batch {args.max_batch}")
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(Path(tmp))
-        timed_sampler = sampler_speed(run, args.single_length)
         server, url = start_server(run, args.max_batch)
         try:
-            asyncio.run(concurrent(url, 64))  # first requests through every path
+            asyncio.run(concurrent(url, 64, clients))  # first requests through every path
             rows = {"serial": [], "concurrent": [], "p95": [], "p50": [], "single": [], "sample": []}
             for repeat in range(args.repeats):
                 rows["single"].append(asyncio.run(single(url, args.single_length)))
-                rows["sample"].append(timed_sampler(repeat + 1))
-                rows["serial"].append(asyncio.run(serial(url, args.length)))
-                rate, firsts = asyncio.run(concurrent(url, args.length))
+                rows["sample"].append(sample_speed_in_child(run, args.single_length, 2 * repeat + 1))
+                rows["serial"].append(asyncio.run(serial(url, args.length, clients)))
+                rate, firsts = asyncio.run(concurrent(url, args.length, clients))
                 rows["concurrent"].append(rate)
                 rows["p95"].append(percentile(firsts, 95) * 1000)
                 rows["p50"].append(percentile(firsts, 50) * 1000)
@@ -184,10 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     ratios = [c / s for c, s in zip(rows["concurrent"], rows["serial"])]
     single_ratios = [a / b for a, b in zip(rows["single"], rows["sample"])]
     print(f"\nserial (1 client at a time):  {median['serial']:10,.0f} chars/s")
-    print(f"concurrent ({CLIENTS} clients):      {median['concurrent']:10,.0f} chars/s")
+    print(f"concurrent ({clients} clients):      {median['concurrent']:10,.0f} chars/s")
     print(f"  ratio concurrent/serial: median {statistics.median(ratios):.2f} "
           f"(per repeat {', '.join(f'{r:.2f}' for r in ratios)}); target >= 8")
-    print(f"  first-character latency at {CLIENTS} clients: p50 {median['p50']:.0f} ms, "
+    print(f"  first-character latency at {clients} clients: p50 {median['p50']:.0f} ms, "
           f"p95 {median['p95']:.0f} ms (per repeat {', '.join(f'{v:.0f}' for v in rows['p95'])}); "
           "target p95 <= 300 ms")
     print(f"single client stream:         {median['single']:10,.0f} chars/s")

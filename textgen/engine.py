@@ -156,6 +156,7 @@ class Engine:
         self._states = [np.zeros((0, u), np.float32) for u in self._units]  # (rows, units) each
         self.characters = 0  # generated so far (prompt characters not counted)
         self.chunks = 0  # graph calls so far
+        self.busy_seconds = 0.0  # spent in those calls
 
     @property
     def queue_length(self) -> int:
@@ -273,11 +274,14 @@ class Engine:
             temperature[i], top_k[i], top_p[i], keys[i] = (choice.temperature, choice.top_k,
                                                            choice.top_p, choice.key)
         flat = [np.concatenate([s, np.zeros((size - len(s), s.shape[1]), np.float32)]) for s in states]
+        start = time.perf_counter()
         outputs = self.loop.run(RowInputs(last, forced, forced_len, position, temperature, top_k,
                                           top_p, keys), flat, tf.constant(want_top))
         *results, new_flat = outputs
+        results = [r.numpy() for r in results]
+        self.busy_seconds += time.perf_counter() - start
         self.chunks += 1
-        return [r.numpy() for r in results], forced_len, [s.numpy()[: len(rows)] for s in new_flat]
+        return results, forced_len, [s.numpy()[: len(rows)] for s in new_flat]
 
     def _generate(self) -> None:
         """Run one chunk for the rows in their slots and deliver what each produced."""

@@ -13,8 +13,10 @@ whether the row ran alone or among others.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import threading
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -121,20 +123,34 @@ class RowLoop:
         # The step weights, rearranged once: a server's weights never change, so no chunk pays
         # for the (vocab, 4*units) table and the stacked kernels again.
         self.weights = model.step_weights()
-        self._group = tf.function(self._group_loop, jit_compile=jit_compile)
-        self._groups = tf.function(self._run_groups)
+        self.jit_compile = jit_compile
+        self._functions: dict[tuple, object] = {}  # one traced function per kind and row count
+        self._lock = threading.Lock()
 
     def run(self, rows: RowInputs, flat_states, want_top):
         """One chunk for every row. Rows run as `parallel_parts` loops side by side (one per core
         when each gets >= 16 rows); no row's numbers depend on how they are grouped."""
-        run = self._groups if parallel_parts(int(rows.last.shape[0])) > 1 else self._group
-        return run(tuple(rows), list(flat_states), want_top)
+        count = int(rows.last.shape[0])
+        kind = "groups" if parallel_parts(count) > 1 else "group"
+        return self._function(kind, count)(tuple(rows), list(flat_states), want_top)
+
+    def _function(self, kind: str, count: int):
+        """The compiled loop for `count` rows ("group"), or the graph running its row groups side
+        by side ("groups"). One tf.function per row count: each is traced once, and TensorFlow
+        does not warn about retracing a function for every batch size."""
+        with self._lock:
+            if (kind, count) not in self._functions:
+                # a new callable per row count: TensorFlow's retracing warning counts traces per callable
+                body = functools.partial(self._group_loop if kind == "group" else self._run_groups)
+                self._functions[kind, count] = tf.function(
+                    body, jit_compile=self.jit_compile if kind == "group" else None)
+            return self._functions[kind, count]
 
     def _run_groups(self, rows, flat_states, want_top):
         count = len(rows)
         sizes = row_split_sizes(rows[0].shape[0], parallel_parts(rows[0].shape[0]))
-        outputs = [self._group(tuple(group[:count]), group[count:], want_top)
-                   for group in split_rows([*rows, *flat_states], sizes)]
+        outputs = [self._function("group", size)(tuple(group[:count]), group[count:], want_top)
+                   for size, group in zip(sizes, split_rows([*rows, *flat_states], sizes))]
         *results, flats = zip(*outputs)
         return (*(tf.concat(list(parts), axis=0) for parts in results), concat_rows(list(flats)))
 

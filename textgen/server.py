@@ -259,6 +259,8 @@ def render_metrics(models: dict[str, ServedModel], counters: Counters) -> str:
            [(labels, e.queue_length) for labels, e in per_model])
     metric("chunks_total", "counter", "Compiled-loop calls (chunks of characters for every row).",
            [(labels, e.chunks) for labels, e in per_model])
+    metric("busy_seconds_total", "counter", "Seconds spent in those calls.",
+           [(labels, round(e.busy_seconds, 6)) for labels, e in per_model])
     metric("uptime_seconds", "gauge", "Seconds since the server started.",
            [("", round(time.time() - counters.started, 3))])
     return "\n".join(lines) + "\n"
