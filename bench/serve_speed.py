@@ -8,6 +8,8 @@ process. The load generator (httpx, asyncio) sends streaming `POST /v1/completio
   serial      the --clients (32) requests one after another: total characters / total seconds
   concurrent  the same requests from that many clients at once: total characters / wall seconds,
               and each request's first-character latency (request sent -> first text received)
+  loop        the engine's compiled loop alone for 1 row and for --clients rows, in a child
+              process while the server is idle: the ratio the concurrent/serial one cannot beat
   single      one client streaming `--single-length` characters: characters / seconds, against
               `textgen sample`'s generation speed for one stream of the same length
               (`Sampler.generate` on the same run, in a child process, while the server is idle;
@@ -125,8 +127,8 @@ async def single(url: str, length: int) -> float:
 def sampler_speed(run: str, length: int, seed: int) -> float:
     """`textgen sample`'s generation speed for one stream of `length` characters (chars/s),
     after a first generation that compiles the loop. Runs in a child process (`--sample-speed`):
-    the load generator must not be a TensorFlow process, whose idle thread pools measurably slow
-    a server beside it on two cores (concurrent throughput halved in a development run)."""
+    the load generator must not be a TensorFlow process: in development runs on two cores, the
+    server's chunks took up to twice as long beside one that had just run the sampler."""
     import numpy as np
 
     from textgen.config import SampleConfig
@@ -145,11 +147,46 @@ def sampler_speed(run: str, length: int, seed: int) -> float:
     return rate
 
 
-def sample_speed_in_child(run: Path, length: int, seed: int) -> float:
-    command = [sys.executable, __file__, "--sample-speed", str(run), "--single-length", str(length),
-               "--seed", str(seed)]
+def loop_speed(run: str, rows: int, chunks: int = 20) -> float:
+    """The engine's compiled loop alone (no HTTP, no per-row Python): best chars/s of 3 timings
+    of `chunks` chunks for `rows` rows, after one call that compiles."""
+    import numpy as np
+    import tensorflow as tf
+
+    from textgen.inference import load_run
+    from textgen.model import flatten_state
+    from textgen.rowloop import RowInputs, RowLoop, row_key
+
+    loop = RowLoop(load_run(run, Path(run).parent).model, 64)
+    zeros, no = np.zeros(rows, np.int32), tf.constant(False)
+    inputs = RowInputs(zeros, np.zeros((rows, 64), np.int32), zeros, zeros, np.ones(rows, np.float32),
+                       zeros, np.ones(rows, np.float32),
+                       np.array([row_key(i, 0) for i in range(rows)], np.uint32))
+    flat = flatten_state(loop.model.initial_state(rows))
+    loop.run(inputs, flat, no)
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(chunks):
+            ids, _, _, _, flat = loop.run(inputs, flat, no)
+            ids.numpy()
+        best = max(best, rows * 64 * chunks / (time.perf_counter() - start))
+    return best
+
+
+def in_child(*args: str) -> list[float]:
+    """Run this script with `args` in a child process; the numbers it prints on its last line."""
+    command = [sys.executable, __file__, *args]
     done = subprocess.run(command, check=True, timeout=600, capture_output=True, text=True)
-    return float(done.stdout.strip().splitlines()[-1])
+    return [float(x) for x in done.stdout.strip().splitlines()[-1].split()]
+
+
+def cpu_seconds(server_pid: int) -> tuple[float, float]:
+    """CPU seconds used so far by the server process and by this one (user + system)."""
+    import psutil
+
+    server, me = psutil.Process(server_pid).cpu_times(), psutil.Process().cpu_times()
+    return server.user + server.system, me.user + me.system
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -164,14 +201,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single-length", type=int, default=6000, help="characters of the single stream")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-batch", type=int, default=64)
-    parser.add_argument("--clients", type=int, default=CLIENTS, help="concurrent clients (and serial requests)")
+    parser.add_argument("--clients", type=int, default=CLIENTS,
+                        help="concurrent clients (and serial requests)")
     parser.add_argument("--sample-speed", metavar="RUN", help=argparse.SUPPRESS)  # the child's job
+    parser.add_argument("--loop-speed", metavar="RUN", help=argparse.SUPPRESS)  # the child's job
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.loop_speed:
+        print(loop_speed(args.loop_speed, 1), loop_speed(args.loop_speed, args.clients))
+        return 0
     if args.sample_speed:
         print(sampler_speed(args.sample_speed, args.single_length, args.seed))
         return 0
-    if not (1 <= args.clients <= 256 and args.repeats >= 1 and args.length >= 64 and args.single_length >= 64):
+    if not (1 <= args.clients <= 256 and args.repeats >= 1 and min(args.length, args.single_length) >= 64):
         parser.error("--clients must be 1..256, --repeats >= 1, lengths >= 64")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     print(f"serve_speed: python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
@@ -184,12 +226,22 @@ def main(argv: list[str] | None = None) -> int:
         server, url = start_server(run, args.max_batch)
         try:
             asyncio.run(concurrent(url, 64, clients))  # first requests through every path
-            rows = {"serial": [], "concurrent": [], "p95": [], "p50": [], "single": [], "sample": []}
+            rows = {"serial": [], "concurrent": [], "p95": [], "p50": [], "single": [], "sample": [],
+                    "loop 1": [], f"loop {clients}": []}
+            cores = []  # (server, load generator) CPU seconds per second during the concurrent phase
             for repeat in range(args.repeats):
                 rows["single"].append(asyncio.run(single(url, args.single_length)))
-                rows["sample"].append(sample_speed_in_child(run, args.single_length, 2 * repeat + 1))
+                rows["sample"].append(in_child("--sample-speed", str(run), "--single-length",
+                                               str(args.single_length), "--seed", str(2 * repeat + 1))[0])
+                one, many = in_child("--loop-speed", str(run), "--clients", str(clients))
+                rows["loop 1"].append(one)
+                rows[f"loop {clients}"].append(many)
                 rows["serial"].append(asyncio.run(serial(url, args.length, clients)))
+                before, start = cpu_seconds(server.pid), time.perf_counter()
                 rate, firsts = asyncio.run(concurrent(url, args.length, clients))
+                wall = time.perf_counter() - start
+                used = [a - b for a, b in zip(cpu_seconds(server.pid), before)]
+                cores.append((used[0] / wall, used[1] / wall))
                 rows["concurrent"].append(rate)
                 rows["p95"].append(percentile(firsts, 95) * 1000)
                 rows["p50"].append(percentile(firsts, 50) * 1000)
@@ -205,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"concurrent ({clients} clients):      {median['concurrent']:10,.0f} chars/s")
     print(f"  ratio concurrent/serial: median {statistics.median(ratios):.2f} "
           f"(per repeat {', '.join(f'{r:.2f}' for r in ratios)}); target >= 8")
+    print("  cores busy meanwhile (CPU seconds per second): server "
+          + ", ".join(f"{s:.2f}" for s, _ in cores)
+          + "; load generator " + ", ".join(f"{g:.2f}" for _, g in cores))
     print(f"  first-character latency at {clients} clients: p50 {median['p50']:.0f} ms, "
           f"p95 {median['p95']:.0f} ms (per repeat {', '.join(f'{v:.0f}' for v in rows['p95'])}); "
           "target p95 <= 300 ms")
@@ -212,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"textgen sample, 1 stream:     {median['sample']:10,.0f} chars/s")
     print(f"  ratio single/sample: median {statistics.median(single_ratios):.2f} "
           f"(per repeat {', '.join(f'{r:.2f}' for r in single_ratios)}); target >= 0.80")
+    loop_ratios = [m / o for o, m in zip(rows["loop 1"], rows[f"loop {clients}"])]
+    print(f"the compiled loop alone (no HTTP): 1 row {median['loop 1']:,.0f} chars/s, {clients} rows "
+          f"{median[f'loop {clients}']:,.0f}: ratio {statistics.median(loop_ratios):.2f} "
+          f"(per repeat {', '.join(f'{r:.2f}' for r in loop_ratios)})")
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
 
