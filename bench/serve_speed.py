@@ -95,6 +95,7 @@ async def stream(client, url: str, length: int, seed: int) -> tuple[float, float
 
 
 async def serial(url: str, length: int, clients: int) -> float:
+    """chars/s of `clients` requests sent one after another."""
     import httpx
 
     async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT) as client:
@@ -106,6 +107,7 @@ async def serial(url: str, length: int, clients: int) -> float:
 
 
 async def concurrent(url: str, length: int, clients: int) -> tuple[float, list[float]]:
+    """chars/s of `clients` requests sent at once, and each one's first-character latency."""
     import httpx
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -117,6 +119,7 @@ async def concurrent(url: str, length: int, clients: int) -> tuple[float, list[f
 
 
 async def single(url: str, length: int) -> float:
+    """chars/s of one streamed request."""
     import httpx
 
     async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT) as client:
@@ -196,6 +199,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the scenarios and print the figures (or, in a child process, one measurement)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--length", type=int, default=3000, help="characters per request")
     parser.add_argument("--single-length", type=int, default=6000, help="characters of the single stream")

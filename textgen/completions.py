@@ -55,9 +55,14 @@ def error_body(message: str, kind: str, param: str | None = None, code: str | No
 
 @dataclass
 class Completion:
-    """A validated completion request.
+    """A validated completion request (`parse_completion`'s result).
 
-    `choices[i]` generates choice i: prompt `i // n`, sample `i % n` (OpenAI's order).
+    Attributes:
+        model: the served run's name.
+        prompts: the prompts, in order.
+        choices: the engine's rows; `choices[i]` continues prompt `i // n` (OpenAI's order).
+        stream, include_usage, echo, logprobs: how to answer.
+        id, created: the response's "id" and "created".
     """
 
     model: str
@@ -194,7 +199,19 @@ def start_ids(prompt: str, vocab) -> tuple[np.ndarray, bool]:
 
 
 class ChoiceText:
-    """The text, logprobs and finish reason of one choice, built from engine events."""
+    """The text, logprobs and finish reason of one choice, built from engine events.
+
+    Args:
+        index: the choice's index in the response.
+        prompt: the prompt it continues (echoed first when `echo`).
+        echo: whether the text starts with the prompt.
+        logprobs: the request's `logprobs` (None: no log-probabilities are kept).
+
+    Example:
+        >>> text = ChoiceText(0, "the", echo=False, logprobs=None)
+        >>> text.add(Piece(0, " cat", [-1.0, -2.0, -0.5, -0.1]))["text"]
+        ' cat'
+    """
 
     def __init__(self, index: int, prompt: str, echo: bool, logprobs: int | None):
         self.index, self.text, self.reason, self.generated = index, "", None, 0

@@ -115,6 +115,7 @@ class _Row:
 
     @property
     def hold_back(self) -> int:
+        """Characters kept back: a stop string may still complete across the next chunk."""
         return max((len(s) for s in self.choice.stop), default=1) - 1
 
 

@@ -43,7 +43,15 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 @dataclass
 class ServedModel:
-    """A run being served: its engine, vocabulary and what /v1/models says about it."""
+    """A run being served.
+
+    Attributes:
+        name: the run's name, the API's `model`.
+        engine: its running `Engine`.
+        vocab: its `Vocabulary`.
+        created: run.json's modification time (Unix seconds), for /v1/models.
+        details: its shape and training summary, under "textgen" in /v1/models.
+    """
 
     name: str
     engine: Engine
@@ -54,7 +62,12 @@ class ServedModel:
 
 @dataclass
 class Counters:
-    """The server's own counters for /metrics (the engines keep theirs)."""
+    """The server's own counters for /metrics (the engines keep theirs), and whether it is closing.
+
+    Example:
+        >>> counters = Counters(); counters.count(200); counters.requests
+        {200: 1}
+    """
 
     started: float = field(default_factory=time.time)
     requests: dict = field(default_factory=dict)  # HTTP status -> completion requests answered
@@ -62,6 +75,7 @@ class Counters:
     closing: bool = False
 
     def count(self, status: int) -> None:
+        """One more completion request answered with `status`."""
         self.requests[status] = self.requests.get(status, 0) + 1
 
 
@@ -92,6 +106,7 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig, counters: Co
     vocabs = {name: served.vocab for name, served in models.items()}
 
     async def completions(request: Request):
+        """POST /v1/completions: validate, queue the choices, answer as JSON or as events."""
         try:
             if counters.closing:
                 raise RequestError("the server is shutting down", 503, "server_error")
@@ -111,9 +126,11 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig, counters: Co
         return await _respond(request, completion, job, queue, texts)
 
     async def list_models(request: Request):
+        """GET /v1/models: the served runs."""
         return JSONResponse({"object": "list", "data": [_model_object(m) for m in models.values()]})
 
     async def get_model(request: Request):
+        """GET /v1/models/{name}: one served run."""
         name = request.path_params["name"]
         if name not in models:
             body = error_body(f"the model '{name}' does not exist", "invalid_request_error", "model",
@@ -122,21 +139,26 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig, counters: Co
         return JSONResponse(_model_object(models[name]))
 
     async def healthz(request: Request):
+        """GET /healthz: 200 while serving, 503 once shutting down."""
         status = "shutting down" if counters.closing else "ok"
         return JSONResponse({"status": status, "models": list(models)}, 503 if counters.closing else 200)
 
     async def metrics(request: Request):
+        """GET /metrics: Prometheus text."""
         return PlainTextResponse(render_metrics(models, counters), media_type="text/plain; version=0.0.4")
 
     async def page(request: Request):
+        """GET /: the playground."""
         return FileResponse(STATIC_DIR / "playground.html")
 
     async def http_error(request: Request, exc: HTTPException):
+        """Routing errors (404, 405) in the API's JSON error shape."""
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return JSONResponse(error_body(f"{exc.detail}: {request.method} {request.url.path}", kind),
                             exc.status_code, headers=getattr(exc, "headers", None))
 
     async def server_error(request: Request, exc: Exception):
+        """An unexpected exception: a JSON 500 (the traceback goes to the server's log)."""
         return JSONResponse(error_body("internal server error; see the server's log", "server_error"), 500)
 
     routes = [
