@@ -181,20 +181,20 @@ def info(run, runs_dir):
     click.echo(describe_run(run, runs_dir))
 
 
-_V = ServeConfig()
+_SERVE = ServeConfig()
 
 
 @main.command()
 @click.argument("runs", nargs=-1, metavar="[RUN]...")
 @runs_dir_option
 @checkpoint_option
-@click.option("--host", default=_V.host, show_default=True, help="Address to listen on; 127.0.0.1 is this machine only (give 0.0.0.0 to open it to the network).")
-@click.option("--port", type=int, default=_V.port, show_default=True, help="Port to listen on (0: any free port).")
-@click.option("--max-batch", type=int, default=_V.max_batch, show_default=True, help="Choices generated side by side in one compiled loop.")
-@click.option("--max-queue", type=int, default=_V.max_queue, show_default=True, help="Choices that may wait for a free slot; beyond, requests get HTTP 429.")
-@click.option("--max-prompt", type=int, default=_V.max_prompt, show_default=True, help="Most characters in one prompt.")
-@click.option("--max-tokens", type=int, default=_V.max_tokens, show_default=True, help="Most characters one choice may ask for (max_tokens).")
-@click.option("--max-n", type=int, default=_V.max_n, show_default=True, help="Most choices in one request (n x prompts).")
+@click.option("--host", default=_SERVE.host, show_default=True, help="Address to listen on; 127.0.0.1 is this machine only (give 0.0.0.0 to open it to the network).")
+@click.option("--port", type=int, default=_SERVE.port, show_default=True, help="Port to listen on (0: any free port).")
+@click.option("--max-batch", type=int, default=_SERVE.max_batch, show_default=True, help="Choices generated side by side in one compiled loop.")
+@click.option("--max-queue", type=int, default=_SERVE.max_queue, show_default=True, help="Choices that may wait for a free slot; beyond, requests get HTTP 429.")
+@click.option("--max-prompt", type=int, default=_SERVE.max_prompt, show_default=True, help="Most characters in one prompt.")
+@click.option("--max-tokens", type=int, default=_SERVE.max_tokens, show_default=True, help="Most characters one choice may ask for (max_tokens).")
+@click.option("--max-n", type=int, default=_SERVE.max_n, show_default=True, help="Most choices in one request (n x prompts).")
 @user_errors
 def serve(runs, runs_dir, checkpoint, **options):
     """Serve RUNs (default: the latest) over HTTP: an OpenAI-compatible completions API and a
