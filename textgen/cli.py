@@ -14,13 +14,13 @@ import click
 
 from textgen import __version__
 from textgen.config import (EXPORT_FORMATS, PRECISIONS, PRESETS, QUANTIZATIONS, VIZ_FORMATS, ExportConfig,
-                            ModelConfig, SampleConfig, TrainConfig, VizConfig, apply_preset)
+                            ModelConfig, SampleConfig, ServeConfig, TrainConfig, VizConfig, apply_preset)
 from textgen.distribute import STRATEGIES
 from textgen.errors import TextgenError, one_line
 
 RUNS_DIR = "checkpoints"
 CORPUS_DIR = "corpora"
-_M, _T, _S, _E, _V = ModelConfig(), TrainConfig(), SampleConfig(), ExportConfig(), VizConfig()
+_M, _T, _S, _E, _V, _SV = ModelConfig(), TrainConfig(), SampleConfig(), ExportConfig(), VizConfig(), ServeConfig()
 
 
 def user_errors(func):
@@ -247,6 +247,32 @@ def viz(run, file, runs_dir, checkpoint, prime, sample_length, seed, out, encodi
     config = VizConfig(format=fmt, **options)
     click.echo(run_viz(run, file, runs_dir, checkpoint, config, out=out, prime=prime,
                        sample=sample_length, seed=seed, encoding=encoding, warn=warn))
+
+@main.command()
+@click.argument("runs", nargs=-1, metavar="[RUN]...")
+@runs_dir_option
+@checkpoint_option
+@click.option("--host", default=_SV.host, show_default=True, help="Address to listen on; 127.0.0.1 is this machine only (give 0.0.0.0 to open it to the network).")
+@click.option("--port", type=int, default=_SV.port, show_default=True, help="Port to listen on (0: any free port).")
+@click.option("--max-batch", type=int, default=_SV.max_batch, show_default=True, help="Choices generated side by side in one compiled loop.")
+@click.option("--max-queue", type=int, default=_SV.max_queue, show_default=True, help="Choices that may wait for a free slot; beyond, requests get HTTP 429.")
+@click.option("--max-prompt", type=int, default=_SV.max_prompt, show_default=True, help="Most characters in one prompt.")
+@click.option("--max-tokens", type=int, default=_SV.max_tokens, show_default=True, help="Most characters one choice may ask for (max_tokens).")
+@click.option("--max-n", type=int, default=_SV.max_n, show_default=True, help="Most choices in one request (n x prompts).")
+@user_errors
+def serve(runs, runs_dir, checkpoint, **options):
+    """Serve RUNs (default: the latest) over HTTP: an OpenAI-compatible completions API and a
+    playground page at http://HOST:PORT/. Concurrent requests share one compiled sampling loop."""
+    config = ServeConfig(**options)
+    config.validate()  # before TensorFlow and the models load
+    try:
+        from textgen.serving import serve_runs
+    except ModuleNotFoundError as e:  # Starlette or uvicorn uninstalled after textgen was
+        raise TextgenError(f"textgen serve needs the Python package {e.name!r}; install it with "
+                           f"pip install {e.name}") from None
+
+    serve_runs(list(runs), runs_dir, checkpoint, config, echo=click.echo,
+               log=lambda message: click.echo(message, err=True), warn=warn)
 
 
 def _fields(cls):

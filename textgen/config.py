@@ -282,3 +282,39 @@ class VizConfig:
             raise TextgenError(f"--temp must be 0 (greedy) or positive, got {self.temperature}")
         if self.format not in VIZ_FORMATS:
             raise TextgenError(f"--format must be one of {', '.join(VIZ_FORMATS)}, got {self.format!r}")
+
+@dataclass
+class ServeConfig:
+    """`textgen serve`: where it listens, how many requests share the compiled loop, and the
+    limits that keep any request from holding unbounded memory or compute."""
+
+    host: str = "127.0.0.1"  # loopback only; another host only when asked for
+    port: int = 8000
+    max_batch: int = 64  # rows (choices) generated side by side in one compiled loop
+    chunk: int = 64  # characters per row per graph call: the join/leave and cancel granularity
+    max_queue: int = 256  # rows waiting for a free slot; more requests get 429
+    max_prompt: int = 4096  # characters in one prompt
+    max_tokens: int = 4096  # characters one choice may ask for
+    default_max_tokens: int = 256  # when a request gives no max_tokens
+    max_n: int = 16  # choices per request (n x number of prompts)
+    max_body_bytes: int = 1 << 20  # request bodies larger than this are refused (413)
+    shutdown_timeout: float = 10.0  # seconds a graceful shutdown waits for responses to end
+
+    def validate(self) -> None:
+        """Refuse option values that cannot serve, one line."""
+        problems = []
+        for name in ("max_batch", "chunk", "max_queue", "max_prompt", "max_tokens", "max_n",
+                     "max_body_bytes"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.port <= 65535:
+            problems.append(f"--port must be between 0 and 65535, got {self.port}")
+        if not 1 <= self.default_max_tokens <= max(self.max_tokens, 1):
+            problems.append(f"the default max_tokens ({self.default_max_tokens}) must be between 1 "
+                            f"and --max-tokens ({self.max_tokens})")
+        if self.max_prompt + self.max_tokens > INT32_MAX - self.chunk:  # the loop counts steps in int32
+            problems.append(f"--max-prompt + --max-tokens must be below {INT32_MAX - self.chunk:,}")
+        if self.max_n > self.max_queue:
+            problems.append(f"--max-n ({self.max_n}) must not exceed --max-queue ({self.max_queue})")
+        if problems:
+            raise TextgenError("; ".join(problems))

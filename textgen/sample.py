@@ -26,25 +26,35 @@ ROWS_PER_GROUP = 32  # streams per compiled sampling loop; more run as several l
 def filter_logits(logits, temperature, top_k, top_p):
     """Temperature-scale logits and mask (to -inf) what top-k / top-p exclude.
 
-    logits: (batch, vocab) float32; temperature > 0; top_k 0 = off; top_p 1.0 = off.
+    logits: (batch, vocab) float32; temperature > 0; top_k 0 = off; top_p 1.0 = off. Each of
+    temperature, top_k and top_p is a scalar (one setting for every row) or a (batch,) tensor
+    (one per row, as `textgen serve` batches requests with different settings).
     """
-    logits = logits / temperature
+    logits = logits / _per_row(temperature)
     # A real branch (also under XLA): with both filters off the sort is skipped, which is a
     # quarter of a step with 64 streams.
-    return tf.cond((top_k > 0) | (top_p < 1.0), lambda: _top_k_top_p(logits, top_k, top_p),
-                   lambda: logits)
+    return tf.cond(tf.reduce_any((top_k > 0) | (top_p < 1.0)),
+                   lambda: _top_k_top_p(logits, top_k, top_p), lambda: logits)
+
+
+def _per_row(value):
+    """A scalar or (batch,) setting as a column that broadcasts against (batch, vocab)."""
+    return tf.reshape(value, [-1, 1])  # (1, 1) or (batch, 1)
 
 
 def _top_k_top_p(logits, top_k, top_p):
     """Mask (to -inf) the logits outside the top k and outside the top-p nucleus.
 
-    One descending sort serves both filters (and keeps k a tensor, which XLA needs).
+    One descending sort serves both filters (and keeps k a tensor, which XLA needs). top_k and
+    top_p are scalars or (batch,).
     """
     vocab = tf.shape(logits)[-1]
     sorted_logits = tf.sort(logits, direction="DESCENDING")  # (batch, vocab)
-    k = tf.where(top_k > 0, tf.minimum(top_k, vocab), vocab)
-    kth = tf.gather(sorted_logits, [k - 1], axis=-1)  # (batch, 1): smallest logit in the top k
-    in_top_k = tf.range(vocab) < k  # (vocab,): sorted positions kept by top-k
+    k = _per_row(tf.where(top_k > 0, tf.minimum(top_k, vocab), vocab))  # (1 or batch, 1)
+    top_p = _per_row(top_p)
+    # (batch, 1): smallest logit in the top k
+    kth = tf.gather(sorted_logits, tf.broadcast_to(k - 1, tf.shape(logits[:, :1])), batch_dims=1)
+    in_top_k = tf.range(vocab)[None, :] < k  # (1 or batch, vocab): sorted positions kept by top-k
     sorted_logits = tf.where(in_top_k, sorted_logits, -np.inf)
     probs = tf.nn.softmax(sorted_logits)
     before = tf.cumsum(probs, axis=-1, exclusive=True)  # mass of strictly more likely chars

@@ -1,0 +1,57 @@
+"""A `textgen serve` process for the tests: started on a free port, ready once it printed its URL."""
+
+from __future__ import annotations
+
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+
+START_TIMEOUT = 180  # seconds for a server to load, compile and listen
+
+
+class Server:
+    """`textgen serve ... --port 0` in its own process; `url` once it printed that it is ready."""
+
+    def __init__(self, *args):
+        command = [sys.executable, "-m", "textgen", "serve", *map(str, args), "--port", "0"]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        encoding="utf-8")
+        self.lines: queue.Queue = queue.Queue()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._read, args=(self.process.stdout, self.lines), daemon=True).start()
+        threading.Thread(target=lambda: self.stderr.extend(self.process.stderr), daemon=True).start()
+        self.stdout, self.url = [], None
+
+    @staticmethod
+    def _read(stream, lines):
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    def wait_ready(self) -> str:
+        deadline = time.monotonic() + START_TIMEOUT
+        while self.url is None and time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.stdout.append(line)
+            match = re.search(r"at (http://127\.0\.0\.1:\d+)/ ", line)
+            if match:
+                self.url = match.group(1)
+        assert self.url, f"server did not start: {self.stdout} {''.join(self.stderr)[-3000:]}"
+        return self.url
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)

@@ -1,0 +1,339 @@
+"""`textgen serve` end to end: a real server process on 127.0.0.1 hit by real HTTP clients (the
+official `openai` package, httpx) and by headless Chromium, and shut down by real signals.
+
+One server serves the session's tiny run for most tests (started once per module); two more, on a
+run whose vocabulary has multi-byte characters, are stopped with SIGTERM and SIGINT mid-stream.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+from serve_process import Server
+
+MAX_BATCH = 8
+MAX_QUEUE = 40
+MAX_PROMPT = 300
+MAX_TOKENS = 10**6
+CHUNK = 64  # ServeConfig.chunk
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def server(trained_run):
+    srv = Server(trained_run, "--max-batch", MAX_BATCH, "--max-queue", MAX_QUEUE, "--max-prompt", MAX_PROMPT,
+                 "--max-tokens", MAX_TOKENS)
+    srv.wait_ready()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def url(server):
+    return server.url
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="not-needed", max_retries=0, timeout=60)
+
+
+def complete(url, body, timeout=60) -> httpx.Response:
+    return httpx.post(f"{url}/v1/completions", json=body, timeout=timeout)
+
+
+def metrics(url) -> dict[str, float]:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def wait_idle(url, timeout=15.0):
+    """Until no row is generating or waiting; the last metrics."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = metrics(url)
+        if m['textgen_batch_size{model="tiny"}'] == 0 and m['textgen_queue_length{model="tiny"}'] == 0:
+            return m
+        assert time.monotonic() < deadline, m
+        time.sleep(0.02)
+
+
+def sse_payloads(lines) -> list:
+    """The `data:` payloads of an event stream (JSON-decoded, except the final [DONE])."""
+    out = []
+    for line in lines:
+        if line.startswith("data: "):
+            out.append(line[6:] if line == "data: [DONE]" else json.loads(line[6:]))
+    return out
+
+
+def test_models_health_and_metrics(url, client):
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    info = httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]
+    assert info["object"] == "model" and info["textgen"]["vocab_size"] == 11
+    assert info["textgen"]["units"] == 16 and info["textgen"]["layers"] == 1
+    assert httpx.get(f"{url}/v1/models/tiny", timeout=10).json()["id"] == "tiny"
+    assert httpx.get(f"{url}/healthz", timeout=10).json() == {"status": "ok", "models": ["tiny"]}
+    m = metrics(url)
+    assert m['textgen_batch_slots{model="tiny"}'] == MAX_BATCH
+    for name in ("textgen_characters_generated_total", "textgen_batch_size", "textgen_queue_length"):
+        assert f'{name}{{model="tiny"}}' in m
+
+
+def test_completion_through_the_openai_client(url, client, trained_run):
+    vocab = set(json.loads((trained_run / "vocab.json").read_text(encoding="utf-8"))["chars"])
+    result = client.completions.create(model="tiny", prompt="the ", max_tokens=50, seed=1, temperature=0.8)
+    text = result.choices[0].text
+    assert len(text) == 50 and set(text) <= vocab
+    assert result.choices[0].finish_reason == "length" and result.object == "text_completion"
+    usage = result.usage
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (4, 50, 54)
+    raw = complete(url, {"model": "tiny", "prompt": "the ", "max_tokens": 50, "seed": 1, "temperature": 0.8})
+    assert raw.status_code == 200 and raw.json()["choices"][0]["text"] == text
+    # model may be left out when one run is served; greedy decoding needs no seed
+    greedy = [complete(url, {"prompt": "the ", "max_tokens": 30, "temperature": 0}).json() for _ in range(2)]
+    assert greedy[0]["choices"][0]["text"] == greedy[1]["choices"][0]["text"]
+
+
+def test_streaming_gives_the_same_text_in_openai_chunks(url, client):
+    body = {"model": "tiny", "prompt": "the cat", "max_tokens": 150, "seed": 5}
+    whole = client.completions.create(**body).choices[0].text
+    pieces = list(client.completions.create(**body, stream=True))
+    assert "".join(p.choices[0].text for p in pieces) == whole
+    assert pieces[-1].choices[0].finish_reason == "length"
+    assert len(pieces) >= 3  # it streamed in several chunks
+    with httpx.stream("POST", f"{url}/v1/completions", timeout=60,
+                      json={**body, "stream": True, "stream_options": {"include_usage": True}}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        payloads = sse_payloads(response.iter_lines())
+    assert payloads[-1] == "[DONE]"
+    assert payloads[-2]["usage"] == {"prompt_tokens": 7, "completion_tokens": 150, "total_tokens": 157}
+    assert all(p["object"] == "text_completion" and p["model"] == "tiny" for p in payloads[:-1])
+    assert "".join(c["text"] for p in payloads[:-2] for c in p["choices"]) == whole
+
+
+def test_n_choices_and_stop_strings(url, client):
+    result = client.completions.create(model="tiny", prompt="the ", max_tokens=80, n=3, seed=2)
+    texts = [c.text for c in sorted(result.choices, key=lambda c: c.index)]
+    assert [c.index for c in sorted(result.choices, key=lambda c: c.index)] == [0, 1, 2]
+    assert len(set(texts)) == 3 and all(len(t) == 80 for t in texts)
+    assert result.usage.completion_tokens == 240
+    single = client.completions.create(model="tiny", prompt="the ", max_tokens=80, seed=2)
+    assert single.choices[0].text == texts[0]  # choice 0 of a seed is the seed's text
+    stop = texts[0][40:43]
+    stopped = client.completions.create(model="tiny", prompt="the ", max_tokens=80, seed=2,
+                                        stop=["zz", stop])
+    assert stopped.choices[0].text == texts[0][:texts[0].find(stop)]
+    assert stopped.choices[0].finish_reason == "stop"
+    streamed = client.completions.create(model="tiny", prompt="the ", max_tokens=80, seed=2, stop=stop,
+                                         stream=True)
+    assert "".join(p.choices[0].text for p in streamed) == stopped.choices[0].text
+    batch = client.completions.create(model="tiny", prompt=["the ", "a cat"], max_tokens=20, n=2, seed=4)
+    assert sorted(c.index for c in batch.choices) == [0, 1, 2, 3]
+    assert batch.usage.prompt_tokens == 9
+
+
+def test_a_seed_gives_the_same_text_alone_and_in_a_busy_batch(url):
+    target = {"prompt": "the mat", "max_tokens": 300, "seed": 42, "temperature": 0.9, "top_k": 5,
+              "top_p": 0.95}
+    alone = complete(url, target).json()["choices"][0]["text"]
+    others = [{"prompt": "a", "max_tokens": 200 + 37 * i, "seed": i, "temperature": 0.3 * i,
+               "stream": i % 2 == 0} for i in range(7)]
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(complete, url, body) for body in others[:4]]
+        time.sleep(0.05)  # the target joins a batch that is already running
+        mine = pool.submit(complete, url, target)
+        futures += [pool.submit(complete, url, body) for body in others[4:]]
+        assert all(f.result().status_code == 200 for f in futures)
+        assert mine.result().json()["choices"][0]["text"] == alone
+    assert len(alone) == 300
+
+
+def test_echo_and_logprobs(url):
+    body = {"prompt": "the cat", "max_tokens": 20, "seed": 3, "echo": True, "logprobs": 2}
+    choice = complete(url, body).json()["choices"][0]
+    text, logprobs = choice["text"], choice["logprobs"]
+    assert text.startswith("the cat") and len(text) == 27
+    assert logprobs["tokens"] == list(text) and logprobs["text_offset"] == list(range(27))
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    assert all(lp <= 0 for lp in logprobs["token_logprobs"][1:])
+    for top, token, lp in zip(logprobs["top_logprobs"][1:], logprobs["tokens"][1:],
+                              logprobs["token_logprobs"][1:]):
+        assert len(top) == 2 and max(top.values()) >= lp - 1e-6
+        if token in top:
+            assert abs(top[token] - lp) < 1e-5
+    plain = complete(url, {"prompt": "the cat", "max_tokens": 20, "seed": 3}).json()["choices"][0]["text"]
+    assert text == "the cat" + plain
+    with httpx.stream("POST", f"{url}/v1/completions", timeout=60,
+                      json={**body, "stream": True, "logprobs": 0}) as response:
+        payloads = sse_payloads(response.iter_lines())[:-1]
+    streamed = [c for p in payloads for c in p["choices"]]
+    assert "".join(c["text"] for c in streamed) == text
+    assert [lp for c in streamed if c["logprobs"] for lp in c["logprobs"]["token_logprobs"]][1:] == \
+        pytest.approx(logprobs["token_logprobs"][1:], abs=1e-5)
+
+
+ERRORS = [
+    ({"model": "nope", "prompt": "the"}, 404, "'nope' does not exist"),
+    ({"prompt": "the cat \u00a9 \U0001f600"}, 400, "never saw: '\u00a9' '\U0001f600'"),
+    ({"prompt": "a" * (MAX_PROMPT + 1)}, 400, f"at most {MAX_PROMPT}"),
+    ({"prompt": "a", "max_tokens": MAX_TOKENS + 1}, 400, "'max_tokens' must be an integer from 0"),
+    ({"prompt": "a", "max_tokens": "10"}, 400, "'max_tokens' must be"),
+    ({"prompt": "a", "temperature": -0.5}, 400, "'temperature' must be a number of at least 0"),
+    ({"prompt": "a", "top_p": 0}, 400, "'top_p' must be"),
+    ({"prompt": "a", "top_k": -1}, 400, "'top_k' must be"),
+    ({"prompt": "a", "n": 17}, 400, "at most 16 choices"),
+    ({"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, 400, "'stop' must be"),
+    ({"prompt": [1, 2, 3]}, 400, "token ids are not accepted"),
+    ({"prompt": "a", "frobnicate": 1}, 400, "unrecognized request argument(s): frobnicate"),
+    ({"prompt": "a", "presence_penalty": 0.5}, 400, "'presence_penalty' is not supported"),
+    ({"prompt": "a", "stream_options": {"include_usage": True}}, 400, "only allowed with 'stream'"),
+    ([1, 2], 400, "must be a JSON object"),
+    (b'{"prompt": "the', 400, "not valid JSON"),
+    (b"[" * 100_000, 400, "not valid JSON"),
+    (b" " * ((1 << 20) + 1), 413, "larger than"),
+]
+
+
+@pytest.mark.parametrize("body,status,fragment", ERRORS, ids=[e[2][:30] for e in ERRORS])
+def test_bad_requests_get_json_errors(url, body, status, fragment):
+    if isinstance(body, bytes):
+        response = httpx.post(f"{url}/v1/completions", content=body, timeout=30,
+                              headers={"content-type": "application/json"})
+    else:
+        response = complete(url, body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert fragment in error["message"] and error["type"]
+
+
+def test_errors_reach_the_openai_client_and_leave_the_server_up(url, client):
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.completions.create(model="missing", prompt="the")
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.completions.create(model="tiny", prompt="the", temperature=-1)
+    for method, path, status in (("GET", "/v1/completions", 405), ("GET", "/nowhere", 404)):
+        response = httpx.request(method, f"{url}{path}", timeout=10)
+        assert response.status_code == status and "error" in response.json()
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+
+
+def open_stream(url, body):
+    """A streaming request left open: (client, response, iterator over its lines)."""
+    http = httpx.Client(timeout=60)
+    response = http.send(http.build_request("POST", f"{url}/v1/completions", json={**body, "stream": True}),
+                         stream=True)
+    assert response.status_code == 200
+    return http, response, response.iter_lines()
+
+
+def test_a_client_that_disconnects_stops_costing_compute(url):
+    wait_idle(url)
+    http, response, lines = open_stream(url, {"prompt": "the", "max_tokens": MAX_TOKENS})
+    events = [line for _, line in zip(range(6), lines)]
+    assert sum(line.startswith("data: ") for line in events) >= 3
+    assert metrics(url)['textgen_batch_size{model="tiny"}'] == 1
+    response.close()
+    http.close()
+    before = wait_idle(url, timeout=5)  # the row left (one chunk takes milliseconds here)
+    time.sleep(0.3)
+    after = metrics(url)
+    key = 'textgen_characters_generated_total{model="tiny"}'
+    assert after[key] == before[key]
+    assert after['textgen_chunks_total{model="tiny"}'] == before['textgen_chunks_total{model="tiny"}']
+
+
+def test_a_full_queue_is_refused_with_429(url):
+    wait_idle(url)
+    streams = [open_stream(url, {"prompt": "the", "max_tokens": MAX_TOKENS, "n": 16})]
+    try:
+        next(streams[0][2])  # its 16 rows are generating
+        streams += [open_stream(url, {"prompt": "the", "max_tokens": MAX_TOKENS, "n": 16}) for _ in range(2)]
+        m = metrics(url)  # 8 rows generate, 40 wait: one more would pass the limit of 40
+        assert m['textgen_batch_size{model="tiny"}'] == MAX_BATCH
+        assert m['textgen_queue_length{model="tiny"}'] == MAX_QUEUE
+        response = complete(url, {"prompt": "the"})
+        assert response.status_code == 429 and response.json()["error"]["type"] == "rate_limit_error"
+        assert "busy" in response.json()["error"]["message"]
+    finally:
+        for http, response, _ in streams:
+            response.close()
+            http.close()
+    wait_idle(url)
+    assert complete(url, {"prompt": "the", "max_tokens": 5}).status_code == 200
+
+
+def test_32_concurrent_clients_all_complete_in_shared_chunks(url):
+    before = wait_idle(url)
+    bodies = [{"prompt": "the ", "max_tokens": 300, "seed": i, "stream": i % 2 == 0} for i in range(32)]
+    start = time.monotonic()
+    with ThreadPoolExecutor(32) as pool:
+        responses = list(pool.map(lambda body: stream_or_post(url, body), bodies))
+    assert time.monotonic() - start < 120
+    assert [len(text) for text, _ in responses] == [300] * 32
+    assert {reason for _, reason in responses} == {"length"}
+    chunks = metrics(url)['textgen_chunks_total{model="tiny"}'] - before['textgen_chunks_total{model="tiny"}']
+    one_by_one = 32 * -(-(300 + 3) // CHUNK)  # chunks if every request had run alone
+    assert chunks <= one_by_one / 2, (chunks, one_by_one)  # 8 slots: about 1/8 when they all overlap
+
+
+def stream_or_post(url, body) -> tuple[str, str]:
+    """(text, finish_reason) of a completion, streamed or not."""
+    if not body["stream"]:
+        choice = complete(url, body, timeout=120).json()["choices"][0]
+        return choice["text"], choice["finish_reason"]
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as response:
+        payloads = sse_payloads(response.iter_lines())
+    assert payloads[-1] == "[DONE]"
+    choices = [c for p in payloads[:-1] for c in p["choices"]]
+    return "".join(c["text"] for c in choices), choices[-1]["finish_reason"]
+
+
+def test_the_playground_streams_coloured_text_in_a_browser(url, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 760})
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"{url}/")
+            page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+            assert page.input_value("#model") == "tiny"
+            assert "1 \u00d7 16 LSTM" in page.text_content("#model-info")
+            page.fill("#prompt", "the cat ")
+            page.fill("#length", "20000")
+            page.click("#generate")
+            page.wait_for_function("document.querySelector('#output').textContent.length > 300")
+            early, running = len(page.text_content("#output")), page.is_enabled("#stop")
+            page.wait_for_function("!document.querySelector('#generate').disabled", timeout=60_000)
+            final = page.text_content("#output")
+            assert running and early < len(final) == len("the cat ") + 20000  # it grew, then stopped
+            assert final.startswith("the cat ") and "(finished: length)" in page.text_content("#status")
+            # every character but the first is coloured by its surprisal, in bits, with alternatives
+            titles = page.eval_on_selector_all("#output span[title]", "spans => spans.map(s => s.title)")
+            assert len(titles) == len(final) - 1
+            assert all(re.fullmatch(r'".{1,2}": \d+\.\d\d bits\nlikeliest: (".{1,2}" \d+\.\d\d(, )?){3}', t)
+                       for t in titles[:200]), titles[:3]
+            page.screenshot(path=str(tmp_path / "playground.png"))
+            # Stop ends a long generation, and the server frees its row
+            page.fill("#length", str(MAX_TOKENS))
+            page.click("#generate")
+            page.wait_for_function("document.querySelector('#output').textContent.length > 300")
+            page.click("#stop")
+            page.wait_for_function("document.querySelector('#status').textContent.startsWith('stopped')")
+            wait_idle(url)
+        finally:
+            browser.close()
+    assert errors == []
+    assert (tmp_path / "playground.png").stat().st_size > 10_000

@@ -1,0 +1,275 @@
+"""The OpenAI text-completions schema for `textgen serve`: request validation and response bodies.
+
+Characters are the tokens: `max_tokens` counts characters, `usage` counts characters, and
+`logprobs` reports each character's natural-log probability under the model (temperature 1, no
+top-k/top-p: how surprised the model itself was). Parameters textgen cannot honour are refused by
+name rather than ignored; their neutral values (what client libraries send by default) pass.
+No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from textgen.config import INT32_MAX, ServeConfig
+from textgen.engine import Choice, Finish
+from textgen.rowloop import TOP_LOGPROBS, row_key
+
+MAX_STOP = 4  # stop strings per request, as in OpenAI's API
+KNOWN_FIELDS = {
+    "model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "seed", "stop", "stream",
+    "stream_options", "logprobs", "echo", "user", "best_of", "frequency_penalty", "presence_penalty",
+    "logit_bias", "suffix",
+}
+
+
+class RequestError(Exception):
+    """A request the server refuses: answered as `{"error": {...}}` with `status`.
+
+    Args:
+        message: what is wrong and how to fix it, one line.
+        status: the HTTP status (4xx for the client's mistakes).
+        kind: OpenAI's error type ("invalid_request_error", "rate_limit_error", ...).
+        param: the request field at fault, if one is.
+    """
+
+    def __init__(self, message: str, status: int = 400, kind: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message, self.status, self.kind, self.param, self.code = message, status, kind, param, code
+
+    def body(self) -> dict:
+        """The JSON error body."""
+        return error_body(self.message, self.kind, self.param, self.code)
+
+
+def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+@dataclass
+class Completion:
+    """A validated completion request (`parse_completion`'s result).
+
+    Attributes:
+        model: the served run's name.
+        prompts: the prompts, in order.
+        choices: the engine's rows; `choices[i]` continues prompt `i // n` (OpenAI's order).
+        stream, include_usage, echo, logprobs: how to answer.
+        id, created: the response's "id" and "created".
+    """
+
+    model: str
+    prompts: list[str]
+    choices: list[Choice]
+    stream: bool = False
+    include_usage: bool = False
+    echo: bool = False
+    logprobs: int | None = None
+    id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def prompt_of(self, index: int) -> str:
+        """The prompt choice `index` continues."""
+        return self.prompts[index * len(self.prompts) // len(self.choices)]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def _get(body: dict, name: str, default, check, requirement: str):
+    """body[name] (default when absent or null), refused with a 400 naming the field unless
+    `check(value)`."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not check(value):
+        raise RequestError(f"'{name}' must be {requirement}, got {value!r}"[:300], param=name)
+    return value
+
+
+def parse_completion(body, models: dict, config: ServeConfig) -> Completion:
+    """Validate a `POST /v1/completions` body against the served `models` ({name: vocab}).
+
+    Raises RequestError (400 for bad fields, 404 for an unknown model).
+    """
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    unknown = sorted(set(body) - KNOWN_FIELDS)
+    if unknown:
+        raise RequestError(f"unrecognized request argument(s): {', '.join(unknown)}", param=unknown[0])
+    _refuse_unsupported(body)
+    name = _get(body, "model", next(iter(models)), lambda v: isinstance(v, str), "a string")
+    if name not in models:
+        raise RequestError(f"the model '{name}' does not exist; served here: {', '.join(models)} "
+                           "(GET /v1/models lists them)", 404, param="model", code="model_not_found")
+    vocab = models[name]
+    prompts = _prompts(body.get("prompt", ""), config, vocab)
+    n = _get(body, "n", 1, lambda v: _is_int(v) and v >= 1, "an integer of at least 1")
+    if n * len(prompts) > config.max_n:
+        raise RequestError(f"n x prompts is {n * len(prompts)}; at most {config.max_n} choices per "
+                           "request", param="n")
+    max_tokens = _get(body, "max_tokens", config.default_max_tokens,
+                      lambda v: _is_int(v) and 0 <= v <= config.max_tokens,
+                      f"an integer from 0 to {config.max_tokens} (characters)")
+    temperature = _get(body, "temperature", 1.0, lambda v: _is_number(v) and v >= 0,
+                       "a number of at least 0 (0 is greedy)")
+    top_p = _get(body, "top_p", 1.0, lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]")
+    top_k = _get(body, "top_k", 0, lambda v: _is_int(v) and 0 <= v <= INT32_MAX,
+                 "an integer of at least 0 (0 is off)")
+    seed = _get(body, "seed", None, _is_int, "an integer")
+    stop = _stop(body.get("stop"))
+    logprobs = _get(body, "logprobs", None, lambda v: _is_int(v) and 0 <= v <= TOP_LOGPROBS,
+                    f"an integer from 0 to {TOP_LOGPROBS}")
+    echo = _get(body, "echo", False, lambda v: isinstance(v, bool), "true or false")
+    stream = _get(body, "stream", False, lambda v: isinstance(v, bool), "true or false")
+    options = _get(body, "stream_options", {}, lambda v: isinstance(v, dict) and set(v) <= {"include_usage"}
+                   and isinstance(v.get("include_usage", False), bool), '{"include_usage": true|false}')
+    if options and not stream:
+        raise RequestError("'stream_options' is only allowed with 'stream': true", param="stream_options")
+    choices = []
+    for index in range(len(prompts) * n):
+        ids, _ = start_ids(prompts[index // n], vocab)
+        choices.append(Choice(index, ids, max_tokens, row_key(seed, index), float(temperature),
+                              int(top_k), float(top_p), stop, logprobs or 0,
+                              score_prompt=echo and logprobs is not None))
+    return Completion(name, prompts, choices, stream, bool(options.get("include_usage")), echo, logprobs)
+
+
+def _refuse_unsupported(body: dict) -> None:
+    """400 for parameters textgen does not implement, unless they hold their neutral value."""
+    neutral = {"frequency_penalty": (0, 0.0), "presence_penalty": (0, 0.0), "suffix": ("",),
+               "logit_bias": ({},)}
+    for name, values in neutral.items():
+        if body.get(name) is not None and body[name] not in values:
+            raise RequestError(f"'{name}' is not supported by textgen serve; leave it out", param=name)
+    best_of = body.get("best_of")
+    if best_of is not None and best_of != body.get("n", 1):
+        raise RequestError("'best_of' is not supported by textgen serve; use 'n'", param="best_of")
+    if body.get("user") is not None and not isinstance(body["user"], str):
+        raise RequestError("'user' must be a string", param="user")
+
+
+def _prompts(prompt, config: ServeConfig, vocab) -> list[str]:
+    """The request's prompts (a string or a list of strings), each checked against the limits
+    and the vocabulary."""
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not (isinstance(prompts, list) and prompts and all(isinstance(p, str) for p in prompts)):
+        raise RequestError("'prompt' must be a string or a non-empty list of strings (token ids "
+                           "are not accepted: send text)", param="prompt")
+    for text in prompts:
+        if len(text) > config.max_prompt:
+            raise RequestError(f"the prompt has {len(text):,} characters; at most {config.max_prompt:,} "
+                               "are accepted", param="prompt", code="context_length_exceeded")
+        unknown = vocab.unknown_chars(text)
+        if unknown:
+            shown = " ".join(repr(ch) for ch in unknown[:20])
+            more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+            raise RequestError(f"the prompt has characters the model never saw: {shown}{more}; "
+                               "remove them", param="prompt")
+    return prompts
+
+
+def _stop(stop) -> tuple[str, ...]:
+    """Stop strings: a string or a list of up to MAX_STOP non-empty strings."""
+    stops = [stop] if isinstance(stop, str) else ([] if stop is None else stop)
+    if not (isinstance(stops, list) and len(stops) <= MAX_STOP and all(isinstance(s, str) for s in stops)):
+        raise RequestError(f"'stop' must be a string or a list of at most {MAX_STOP} strings", param="stop")
+    return tuple(s for s in stops if s)
+
+
+def start_ids(prompt: str, vocab) -> tuple[np.ndarray, bool]:
+    """The ids a choice starts from and whether they are the prompt's own (an empty prompt starts
+    from a newline, or the vocabulary's first character, which is not part of the text)."""
+    if prompt:
+        return vocab.encode(prompt).astype(np.int32), True
+    start = "\n" if "\n" in vocab.chars else vocab.chars[0]
+    return vocab.encode(start).astype(np.int32), False
+
+
+class ChoiceText:
+    """The text, logprobs and finish reason of one choice, built from engine events.
+
+    Args:
+        index: the choice's index in the response.
+        prompt: the prompt it continues (echoed first when `echo`).
+        echo: whether the text starts with the prompt.
+        logprobs: the request's `logprobs` (None: no log-probabilities are kept).
+
+    Example:
+        >>> text = ChoiceText(0, "the", echo=False, logprobs=None)
+        >>> text.add(Piece(0, " cat", [-1.0, -2.0, -0.5, -0.1]))["text"]
+        ' cat'
+    """
+
+    def __init__(self, index: int, prompt: str, echo: bool, logprobs: int | None):
+        self.index, self.text, self.reason, self.generated = index, "", None, 0
+        self.tokens: list[str] = []
+        self.token_logprobs: list[float | None] = []
+        self.top: list[dict | None] = []
+        self.logprobs = logprobs
+        if echo and prompt:
+            self.text = prompt[0] if logprobs is not None else prompt
+            self._log(prompt[:1], [None], None if logprobs is None else [None])
+
+    def add(self, event) -> dict:
+        """Apply a Piece or Finish; returns the choice object of this event (for streaming)."""
+        if isinstance(event, Finish):
+            self.reason = event.reason
+            return self.choice_object("", None, event.reason)
+        start = len(self.text)
+        self.text += event.text
+        self.generated += 0 if event.prompt else len(event.text)
+        self._log(event.text, event.logprobs, event.top)
+        return self.choice_object(event.text, self._logprobs_from(start), None)
+
+    def opening(self) -> dict | None:
+        """The choice object of the echoed prompt known before generation starts, if any."""
+        return self.choice_object(self.text, self._logprobs_from(0), None) if self.text else None
+
+    def _log(self, text: str, logprobs: list, top) -> None:
+        if self.logprobs is not None:
+            self.tokens += list(text)
+            self.token_logprobs += logprobs
+            self.top += top if top is not None else [None] * len(text)
+
+    def _logprobs_from(self, start: int) -> dict | None:
+        """OpenAI's legacy logprobs object for the text from offset `start` on."""
+        if self.logprobs is None:
+            return None
+        first = len(self.tokens) - (len(self.text) - start)
+        return {"tokens": self.tokens[first:], "token_logprobs": self.token_logprobs[first:],
+                "top_logprobs": self.top[first:] if self.logprobs else None,
+                "text_offset": list(range(start, len(self.text)))}
+
+    def choice_object(self, text: str, logprobs: dict | None, reason: str | None) -> dict:
+        """One entry of a response's "choices"."""
+        return {"text": text, "index": self.index, "logprobs": logprobs, "finish_reason": reason}
+
+    def final(self) -> dict:
+        """The whole choice, for a non-streaming response."""
+        return self.choice_object(self.text, self._logprobs_from(0), self.reason)
+
+
+def usage(request: Completion, texts: list[ChoiceText]) -> dict:
+    """Characters in, characters out (each prompt counted once, as OpenAI counts tokens)."""
+    prompt = sum(len(p) for p in request.prompts)
+    completion = sum(t.generated for t in texts)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def envelope(request: Completion, choices: list[dict], **extra) -> dict:
+    """A response or stream chunk around `choices`."""
+    return {"id": request.id, "object": "text_completion", "created": request.created,
+            "model": request.model, "choices": choices, **extra}

@@ -1,0 +1,180 @@
+"""Generation for rows that each carry their own settings: the compiled loop `textgen serve` batches.
+
+`RowLoop` runs one chunk of characters for a batch of rows in one XLA-compiled `tf.while_loop`,
+like `textgen.sample.Sampler`, except that every row has its own temperature, top-k, top-p, seed
+and position, and may still be reading its prompt: at the steps where a row has prompt characters
+left, its next input is the prompt's character instead of a sampled one (and that character's
+log-probability is recorded, which scores the prompt).
+
+Every random draw of a row depends only on its key and its position in its own text
+(`counter_uniform`), never on the other rows of the batch, so a fixed seed gives the same text
+whether the row ran alone or among others.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import threading
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from textgen.model import flatten_state, unflatten_state
+from textgen.parallel import concat_rows, parallel_parts, row_split_sizes, split_rows
+from textgen.sample import filter_logits
+
+TOP_LOGPROBS = 5  # most alternatives a row can ask for per character (OpenAI's limit too)
+_M32 = 0xFFFFFFFF
+
+
+def row_key(seed: int | None, index: int) -> tuple[int, int]:
+    """The two 32-bit words of a row's RNG key, from a request's seed and the choice's index.
+
+    Any integer seed is accepted (hashed, so nearby seeds give unrelated streams); None draws one.
+    """
+    if seed is None:
+        seed = int.from_bytes(os.urandom(8), "big")
+    digest = hashlib.blake2b(f"{seed}/{index}".encode(), digest_size=8).digest()
+    word = int.from_bytes(digest, "big")
+    return word >> 32, word & _M32
+
+
+def _fmix32(h):
+    """MurmurHash3's 32-bit finaliser: every input bit flips each output bit with p ~ 1/2."""
+    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 16))
+    h = h * tf.constant(0x85EBCA6B, tf.uint32)
+    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 13))
+    h = h * tf.constant(0xC2B2AE35, tf.uint32)
+    return tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 16))
+
+
+def counter_uniform(keys, positions):
+    """One uniform number in (0, 1) per row, a pure function of (the row's key, its position).
+
+    keys: (rows, 2) uint32; positions: (rows,) int32 -> (rows,) float32. Written by hand because
+    TensorFlow's stateless RNGs take one seed per call and draw for the whole batch at once, which
+    would tie a row's text to its batch; this counter-based hash is a few fused integer ops.
+    """
+    counter = tf.cast(positions, tf.uint32) * tf.constant(0x9E3779B9, tf.uint32)
+    h = _fmix32(tf.bitwise.bitwise_xor(keys[:, 1], counter + tf.constant(0x7F4A7C15, tf.uint32)))
+    h = _fmix32(tf.bitwise.bitwise_xor(keys[:, 0], h))
+    # the top 24 bits (a float32 mantissa), centred in their interval: never exactly 0 or 1
+    return (tf.cast(tf.bitwise.right_shift(h, 8), tf.float32) + 0.5) / float(1 << 24)
+
+
+def choose_next_rows(logits, temperature, top_k, top_p, keys, positions):
+    """Next ids (rows,) from logits (rows, vocab), each row with its own settings and draw.
+
+    temperature, top_k, top_p: (rows,); temperature 0 is greedy argmax. The draw inverts the
+    filtered distribution's cumulative sum at `counter_uniform(keys, positions)`, one number per
+    row, so a row's choice never depends on the other rows.
+    """
+    greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    safe_temperature = tf.where(temperature > 0, temperature, 1.0)
+    probs = tf.nn.softmax(filter_logits(logits, safe_temperature, top_k, top_p))  # (rows, vocab)
+    cdf = tf.cumsum(probs, axis=-1)
+    threshold = counter_uniform(keys, positions)[:, None] * cdf[:, -1:]  # (rows, 1)
+    # the first id whose cumulative mass reaches the threshold (> 0, so never a masked id)
+    sampled = tf.reduce_sum(tf.cast(cdf < threshold, tf.int32), axis=-1)
+    sampled = tf.minimum(sampled, tf.shape(logits)[-1] - 1)
+    return tf.where(temperature > 0, sampled, greedy)
+
+
+class RowInputs(NamedTuple):
+    """One chunk's per-row inputs to `RowLoop` (numpy arrays or tensors, `rows` entries each)."""
+
+    last: object  # (rows,) int32: the next input id
+    forced: object  # (rows, chunk) int32: prompt ids that replace the sampled ones ...
+    forced_len: object  # (rows,) int32: ... at the steps t < forced_len
+    position: object  # (rows,) int32: steps the row has taken so far (its RNG counter)
+    temperature: object  # (rows,) float32; 0 is greedy
+    top_k: object  # (rows,) int32; 0 is off
+    top_p: object  # (rows,) float32; 1 is off
+    keys: object  # (rows, 2) uint32: `row_key`
+
+
+class RowLoop:
+    """The compiled chunk loop over rows that each carry their own settings.
+
+    Args:
+        model: a built `CharLSTM`; its weights are read once, here.
+        chunk: steps per graph call.
+        jit_compile: compile each row group's loop with XLA (as `textgen.sample.Sampler` does).
+
+    Call arguments (`run`):
+        rows: `RowInputs`, one entry per row (see there).
+        flat_states: the flattened (h, C) per layer, (rows, units) each.
+        want_top: scalar bool, whether to compute each step's top alternatives.
+
+    Returns:
+        (ids (rows, chunk), logprobs (rows, chunk): the natural-log probability of each id under
+        the model's own distribution (temperature 1, no filter), top_ids and top_logprobs
+        (rows, chunk, TOP_LOGPROBS), zeros unless want_top, new flat states).
+
+    Example:
+        >>> loop = RowLoop(model, chunk=64)
+        >>> ids, logprobs, top_ids, top_logprobs, flat = loop.run(rows, flat, tf.constant(False))
+    """
+
+    def __init__(self, model, chunk: int, jit_compile: bool = True):
+        self.model, self.chunk = model, chunk
+        # The step weights, rearranged once: a server's weights never change, so no chunk pays
+        # for the (vocab, 4*units) table and the stacked kernels again.
+        self.weights = model.step_weights()
+        self.jit_compile = jit_compile
+        self._functions: dict[tuple, object] = {}  # one traced function per kind and row count
+        self._lock = threading.Lock()
+
+    def run(self, rows: RowInputs, flat_states, want_top):
+        """One chunk for every row. Rows run as `parallel_parts` loops side by side (one per core
+        when each gets >= 16 rows); no row's numbers depend on how they are grouped."""
+        count = int(rows.last.shape[0])
+        kind = "groups" if parallel_parts(count) > 1 else "group"
+        return self._function(kind, count)(tuple(rows), list(flat_states), want_top)
+
+    def _function(self, kind: str, count: int):
+        """The compiled loop for `count` rows ("group"), or the graph running its row groups side
+        by side ("groups"). One tf.function per row count: each is traced once, and TensorFlow
+        does not warn about retracing a function for every batch size."""
+        with self._lock:
+            if (kind, count) not in self._functions:
+                # a new callable per row count: TensorFlow's retracing warning counts traces per callable
+                body = functools.partial(self._group_loop if kind == "group" else self._run_groups)
+                self._functions[kind, count] = tf.function(
+                    body, jit_compile=self.jit_compile if kind == "group" else None)
+            return self._functions[kind, count]
+
+    def _run_groups(self, rows, flat_states, want_top):
+        count = len(rows)
+        sizes = row_split_sizes(rows[0].shape[0], parallel_parts(rows[0].shape[0]))
+        outputs = [self._function("group", size)(tuple(group[:count]), group[count:], want_top)
+                   for size, group in zip(sizes, split_rows([*rows, *flat_states], sizes))]
+        *results, flats = zip(*outputs)
+        return (*(tf.concat(list(parts), axis=0) for parts in results), concat_rows(list(flats)))
+
+    def _group_loop(self, rows, flat_states, want_top):
+        last, forced, forced_len, position, temperature, top_k, top_p, keys = rows
+        count = tf.shape(last)[0]
+        weights = self.weights
+        no_top = (tf.zeros((count, TOP_LOGPROBS)), tf.zeros((count, TOP_LOGPROBS), tf.int32))
+
+        def body(t, last, flat, ids, logprobs, top_ids, top_logprobs):
+            logits, states = self.model.step(last, unflatten_state(flat), weights)  # (rows, vocab)
+            sampled = choose_next_rows(logits, temperature, top_k, top_p, keys, position + t)
+            nxt = tf.where(t < forced_len, tf.gather(forced, t, axis=1), sampled)  # (rows,)
+            log_probs = tf.nn.log_softmax(logits)  # (rows, vocab)
+            chosen = tf.gather(log_probs, nxt[:, None], batch_dims=1)[:, 0]  # (rows,)
+            best, best_ids = tf.cond(want_top, lambda: tuple(tf.math.top_k(log_probs, TOP_LOGPROBS)),
+                                     lambda: no_top)
+            return (t + 1, nxt, flatten_state(states), ids.write(t, nxt), logprobs.write(t, chosen),
+                    top_ids.write(t, best_ids), top_logprobs.write(t, best))
+
+        arrays = [tf.TensorArray(dtype, size=self.chunk)
+                  for dtype in (tf.int32, tf.float32, tf.int32, tf.float32)]
+        _, _, flat, *arrays = tf.while_loop(
+            lambda t, *_: t < self.chunk, body, (tf.constant(0), last, list(flat_states), *arrays))
+        ids, logprobs = (tf.transpose(a.stack()) for a in arrays[:2])  # (rows, chunk)
+        top_ids, top_logprobs = (tf.transpose(a.stack(), [1, 0, 2]) for a in arrays[2:])  # (rows, chunk, top)
+        return ids, logprobs, top_ids, top_logprobs, flat

@@ -1,0 +1,288 @@
+"""`textgen serve`: the HTTP side. OpenAI-compatible completions, the playground page, health and
+metrics, on Starlette and uvicorn, with one batching `Engine` per served run.
+
+Routes: `POST /v1/completions` (JSON, or server-sent events with `"stream": true`), `GET /v1/models`,
+`GET /healthz`, `GET /metrics` (Prometheus text format), `GET /` (the playground) and `/static/`.
+Every error is JSON `{"error": {"message", "type", "param", "code"}}`.
+
+When the engines close (textgen.serving does so on SIGINT/SIGTERM), every open stream gets its
+last text, a final chunk with finish_reason "abort" and `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from textgen.completions import (
+    ChoiceText,
+    Completion,
+    RequestError,
+    envelope,
+    error_body,
+    parse_completion,
+    usage,
+)
+from textgen.config import ServeConfig
+from textgen.engine import Engine, EngineClosed, Finish, Job, QueueFull
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+@dataclass
+class ServedModel:
+    """A run being served.
+
+    Attributes:
+        name: the run's name, the API's `model`.
+        engine: its running `Engine`.
+        vocab: its `Vocabulary`.
+        created: run.json's modification time (Unix seconds), for /v1/models.
+        details: its shape and training summary, under "textgen" in /v1/models.
+    """
+
+    name: str
+    engine: Engine
+    vocab: object
+    created: int
+    details: dict
+
+
+@dataclass
+class Counters:
+    """The server's own counters for /metrics (the engines keep theirs), and whether it is closing.
+
+    Example:
+        >>> counters = Counters(); counters.count(200); counters.requests
+        {200: 1}
+    """
+
+    started: float = field(default_factory=time.time)
+    requests: dict = field(default_factory=dict)  # HTTP status -> completion requests answered
+    streams: int = 0  # streams open now
+    closing: bool = False
+
+    def count(self, status: int) -> None:
+        """One more completion request answered with `status`."""
+        self.requests[status] = self.requests.get(status, 0) + 1
+
+
+def sse(payload) -> bytes:
+    """One server-sent event carrying a JSON payload."""
+    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def read_json(request: Request, limit: int):
+    """The request body parsed as JSON, refused (413) past `limit` bytes or (400) if malformed."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestError(f"the request body is larger than {limit:,} bytes", 413)
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise RequestError(f"the request body is larger than {limit:,} bytes", 413)
+    try:
+        return json.loads(bytes(body))
+    except (ValueError, RecursionError) as e:
+        raise RequestError(f"the request body is not valid JSON: {str(e)[:200]}") from None
+
+
+def create_app(models: dict[str, ServedModel], config: ServeConfig, counters: Counters | None = None):
+    """The Starlette application serving `models` (by name) under the limits of `config`."""
+    counters = counters or Counters()
+    vocabs = {name: served.vocab for name, served in models.items()}
+
+    async def completions(request: Request):
+        """POST /v1/completions: validate, queue the choices, answer as JSON or as events."""
+        try:
+            if counters.closing:
+                raise RequestError("the server is shutting down", 503, "server_error")
+            completion = parse_completion(await read_json(request, config.max_body_bytes), vocabs, config)
+            job, queue = _submit(models[completion.model].engine, completion)
+        except RequestError as e:
+            counters.count(e.status)
+            return JSONResponse(e.body(), e.status)
+        counters.count(200)
+        texts = [ChoiceText(i, completion.prompt_of(i), completion.echo, completion.logprobs)
+                 for i in range(len(completion.choices))]
+        if completion.stream:
+            # the background task also covers a client gone before the first event was written
+            return StreamingResponse(_stream(completion, job, queue, texts, counters),
+                                     media_type="text/event-stream", background=BackgroundTask(job.cancel),
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await _respond(request, completion, job, queue, texts)
+
+    async def list_models(request: Request):
+        """GET /v1/models: the served runs."""
+        return JSONResponse({"object": "list", "data": [_model_object(m) for m in models.values()]})
+
+    async def get_model(request: Request):
+        """GET /v1/models/{name}: one served run."""
+        name = request.path_params["name"]
+        if name not in models:
+            body = error_body(f"the model '{name}' does not exist", "invalid_request_error", "model",
+                              "model_not_found")
+            return JSONResponse(body, 404)
+        return JSONResponse(_model_object(models[name]))
+
+    async def healthz(request: Request):
+        """GET /healthz: 200 while serving, 503 once shutting down."""
+        status = "shutting down" if counters.closing else "ok"
+        return JSONResponse({"status": status, "models": list(models)}, 503 if counters.closing else 200)
+
+    async def metrics(request: Request):
+        """GET /metrics: Prometheus text."""
+        return PlainTextResponse(render_metrics(models, counters), media_type="text/plain; version=0.0.4")
+
+    async def page(request: Request):
+        """GET /: the playground."""
+        return FileResponse(STATIC_DIR / "playground.html")
+
+    async def http_error(request: Request, exc: HTTPException):
+        """Routing errors (404, 405) in the API's JSON error shape."""
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(f"{exc.detail}: {request.method} {request.url.path}", kind),
+                            exc.status_code, headers=getattr(exc, "headers", None))
+
+    async def server_error(request: Request, exc: Exception):
+        """An unexpected exception: a JSON 500 (the traceback goes to the server's log)."""
+        return JSONResponse(error_body("internal server error; see the server's log", "server_error"), 500)
+
+    routes = [
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{name:path}", get_model, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/", page, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, 500: server_error})
+
+
+def _submit(engine: Engine, completion: Completion):
+    """Queue the completion's rows on `engine`; returns (the job, the asyncio queue its events
+    arrive on). A full queue is a 429, a closing engine a 503."""
+    queue: asyncio.Queue = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+
+    def sink(events: list) -> None:  # called from the engine's thread
+        with contextlib.suppress(RuntimeError):  # the loop is already closed: nobody is waiting
+            loop.call_soon_threadsafe(queue.put_nowait, events)
+
+    job = Job(completion.choices, sink)
+    try:
+        engine.submit(job)
+    except QueueFull as e:
+        raise RequestError(str(e), 429, "rate_limit_error") from None
+    except EngineClosed as e:
+        raise RequestError(str(e), 503, "server_error") from None
+    return job, queue
+
+
+async def _events(queue: asyncio.Queue, count: int):
+    """Lists of engine events until all `count` choices have finished."""
+    while count:
+        events = await queue.get()
+        count -= sum(isinstance(e, Finish) for e in events)
+        yield events
+
+
+async def _stream(completion: Completion, job: Job, queue, texts: list[ChoiceText], counters: Counters):
+    """The server-sent events of a streamed completion, in OpenAI's chunk format.
+
+    Starlette cancels this generator when the client disconnects; `finally` then cancels the job,
+    whose rows leave the batch at the next chunk boundary.
+    """
+    counters.streams += 1
+    try:
+        opening = [t.opening() for t in texts]
+        if any(opening):
+            yield b"".join(sse(envelope(completion, [c])) for c in opening if c)
+        async for events in _events(queue, len(texts)):
+            out = []
+            for event in events:
+                if isinstance(event, Finish) and event.reason == "error":
+                    out.append(sse(error_body("generation failed; see the server's log", "server_error")))
+                out.append(sse(envelope(completion, [texts[event.index].add(event)])))
+            yield b"".join(out)
+        if completion.include_usage:
+            yield sse(envelope(completion, [], usage=usage(completion, texts)))
+        yield b"data: [DONE]\n\n"
+    finally:
+        job.cancel()
+        counters.streams -= 1
+
+
+async def _respond(request: Request, completion: Completion, job: Job, queue, texts: list[ChoiceText]):
+    """The whole completion as one JSON response; a client that goes away cancels the job."""
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        job.cancel()
+        queue.put_nowait([Finish(i, "cancelled") for i in range(len(texts))])
+
+    watcher = asyncio.create_task(watch())
+    try:
+        async for events in _events(queue, len(texts)):
+            for event in events:
+                texts[event.index].add(event)
+    finally:
+        watcher.cancel()
+    if job.cancelled:
+        return JSONResponse(error_body("the client went away", "invalid_request_error"), 499)
+    if any(t.reason == "error" for t in texts):
+        return JSONResponse(error_body("generation failed; see the server's log", "server_error"), 500)
+    return JSONResponse(envelope(completion, [t.final() for t in texts], usage=usage(completion, texts)))
+
+
+def _model_object(served: ServedModel) -> dict:
+    """One entry of GET /v1/models: OpenAI's fields, and the run's shape under "textgen"."""
+    return {"id": served.name, "object": "model", "created": served.created, "owned_by": "textgen",
+            "textgen": served.details}
+
+
+def render_metrics(models: dict[str, ServedModel], counters: Counters) -> str:
+    """Prometheus text exposition of the server's and engines' counters.
+
+    Written out by hand: a handful of counters and gauges do not need a metrics library.
+    """
+    lines = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        lines.extend([f"# HELP textgen_{name} {help_text}", f"# TYPE textgen_{name} {kind}"])
+        lines.extend(f"textgen_{name}{labels} {value}" for labels, value in samples)
+
+    per_model = [(f'{{model="{name}"}}', served.engine) for name, served in models.items()]
+    metric("requests_total", "counter", "Completion requests answered, by HTTP status.",
+           [(f'{{status="{status}"}}', n) for status, n in sorted(counters.requests.items())])
+    metric("streams_open", "gauge", "Streaming responses in progress.", [("", counters.streams)])
+    metric("characters_generated_total", "counter", "Characters generated (prompts not counted).",
+           [(labels, e.characters) for labels, e in per_model])
+    metric("batch_size", "gauge", "Rows (choices) in the batch now.",
+           [(labels, e.batch_size) for labels, e in per_model])
+    metric("batch_slots", "gauge", "Rows the batch can hold (--max-batch).",
+           [(labels, e.max_batch) for labels, e in per_model])
+    metric("queue_length", "gauge", "Rows waiting for a free slot.",
+           [(labels, e.queue_length) for labels, e in per_model])
+    metric("chunks_total", "counter", "Compiled-loop calls (chunks of characters for every row).",
+           [(labels, e.chunks) for labels, e in per_model])
+    metric("busy_seconds_total", "counter", "Seconds spent in those calls.",
+           [(labels, round(e.busy_seconds, 6)) for labels, e in per_model])
+    metric("uptime_seconds", "gauge", "Seconds since the server started.",
+           [("", round(time.time() - counters.started, 3))])
+    return "\n".join(lines) + "\n"

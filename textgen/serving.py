@@ -1,0 +1,137 @@
+"""The `textgen serve` command: load each run once, compile its engine, listen, stop cleanly.
+
+Binds 127.0.0.1 unless told otherwise. On SIGINT or SIGTERM the engines end their rows at the
+next chunk boundary (each open stream gets a final chunk with finish_reason "abort" and
+`data: [DONE]`), uvicorn waits for the responses to finish and closes the connections, and the
+process exits 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+from typing import Callable
+
+import uvicorn
+
+from textgen.config import ServeConfig
+from textgen.errors import TextgenError
+from textgen.server import Counters, ServedModel, create_app
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server, which on SIGINT/SIGTERM first tells the engines to end their streams,
+    and which returns normally after a clean shutdown (uvicorn would re-raise the signal, killing
+    the process or raising KeyboardInterrupt after everything had already stopped cleanly).
+
+    Args:
+        config: uvicorn's Config.
+        on_exit: called (in the signal handler) before uvicorn starts shutting down.
+    """
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]):
+        super().__init__(config)
+        self.on_exit = on_exit
+
+    def handle_exit(self, sig, frame) -> None:
+        """Close the engines, then let uvicorn shut down (a second Ctrl-C forces it)."""
+        self.on_exit()
+        super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        """Handle SIGINT and SIGTERM while serving; restore the previous handlers after."""
+        signals = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A bound, listening TCP socket (port 0: a free one), or a one-line TextgenError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as e:
+        raise TextgenError(f"cannot listen on {host}: {e.strerror or e}; choose another --host") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except (OSError, OverflowError) as e:
+        sock.close()
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise TextgenError(f"cannot listen on {host}:{port}: {reason}; choose another --port or "
+                           "--host") from None
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    """http://host:port/ of a listening socket."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def load_models(runs: list[str], runs_dir: str, which: str, config: ServeConfig,
+                log: Callable[[str], None], warn: Callable[[str], None] | None = None) -> dict:
+    """Load each run once and start its engine, compiled for every batch size: {name: ServedModel}."""
+    from textgen.engine import Engine
+    from textgen.inference import load_run
+
+    runs_loaded = [load_run(run, runs_dir, which, warn=warn) for run in runs or [None]]
+    names = [loaded.name for loaded in runs_loaded]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise TextgenError(f"two runs are named {twice[0]!r}; serve one of them, or rename a run directory")
+    models: dict[str, ServedModel] = {}
+    for loaded in runs_loaded:
+        engine = Engine(loaded.model, loaded.vocab, config.max_batch, config.chunk, config.max_queue)
+        log(f"{loaded.name}: compiling the generation loop for {len(engine.sizes)} batch sizes "
+            f"(up to {config.max_batch})...")
+        seconds = engine.warm_up()
+        log(f"{loaded.name}: ready in {seconds:.1f} s")
+        engine.start()
+        meta, shape = loaded.meta, loaded.meta["model"]
+        details = {"layers": shape.num_layers, "units": shape.units, "embedding_dim": shape.embedding_dim,
+                   "vocab_size": shape.vocab_size, "parameters": shape.parameter_count(),
+                   "steps": meta.get("step", 0), "best_val_bpc": meta.get("best_val_bpc"),
+                   "checkpoint": loaded.checkpoint.name}
+        created = int((loaded.run_dir / "run.json").stat().st_mtime)
+        models[loaded.name] = ServedModel(loaded.name, engine, loaded.vocab, created, details)
+    return models
+
+
+def serve_runs(runs: list[str], runs_dir: str, which: str, config: ServeConfig,
+               echo: Callable[[str], None], log: Callable[[str], None],
+               warn: Callable[[str], None] | None = None) -> None:
+    """Serve `runs` (names, paths or `latest`; none: the latest) until SIGINT/SIGTERM.
+
+    `echo` gets the line with the URL (once ready), `log` progress notes.
+    """
+    config.validate()
+    sock = listen(config.host, config.port)  # a busy port fails before minutes of compiling
+    models = load_models(runs, runs_dir, which, config, log, warn)
+    counters = Counters()
+
+    def closing() -> None:
+        counters.closing = True
+        for served in models.values():
+            served.engine.close(timeout=0)
+
+    uv_config = uvicorn.Config(create_app(models, config, counters), log_level="warning",
+                               access_log=False, lifespan="off",
+                               timeout_graceful_shutdown=config.shutdown_timeout)
+    server = GracefulServer(uv_config, on_exit=closing)
+    echo(f"serving {', '.join(models)} at {url_of(sock)} (Ctrl-C to stop)")
+    try:
+        server.run(sockets=[sock])
+    finally:
+        closing()
+        for served in models.values():
+            served.engine.close(timeout=config.shutdown_timeout)
+        sock.close()
+    log("stopped")
