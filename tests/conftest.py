@@ -33,6 +33,11 @@ TINY = [
     "--units", "16", "--embedding-dim", "8", "--num-layers", "1", "--batch-size", "4",
     "--seq-len", "16", "--steps", "3", "--eval-every", "3", "--quiet",
 ]
+# Headless Chromium for the page tests (viz, serve): Debian's package, which the README's test
+# command installs (tests/setup-browser.sh), driven by Playwright's Python API
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 CORPUS_LINE = "the cat sat on the mat\n"
 CORPUS_TEXT = CORPUS_LINE * 130  # 2,990 characters, vocabulary of 11
 RUN_NAME = "tiny"

@@ -603,6 +603,29 @@ def test_any_damage_to_a_runs_json_is_one_line_or_harmless_for_export(name, data
                          trained_run, corpus_file, tmp_path)
 
 
+@pytest.mark.parametrize("name", RUN_JSON_FILES)
+@settings(max_examples=3, **DAMAGE_SETTINGS)  # a server that starts compiles its loop: fewer examples
+@given(data=st.data())
+def test_any_damage_to_a_runs_json_is_one_line_or_harmless_for_serve(name, data, trained_run, corpus_file,
+                                                                     tmp_path):
+    """`textgen serve` reads its runs before it listens: a damaged one stops it in one line; an
+    intact one loads and compiles, and then the server (stubbed here) would run."""
+    from textgen import serving
+
+    class NoServer:  # stands in for uvicorn, whose logging would outlive CliRunner's streams
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def run(self, sockets=None):
+            pass
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(serving.uvicorn, "Config", NoServer)
+        patch.setattr(serving, "GracefulServer", NoServer)
+        _damaged_run_command(name, ["serve", "RUN", "--port", "0", "--max-batch", "1"], data,
+                             trained_run, corpus_file, tmp_path)
+
+
 def _damaged_run_command(name, command, data, trained_run, corpus_file, tmp_path):
     import shutil
     import uuid

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+from conftest import CHROMIUM, CHROMIUM_ARGS
 from serve_process import Server
 
 MAX_BATCH = 8
@@ -22,8 +23,6 @@ MAX_QUEUE = 40
 MAX_PROMPT = 300
 MAX_TOKENS = 10**6
 CHUNK = 64  # ServeConfig.chunk
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +301,7 @@ def test_the_playground_streams_coloured_text_in_a_browser(url, tmp_path):
 
     errors: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 760})
             page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)

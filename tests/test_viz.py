@@ -12,12 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import describe, invoke
+from conftest import CHROMIUM, CHROMIUM_ARGS, describe, invoke
 
 pytestmark = pytest.mark.usefixtures("own_cwd")
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def quote_corpus(chars: int = 12_000, seed: int = 0) -> str:
@@ -97,7 +95,7 @@ def test_page_in_headless_chromium(quote_run, tmp_path):
     assert header["length"] == len(text) and header["bits"] == 8  # a short text keeps full precision
     errors = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: errors.append(str(error)))

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Headless Chromium for the browser tests (textgen viz's page, textgen serve's playground):
+# Debian's `chromium` package, which the tests drive through Playwright's Python API. (Playwright's
+# own browser download needs its CDN; Debian's package comes from the distribution's mirrors.)
+set -euo pipefail
+if command -v chromium >/dev/null 2>&1; then
+  exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "the browser tests need Chromium: install it (as 'chromium' on PATH) and run them again" >&2
+  exit 1
+fi
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+command -v chromium >/dev/null
