@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from textgen.data import StreamBatcher, split_train_val
+from textgen.data import StreamBatcher, log_frequencies, split_train_val
 from textgen.errors import TextgenError
 
 
@@ -78,6 +78,26 @@ def test_stream_batcher_dataset_resumes_mid_epoch():
     assert tuple(spec[0].shape) == (4, 6) and spec[0].dtype.name == "int32"
     assert len(list(batcher.dataset())) == 8
     assert len(list(batcher.dataset(start_window=8))) == 0
+
+
+def test_stream_batcher_dataset_leaves_tf_data_autotuning_off():
+    # dropping an autotuned iterator mid-epoch (a run's end, Ctrl-C) waited up to ~12 s for
+    # tf.data's autotuning thread to wake up (bench/RESULTS.md): the pipeline must not start one
+    dataset = StreamBatcher(np.arange(203, dtype=np.uint16), 4, 6).dataset()
+    assert dataset.options().autotune.enabled is False
+
+
+def test_char_counts_read_the_streams_in_chunks_and_through_the_remap():
+    ids = np.array([0, 1, 1, 2, 2, 2, 3, 3, 3, 3] * 21, np.uint8)  # 210 ids; the streams keep 208
+    batcher = StreamBatcher(ids, 4, 5)
+    expected = np.bincount(ids[:208], minlength=5)
+    assert np.array_equal(batcher.char_counts(5, chunk_ids=8), expected)  # 26 chunks of 2 columns
+    folded = StreamBatcher(ids, 4, 5, remap=np.array([0, 1, 1, 2], np.int32))
+    assert folded.char_counts(3, chunk_ids=8).tolist() == [expected[0], expected[1] + expected[2], expected[3]]
+
+
+def test_log_frequencies_are_add_one_smoothed_log_probabilities():
+    np.testing.assert_allclose(np.exp(log_frequencies([3, 1, 0])), [4 / 7, 2 / 7, 1 / 7], rtol=1e-6)
 
 
 def test_stream_batcher_too_short():

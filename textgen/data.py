@@ -15,6 +15,7 @@ import numpy as np
 from textgen.errors import TextgenError
 
 RELEASE_BYTES = 64 << 20  # window bytes read from a memory-mapped corpus between page releases
+PREFETCH_WINDOWS = 2  # windows sliced ahead of the training step
 
 
 # ---------------------------------------------------------------- splitting and batching
@@ -91,6 +92,21 @@ class StreamBatcher:
         block = self._block(k)
         return block[:, :-1], block[:, 1:]  # x, y: (batch, seq_len) each
 
+    def char_counts(self, vocab_size: int, chunk_ids: int = 1 << 22) -> np.ndarray:
+        """How often each model id occurs in the streams: (vocab_size,) int64. Read about
+        `chunk_ids` ids at a time, so a memory-mapped corpus is never copied whole."""
+        stored = len(self.remap) if self.remap is not None else vocab_size
+        counts = np.zeros(stored, np.int64)
+        columns = max(1, chunk_ids // self.batch_size)
+        for start in range(0, self.stream_len, columns):
+            part = self.streams[:, start : start + columns]  # (batch, <= columns)
+            counts += np.bincount(part.ravel(), minlength=stored)[:stored]
+        if self._mapping is not None:
+            _release_pages(self._mapping)
+        if self.remap is not None:  # stored ids -> the model's ids (rare ones share one)
+            counts = np.bincount(self.remap, weights=counts, minlength=vocab_size).astype(np.int64)
+        return counts
+
     def _block(self, k: int) -> np.ndarray:
         """Window k and its one-step-ahead targets as one int32 copy, (batch, seq_len + 1);
         every `release_every` windows the mapping's pages are released once it is copied."""
@@ -123,7 +139,20 @@ class StreamBatcher:
             return w[:, :-1], w[:, 1:]  # x, y: (batch, seq_len) each
 
         windows = tf.data.Dataset.range(start_window, self.num_windows)
-        return windows.map(cut).prefetch(tf.data.AUTOTUNE)
+        # A fixed prefetch, autotuning off: a window is one cheap slice, so there is nothing to
+        # tune, and tf.data's autotuning thread backs off up to ~10 s between rounds; dropping an
+        # iterator mid-epoch (every run's end, every Ctrl-C) waited for that thread, stalling
+        # the end of a 70-step run by 12 s in two runs of three (bench/RESULTS.md).
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        return windows.map(cut).prefetch(PREFETCH_WINDOWS).with_options(options)
+
+
+def log_frequencies(counts: np.ndarray) -> np.ndarray:
+    """Natural-log relative frequencies of `counts`, add-one smoothed (a character never seen
+    still gets a small probability): the output bias that predicts the unigram distribution."""
+    counts = np.asarray(counts, np.float64)
+    return np.log((counts + 1.0) / (counts.sum() + len(counts))).astype(np.float32)
 
 
 def make_batchers(ids, batch_size: int, seq_len: int, val_fraction: float,
