@@ -79,6 +79,7 @@ def test_models_health_and_metrics(url, client):
     info = httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]
     assert info["object"] == "model" and info["textgen"]["vocab_size"] == 11
     assert info["textgen"]["units"] == 16 and info["textgen"]["layers"] == 1
+    assert info["textgen"]["max_trace"] == 8192  # the playground checks a text against it before tracing
     assert httpx.get(f"{url}/v1/models/tiny", timeout=10).json()["id"] == "tiny"
     assert httpx.get(f"{url}/healthz", timeout=10).json() == {"status": "ok", "models": ["tiny"]}
     m = metrics(url)
@@ -225,6 +226,60 @@ def test_errors_reach_the_openai_client_and_leave_the_server_up(url, client):
     assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
 
 
+def trace(url, body) -> httpx.Response:
+    return httpx.post(f"{url}/v1/trace", json=body, timeout=60)
+
+
+def test_trace_gives_the_cell_values_of_the_models_own_step(url, trained_run):
+    import tensorflow as tf
+
+    from textgen.inference import load_run
+
+    text = "the cat sat on the mat\nthe mat sat on the cat"
+    loaded = load_run(str(trained_run), trained_run.parent)
+    model, states, weights = loaded.model, loaded.model.initial_state(1), loaded.model.step_weights()
+    expected = {"c": [], "h": []}
+    for char_id in loaded.vocab.encode(text):  # the sampler's path, one character at a time
+        _, states = model.step(tf.constant([char_id]), states, weights)
+        expected["h"].append(states[0][0].numpy()[0])
+        expected["c"].append(states[0][1].numpy()[0])
+    for quantity, unit in (("c", 5), ("h", 11)):
+        body = trace(url, {"model": "tiny", "text": text, "layer": 0, "unit": unit, "quantity": quantity}).json()
+        assert (body["object"], body["layer"], body["unit"], body["quantity"]) == ("textgen.trace", 0, unit, quantity)
+        want = [state[unit] for state in expected[quantity]]
+        assert body["values"] == pytest.approx(want, abs=1e-4)
+        assert body["scale"] == pytest.approx(max(abs(v) for v in want), abs=1e-4)
+    # no unit: the best-ranked cell of the quantity; the ranking is by |r|, strongest feature first
+    body = trace(url, {"text": text}).json()
+    cells = body["cells"]
+    best_c = next(c for c in cells if c["quantity"] == "c")
+    assert (body["layer"], body["unit"], body["quantity"]) == (best_c["layer"], best_c["unit"], "c")
+    assert {"feature", "layer", "unit", "quantity", "r"} <= set(cells[0]) and "word start" in {c["feature"] for c in cells}
+    firsts = [c for i, c in enumerate(cells) if i == 0 or cells[i - 1]["feature"] != c["feature"]]
+    assert [abs(c["r"]) for c in firsts] == sorted((abs(c["r"]) for c in firsts), reverse=True)
+
+
+TRACE_ERRORS = [
+    ({"model": "nope", "text": "the"}, 404, "'nope' does not exist"),
+    ({"text": ""}, 400, "'text' is empty"),
+    ({"text": "a" * 8193}, 400, "at most 8,192 are traced"),
+    ({"text": "the \u00a9"}, 400, "never saw: '\u00a9'"),
+    ({"text": "the", "layer": 1}, 400, "'layer' must be an integer from 0 to 0"),
+    ({"text": "the", "unit": 16}, 400, "'unit' must be an integer from 0 to 15"),
+    ({"text": "the", "unit": True}, 400, "'unit' must be"),
+    ({"text": "the", "quantity": "x"}, 400, "'quantity' must be one of 'i'"),
+    ({"text": "the", "prompt": "a"}, 400, "unrecognized request argument(s): prompt"),
+    (["the"], 400, "must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize("body,status,fragment", TRACE_ERRORS, ids=[e[2][:30] for e in TRACE_ERRORS])
+def test_bad_trace_requests_get_json_errors(url, body, status, fragment):
+    response = trace(url, body)
+    assert response.status_code == status, response.text
+    assert fragment in response.json()["error"]["message"]
+
+
 def open_stream(url, body):
     """A streaming request left open: (client, response, iterator over its lines)."""
     http = httpx.Client(timeout=60)
@@ -296,6 +351,9 @@ def stream_or_post(url, body) -> tuple[str, str]:
     return "".join(c["text"] for c in choices), choices[-1]["finish_reason"]
 
 
+SPAN_LOOK = "spans => spans.map(s => [s.style.background, s.title])"
+
+
 def test_the_playground_streams_coloured_text_in_a_browser(url, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -332,6 +390,29 @@ def test_the_playground_streams_coloured_text_in_a_browser(url, tmp_path):
             page.click("#stop")
             page.wait_for_function("document.querySelector('#status').textContent.startsWith('stopped')")
             wait_idle(url)
+            # colouring by a cell: once the text is complete, the page traces it (POST /v1/trace)
+            page.select_option("#colour-by", "cell")
+            page.fill("#length", "1500")
+            page.click("#generate")
+            coloured = "document.querySelector('#status').textContent.startsWith('coloured by')"
+            page.wait_for_function(coloured, timeout=60_000)
+            text = page.text_content("#output")
+            first = page.eval_on_selector_all("#output span", SPAN_LOOK)
+            assert len(first) == len(text) == len("the cat ") + 1500
+            assert len({background for background, _ in first}) > 10  # shaded by value, not one colour
+            assert re.fullmatch(r"layer 0 unit \d+ C: -?\d+\.\d{3}", first[0][1]), first[0][1]
+            assert re.fullmatch(r"layer 0 unit \d+ C: -?\d+\.\d{3}\n\".{1,2}\": \d+\.\d\d bits\n.*", first[1][1])
+            assert page.locator("#cells li").count() >= 3 and not page.is_hidden("#cell-legend")
+            page.screenshot(path=str(tmp_path / "playground-cell.png"))
+            unit = page.input_value("#cell-unit")
+            page.evaluate("document.querySelector('#status').textContent = ''")
+            page.locator("#cells button:not(.chosen)").first.click()  # another ranked cell
+            page.wait_for_function(coloured, timeout=60_000)
+            second = page.eval_on_selector_all("#output span", SPAN_LOOK)
+            assert second != first and page.text_content("#output") == text
+            assert page.input_value("#cell-unit") != unit or second[0][1].split(":")[0] != first[0][1].split(":")[0]
+            page.select_option("#colour-by", "surprisal")  # back: the surprisal shading returns
+            assert page.eval_on_selector_all("#output span[title]", "s => s.length") == len(text) - 1
         finally:
             browser.close()
     assert errors == []

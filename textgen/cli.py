@@ -13,7 +13,7 @@ import sys
 import click
 
 from textgen import __version__
-from textgen.config import (EXPORT_FORMATS, PRECISIONS, PRESETS, QUANTIZATIONS, VIZ_FORMATS, ExportConfig,
+from textgen.config import (EXPORT_FORMATS, HEAD_BIASES, PRECISIONS, PRESETS, QUANTIZATIONS, VIZ_FORMATS, ExportConfig,
                             ModelConfig, SampleConfig, ServeConfig, TrainConfig, VizConfig, apply_preset)
 from textgen.distribute import STRATEGIES
 from textgen.errors import TextgenError, one_line
@@ -113,6 +113,7 @@ def main():
 @click.option("--precision", type=click.Choice(PRECISIONS), default=_T.precision, show_default=True, help="Arithmetic: auto (mixed 16-bit on GPUs with tensor cores, float32 on CPUs), float32, or mixed_* (16-bit arithmetic; weights, logits and loss stay float32).")
 @click.option("--encoding", default=_T.encoding, show_default=True, help="Text encoding of the corpus files.")
 @click.option("--min-count", type=click.IntRange(1), default=_T.min_count, show_default=True, help="Characters occurring fewer times in the corpus become one unknown symbol (1: keep all).")
+@click.option("--head-bias", type=click.Choice(HEAD_BIASES), default=_T.head_bias, show_default=True, help="How the output layer's bias starts: unigram (the log character frequencies of the training text) or zeros.")
 @click.option("--allow-corpus-change", is_flag=True, help="With --resume: train on the corpus even though its text changed since the run started.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
@@ -259,6 +260,7 @@ def viz(run, file, runs_dir, checkpoint, prime, sample_length, seed, out, encodi
 @click.option("--max-prompt", type=int, default=_SV.max_prompt, show_default=True, help="Most characters in one prompt.")
 @click.option("--max-tokens", type=int, default=_SV.max_tokens, show_default=True, help="Most characters one choice may ask for (max_tokens).")
 @click.option("--max-n", type=int, default=_SV.max_n, show_default=True, help="Most choices in one request (n x prompts).")
+@click.option("--max-trace", type=int, default=_SV.max_trace, show_default=True, help="Most characters one /v1/trace request traces (the playground's colouring by a cell).")
 @user_errors
 def serve(runs, runs_dir, checkpoint, **options):
     """Serve RUNs (default: the latest) over HTTP: an OpenAI-compatible completions API and a

@@ -80,15 +80,17 @@ class Completion:
         return self.prompts[index * len(self.prompts) // len(self.choices)]
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
+    """An int that is not a bool (JSON true is not 1 here)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
+    """A finite int or float that is not a bool."""
     return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
 
 
-def _get(body: dict, name: str, default, check, requirement: str):
+def request_field(body: dict, name: str, default, check, requirement: str):
     """body[name] (default when absent or null), refused with a 400 naming the field unless
     `check(value)`."""
     value = body.get(name)
@@ -97,6 +99,15 @@ def _get(body: dict, name: str, default, check, requirement: str):
     if not check(value):
         raise RequestError(f"'{name}' must be {requirement}, got {value!r}"[:300], param=name)
     return value
+
+
+def model_name(body: dict, models) -> str:
+    """The served model a request names (default: the first served), 404 if none is called so."""
+    name = request_field(body, "model", next(iter(models)), lambda v: isinstance(v, str), "a string")
+    if name not in models:
+        raise RequestError(f"the model '{name}' does not exist; served here: {', '.join(models)} "
+                           "(GET /v1/models lists them)", 404, param="model", code="model_not_found")
+    return name
 
 
 def parse_completion(body, models: dict, config: ServeConfig) -> Completion:
@@ -110,32 +121,29 @@ def parse_completion(body, models: dict, config: ServeConfig) -> Completion:
     if unknown:
         raise RequestError(f"unrecognized request argument(s): {', '.join(unknown)}", param=unknown[0])
     _refuse_unsupported(body)
-    name = _get(body, "model", next(iter(models)), lambda v: isinstance(v, str), "a string")
-    if name not in models:
-        raise RequestError(f"the model '{name}' does not exist; served here: {', '.join(models)} "
-                           "(GET /v1/models lists them)", 404, param="model", code="model_not_found")
+    name = model_name(body, models)
     vocab = models[name]
     prompts = _prompts(body.get("prompt", ""), config, vocab)
-    n = _get(body, "n", 1, lambda v: _is_int(v) and v >= 1, "an integer of at least 1")
+    n = request_field(body, "n", 1, lambda v: is_int(v) and v >= 1, "an integer of at least 1")
     if n * len(prompts) > config.max_n:
         raise RequestError(f"n x prompts is {n * len(prompts)}; at most {config.max_n} choices per "
                            "request", param="n")
-    max_tokens = _get(body, "max_tokens", config.default_max_tokens,
-                      lambda v: _is_int(v) and 0 <= v <= config.max_tokens,
-                      f"an integer from 0 to {config.max_tokens} (characters)")
-    temperature = _get(body, "temperature", 1.0, lambda v: _is_number(v) and v >= 0,
-                       "a number of at least 0 (0 is greedy)")
-    top_p = _get(body, "top_p", 1.0, lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]")
-    top_k = _get(body, "top_k", 0, lambda v: _is_int(v) and 0 <= v <= INT32_MAX,
-                 "an integer of at least 0 (0 is off)")
-    seed = _get(body, "seed", None, _is_int, "an integer")
+    max_tokens = request_field(body, "max_tokens", config.default_max_tokens,
+                               lambda v: is_int(v) and 0 <= v <= config.max_tokens,
+                               f"an integer from 0 to {config.max_tokens} (characters)")
+    temperature = request_field(body, "temperature", 1.0, lambda v: is_number(v) and v >= 0,
+                                "a number of at least 0 (0 is greedy)")
+    top_p = request_field(body, "top_p", 1.0, lambda v: is_number(v) and 0 < v <= 1, "a number in (0, 1]")
+    top_k = request_field(body, "top_k", 0, lambda v: is_int(v) and 0 <= v <= INT32_MAX,
+                          "an integer of at least 0 (0 is off)")
+    seed = request_field(body, "seed", None, is_int, "an integer")
     stop = _stop(body.get("stop"))
-    logprobs = _get(body, "logprobs", None, lambda v: _is_int(v) and 0 <= v <= TOP_LOGPROBS,
-                    f"an integer from 0 to {TOP_LOGPROBS}")
-    echo = _get(body, "echo", False, lambda v: isinstance(v, bool), "true or false")
-    stream = _get(body, "stream", False, lambda v: isinstance(v, bool), "true or false")
-    options = _get(body, "stream_options", {}, lambda v: isinstance(v, dict) and set(v) <= {"include_usage"}
-                   and isinstance(v.get("include_usage", False), bool), '{"include_usage": true|false}')
+    logprobs = request_field(body, "logprobs", None, lambda v: is_int(v) and 0 <= v <= TOP_LOGPROBS,
+                             f"an integer from 0 to {TOP_LOGPROBS}")
+    echo = request_field(body, "echo", False, lambda v: isinstance(v, bool), "true or false")
+    stream = request_field(body, "stream", False, lambda v: isinstance(v, bool), "true or false")
+    options = request_field(body, "stream_options", {}, lambda v: isinstance(v, dict) and set(v) <= {"include_usage"}
+                            and isinstance(v.get("include_usage", False), bool), '{"include_usage": true|false}')
     if options and not stream:
         raise RequestError("'stream_options' is only allowed with 'stream': true", param="stream_options")
     choices = []

@@ -22,7 +22,8 @@ def describe_run(run: str | None, runs_dir: str | Path) -> str:
         f"dropout {model.dropout}, vocabulary {model.vocab_size}",
         f"parameters:       {model.parameter_count():,}",
         f"training:         batch {train.batch_size} x seq_len {train.seq_len}, "
-        f"learning rate {train.learning_rate:g}, seed {train.seed}, strategy {train.strategy}, "
+        f"learning rate {train.learning_rate:g}, head bias {train.head_bias}, seed {train.seed}, "
+        f"strategy {train.strategy}, "
         f"precision {train.precision}" + (f" ({meta['precision_reason']})" if meta.get("precision_reason") else ""),
         f"steps:            {meta.get('step', 0):,}",
         f"best val bpc:     {'-' if best is None else f'{best:.4f}'}",

@@ -31,7 +31,7 @@ from textgen import checkpoint as ckpt
 from textgen import runs
 from textgen.config import ModelConfig, TrainConfig, check_config
 from textgen.corpus_cache import load_corpus
-from textgen.data import make_batchers
+from textgen.data import log_frequencies, make_batchers
 from textgen.distribute import is_chief_task
 from textgen.errors import TextgenError, os_reason
 from textgen.runlock import RunLock
@@ -242,6 +242,8 @@ def _prepare_new(request: RunRequest, chief: bool = True):
     from textgen.train import Trainer
 
     trainer = Trainer(run_dir, vocab, train_data, val_data, model_config, train_config, meta, chief)
+    if train_config.head_bias == "unigram":  # every worker counts the same text: same start
+        trainer.set_head_bias(log_frequencies(train_data.char_counts(vocab.size)))
     if chief:
         _refuse_existing(run_dir)  # again: building the trainer took a while
     return trainer, run_dir

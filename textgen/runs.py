@@ -137,7 +137,10 @@ def read_run_meta(run_dir: Path) -> dict:
         raise TextgenError(f"{run_dir / RUN_FILE} is not a textgen run file; retrain or restore the run")
     try:
         meta["model"] = from_dict(ModelConfig, meta.get("model"))
-        meta["train"] = from_dict(TrainConfig, meta.get("train"))
+        train = meta.get("train")
+        if isinstance(train, dict) and "head_bias" not in train:
+            train = {**train, "head_bias": "zeros"}  # runs from before the option started at zeros
+        meta["train"] = from_dict(TrainConfig, train)
         problem = meta_problem(meta)
     except TextgenError as e:
         problem = str(e)

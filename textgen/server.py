@@ -2,7 +2,8 @@
 metrics, on Starlette and uvicorn, with one batching `Engine` per served run.
 
 Routes: `POST /v1/completions` (JSON, or server-sent events with `"stream": true`), `GET /v1/models`,
-`GET /healthz`, `GET /metrics` (Prometheus text format), `GET /` (the playground) and `/static/`.
+`GET /healthz`, `GET /metrics` (Prometheus text format), `GET /` (the playground) and `/static/`,
+and textgen's own `POST /v1/trace` (one cell's value at every character, `textgen.cell_trace`).
 Every error is JSON `{"error": {"message", "type", "param", "code"}}`.
 
 When the engines close (textgen.serving does so on SIGINT/SIGTERM), every open stream gets its
@@ -26,6 +27,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, S
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from textgen.cell_trace import parse_trace, trace_body
 from textgen.completions import (
     ChoiceText,
     Completion,
@@ -49,6 +51,7 @@ class ServedModel:
         name: the run's name, the API's `model`.
         engine: its running `Engine`.
         vocab: its `Vocabulary`.
+        model: its `CharLSTM` (the engine samples from it; traces read it).
         created: run.json's modification time (Unix seconds), for /v1/models.
         details: its shape and training summary, under "textgen" in /v1/models.
     """
@@ -56,6 +59,7 @@ class ServedModel:
     name: str
     engine: Engine
     vocab: object
+    model: object
     created: int
     details: dict
 
@@ -104,6 +108,8 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig, counters: Co
     """The Starlette application serving `models` (by name) under the limits of `config`."""
     counters = counters or Counters()
     vocabs = {name: served.vocab for name, served in models.items()}
+    shapes = {name: (served.details["layers"], served.details["units"]) for name, served in models.items()}
+    tracing = asyncio.Lock()  # one trace at a time: each holds (text x units x layers x 6) floats
 
     async def completions(request: Request):
         """POST /v1/completions: validate, queue the choices, answer as JSON or as events."""
@@ -124,6 +130,18 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig, counters: Co
                                      media_type="text/event-stream", background=BackgroundTask(job.cancel),
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await _respond(request, completion, job, queue, texts)
+
+    async def trace(request: Request):
+        """POST /v1/trace: one cell's values over a text, and the ranked cells (textgen.cell_trace)."""
+        try:
+            parsed = parse_trace(await read_json(request, config.max_body_bytes), shapes, vocabs,
+                                 config.max_trace)
+        except RequestError as e:
+            return JSONResponse(e.body(), e.status)
+        served = models[parsed.model]
+        async with tracing:  # in a worker thread: the event loop keeps streaming meanwhile
+            body = await asyncio.to_thread(trace_body, served.model, served.vocab, parsed)
+        return JSONResponse(body)
 
     async def list_models(request: Request):
         """GET /v1/models: the served runs."""
@@ -163,6 +181,7 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig, counters: Co
 
     routes = [
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/trace", trace, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{name:path}", get_model, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),

@@ -99,9 +99,9 @@ def load_models(runs: list[str], runs_dir: str, which: str, config: ServeConfig,
         details = {"layers": shape.num_layers, "units": shape.units, "embedding_dim": shape.embedding_dim,
                    "vocab_size": shape.vocab_size, "parameters": shape.parameter_count(),
                    "steps": meta.get("step", 0), "best_val_bpc": meta.get("best_val_bpc"),
-                   "checkpoint": loaded.checkpoint.name}
+                   "checkpoint": loaded.checkpoint.name, "max_trace": config.max_trace}
         created = int((loaded.run_dir / "run.json").stat().st_mtime)
-        models[loaded.name] = ServedModel(loaded.name, engine, loaded.vocab, created, details)
+        models[loaded.name] = ServedModel(loaded.name, engine, loaded.vocab, loaded.model, created, details)
     return models
 
 

@@ -81,6 +81,11 @@ class Trainer:
         self._out_of_time = False  # the --minutes budget is spent (agreed between workers)
         self._stopping: str | None = None  # why the loop stops early (agreed between workers)
 
+    def set_head_bias(self, values: np.ndarray) -> None:
+        """Start the output layer's bias at `values` (vocab,), e.g. `data.log_frequencies`: the
+        model then predicts the character frequencies from its first step."""
+        self.model.head.bias.assign(np.asarray(values, np.float32))
+
     # ------------------------------------------------------------------ carried state
 
     def _zero_carry(self) -> list:

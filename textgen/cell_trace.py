@@ -1,0 +1,90 @@
+"""`textgen serve`'s trace endpoint, `POST /v1/trace` (a textgen extension, not OpenAI's): one
+cell's value at every character of a text, and the cells that track simple features of it, so the
+playground can colour generated text by a cell as `textgen viz` does.
+
+The values come from `textgen.trace.trace_text` (the model's own cell code, the same numbers as
+`textgen viz`), the ranking from `textgen.cell_features.rank_cells`. No Starlette here.
+
+Request: {"model", "text", "layer" (default 0), "unit" (default: the best-ranked cell's),
+"quantity" ("c" default, "h", "i", "f", "g" or "o")}. Answer: {"object": "textgen.trace", "model",
+"layer", "unit", "quantity", "values" (one per character of `text`, the value after reading it),
+"scale" (max |value|, for colouring), "cells" (the ranked cells: feature, layer, unit, quantity, r)}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from textgen.cell_features import rank_cells
+from textgen.completions import RequestError, is_int, model_name, request_field
+from textgen.trace import NAMES, QUANTITIES, trace_text
+
+TRACE_FIELDS = {"model", "text", "layer", "unit", "quantity"}
+CELLS_PER_FEATURE = 3  # ranked cells returned per text feature
+
+
+@dataclass
+class TraceRequest:
+    """A validated `POST /v1/trace` body (`parse_trace`'s result); `unit` None: the best-ranked."""
+
+    model: str
+    text: str
+    layer: int
+    unit: int | None
+    quantity: str
+
+
+def parse_trace(body, shapes: dict, vocabs: dict, max_chars: int) -> TraceRequest:
+    """Validate a trace request against the served models.
+
+    Args:
+        body: the decoded JSON body.
+        shapes: {name: (num_layers, units)} of the served models.
+        vocabs: {name: Vocabulary}.
+        max_chars: the longest text traced.
+
+    Raises RequestError (400 for bad fields, 404 for an unknown model).
+    """
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    unknown = sorted(set(body) - TRACE_FIELDS)
+    if unknown:
+        raise RequestError(f"unrecognized request argument(s): {', '.join(unknown)}; a trace takes "
+                           f"{', '.join(sorted(TRACE_FIELDS))}", param=unknown[0])
+    name = model_name(body, shapes)
+    num_layers, units = shapes[name]
+    text = request_field(body, "text", "", lambda v: isinstance(v, str), "a string")
+    if not text:
+        raise RequestError("'text' is empty: give the text to trace", param="text")
+    if len(text) > max_chars:
+        raise RequestError(f"the text has {len(text):,} characters; at most {max_chars:,} are traced",
+                           param="text", code="context_length_exceeded")
+    outside = vocabs[name].unknown_chars(text)
+    if outside:
+        shown = " ".join(repr(ch) for ch in outside[:20])
+        raise RequestError(f"the text has characters the model never saw: {shown}; remove them", param="text")
+    layer = request_field(body, "layer", 0, lambda v: is_int(v) and 0 <= v < num_layers,
+                          f"an integer from 0 to {num_layers - 1} (the model has {num_layers} layers)")
+    unit = request_field(body, "unit", None, lambda v: is_int(v) and 0 <= v < units,
+                         f"an integer from 0 to {units - 1} (each layer has {units} units)")
+    quantity = request_field(body, "quantity", "c", lambda v: v in QUANTITIES,
+                             "one of " + ", ".join(f"{q!r} ({NAMES[q]})" for q in QUANTITIES))
+    return TraceRequest(name, text, layer, unit, quantity)
+
+
+def trace_body(model, vocab, request: TraceRequest) -> dict:
+    """Trace `request.text` through `model` and answer with the chosen cell's values and the
+    ranked cells. Without a `unit`, the best-ranked cell of the chosen quantity (C or h) is shown."""
+    trace = trace_text(model, vocab, request.text)
+    cells = rank_cells(trace.chars, trace.layers, per_feature=CELLS_PER_FEATURE)
+    layer, unit = request.layer, request.unit
+    if unit is None:
+        best = next((c for c in cells if c["quantity"] == request.quantity), None)
+        layer, unit = (best["layer"], best["unit"]) if best else (layer, 0)
+    values = trace.layers[layer][request.quantity][:, unit]  # (time,)
+    scale = float(np.abs(values).max()) if len(values) else 0.0
+    return {"object": "textgen.trace", "model": request.model, "layer": layer, "unit": unit,
+            "quantity": request.quantity, "values": [round(float(v), 5) for v in values],
+            "scale": round(scale, 5), "cells": [{**c, "r": round(c["r"], 4)} for c in cells]}
