@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from textgen.cell_features import rank_cells
-from textgen.completions import RequestError, is_int, model_name, request_field
+from textgen.completions import RequestError, is_int, model_name, refuse_unknown_chars, request_field
 from textgen.trace import NAMES, QUANTITIES, trace_text
 
 TRACE_FIELDS = {"model", "text", "layer", "unit", "quantity"}
@@ -61,10 +61,7 @@ def parse_trace(body, shapes: dict, vocabs: dict, max_chars: int) -> TraceReques
     if len(text) > max_chars:
         raise RequestError(f"the text has {len(text):,} characters; at most {max_chars:,} are traced",
                            param="text", code="context_length_exceeded")
-    outside = vocabs[name].unknown_chars(text)
-    if outside:
-        shown = " ".join(repr(ch) for ch in outside[:20])
-        raise RequestError(f"the text has characters the model never saw: {shown}; remove them", param="text")
+    refuse_unknown_chars(text, vocabs[name], "text")
     layer = request_field(body, "layer", 0, lambda v: is_int(v) and 0 <= v < num_layers,
                           f"an integer from 0 to {num_layers - 1} (the model has {num_layers} layers)")
     unit = request_field(body, "unit", None, lambda v: is_int(v) and 0 <= v < units,

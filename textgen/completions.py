@@ -180,13 +180,18 @@ def _prompts(prompt, config: ServeConfig, vocab) -> list[str]:
         if len(text) > config.max_prompt:
             raise RequestError(f"the prompt has {len(text):,} characters; at most {config.max_prompt:,} "
                                "are accepted", param="prompt", code="context_length_exceeded")
-        unknown = vocab.unknown_chars(text)
-        if unknown:
-            shown = " ".join(repr(ch) for ch in unknown[:20])
-            more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
-            raise RequestError(f"the prompt has characters the model never saw: {shown}{more}; "
-                               "remove them", param="prompt")
+        refuse_unknown_chars(text, vocab, "prompt")
     return prompts
+
+
+def refuse_unknown_chars(text: str, vocab, field: str) -> None:
+    """A 400 naming the characters of request field `field` that `vocab` lacks (the first 20)."""
+    unknown = vocab.unknown_chars(text)
+    if unknown:
+        shown = " ".join(repr(ch) for ch in unknown[:20])
+        more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+        raise RequestError(f"the {field} has characters the model never saw: {shown}{more}; "
+                           "remove them", param=field)
 
 
 def _stop(stop) -> tuple[str, ...]:
