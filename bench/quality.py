@@ -19,6 +19,7 @@ one after the other, each with the whole machine.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -57,8 +58,10 @@ def run_textgen(corpus: Path, minutes: float, preset: str | None, extra: list[st
     info = subprocess.run(["textgen", "info", "quality", "--runs-dir", str(runs)], check=True,
                           capture_output=True, text=True).stdout
     steps = int(re.search(r"steps:\s+([0-9,]+)", info).group(1).replace(",", ""))
+    history = json.loads((runs / "quality" / "run.json").read_text(encoding="utf-8"))["history"]
+    curve = " ".join(f"{h['step']}:{h['val_bpc']:.3f}" for h in history)  # overfitting shows here
     return {"bpc": float(re.search(r"bits per character: ([0-9.]+)", out).group(1)), "steps": steps,
-            "wall_min": wall / 60, "info": info}
+            "wall_min": wall / 60, "info": info + f"validation curve (step:bpc): {curve}\n"}
 
 
 def run_reference(corpus: Path, minutes: float, extra: list[str]) -> dict:

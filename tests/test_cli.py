@@ -372,3 +372,21 @@ def test_min_count_folds_rare_characters_into_one_unknown_symbol(tmp_path):
     assert UNKNOWN not in sampled.stdout.replace("----- sample", "")  # never generated
     resumed = invoke("train", corpus, "--resume", "--name", "rare", "--runs-dir", runs, "--steps", 4, "--quiet")
     assert resumed.exit_code == 0, describe(resumed)
+
+
+def test_regularisation_options_are_saved_and_reported(corpus_file, tmp_path):
+    """--recurrent-dropout and --weight-decay reach run.json and `textgen info`; old runs
+    without them read as 0 (what they trained with)."""
+    runs = tmp_path / "runs"
+    result = invoke("train", corpus_file, "--runs-dir", runs, "--name", "reg", "--recurrent-dropout", 0.2,
+                    "--weight-decay", 0.05, *TINY)
+    assert result.exit_code == 0, describe(result)
+    meta = json.loads((runs / "reg" / "run.json").read_text())
+    assert meta["model"]["recurrent_dropout"] == 0.2 and meta["train"]["weight_decay"] == 0.05
+    info = invoke("info", "reg", "--runs-dir", runs)
+    assert "recurrent dropout 0.2" in info.stdout and "weight decay 0.05" in info.stdout
+    meta["model"].pop("recurrent_dropout")
+    meta["train"].pop("weight_decay")
+    (runs / "reg" / "run.json").write_text(json.dumps(meta))
+    info = invoke("info", "reg", "--runs-dir", runs)
+    assert "recurrent dropout 0.0" in info.stdout and "weight decay 0," in info.stdout

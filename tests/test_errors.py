@@ -511,7 +511,10 @@ def test_divergence_stops_with_advice_and_keeps_a_loadable_run(corpus_file, tmp_
     (["--units", "1000000000"], ["parameters", "lower --units"]),
     (["--encoding", "rot13"], ["'rot13' is not a text encoding"]),
     (["--name", ".."], ["--name", "not a usable run name"]),
-], ids=["seed", "dropout-nan", "lr-inf", "clip-nan", "minutes-nan", "too-big", "rot13", "name-dotdot"])
+    (["--recurrent-dropout", "nan"], ["--recurrent-dropout", "nan"]),
+    (["--weight-decay", "inf"], ["--weight-decay", "inf"]),
+], ids=["seed", "dropout-nan", "lr-inf", "clip-nan", "minutes-nan", "too-big", "rot13", "name-dotdot",
+        "recurrent-dropout-nan", "weight-decay-inf"])
 def test_bad_train_option(args, fragments, corpus_file, tmp_path):
     runs = tmp_path / "runs"
     result = invoke("train", corpus_file, "--runs-dir", runs, "--name", "r", *TINY, *args)

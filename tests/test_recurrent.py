@@ -211,3 +211,60 @@ def test_time_major_call_is_the_batch_major_call_transposed(path):
     assert out_tm.shape == (STEPS, BATCH, UNITS)
     assert _max_abs_diff(np.transpose(out_tm, (1, 0, 2)), out) < 1e-6
     assert _max_abs_diff(h_tm, h) < 1e-6 and _max_abs_diff(c_tm, c) < 1e-6
+
+
+def _masked_reference(x, h0, c0, weights, mask):
+    """The textbook equations with h_{t-1} x mask entering the recurrent kernel, one Python loop
+    step per time step, differentiated by autodiff: independent of the fused path's hand-written
+    backward pass."""
+    kernel, recurrent_kernel, bias = weights
+    h, c, outputs = h0, c0, []
+    for t in range(x.shape[1]):
+        z = tf.matmul(x[:, t], kernel) + tf.matmul(h * mask, recurrent_kernel) + bias
+        i, f, g, o = tf.split(z, 4, axis=-1)  # Keras's gate order
+        c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+        h = tf.sigmoid(o) * tf.tanh(c)
+        outputs.append(h)
+    return tf.stack(outputs, axis=1), h, c
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+def test_recurrent_mask_forward_and_gradients_match_the_textbook_loop(time_major):
+    """Variational recurrent dropout: the fused path with a (batch, units) mask computes what the
+    plain loop computes with the same mask at every time step, forward and backward."""
+    x, h0, c0, weights, rng = _problem(seed=8)
+    mask = (rng.random((BATCH, UNITS)) > 0.4).astype(np.float32) / 0.6
+    probe = tf.constant(rng.normal(size=(BATCH, STEPS, UNITS)).astype(np.float32))
+    layer = _layer("fused", weights)
+    xs, hs, cs = tf.constant(x), tf.constant(h0), tf.constant(c0)
+    variables = [layer.cell.kernel, layer.cell.recurrent_kernel, layer.cell.bias]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([xs, hs, cs])
+        inputs = tf.transpose(xs, (1, 0, 2)) if time_major else xs
+        out, (h_T, c_T) = layer(inputs, initial_state=[hs, cs], time_major=time_major,
+                                recurrent_mask=tf.constant(mask))
+        if time_major:
+            out = tf.transpose(out, (1, 0, 2))
+        loss = tf.reduce_sum(out * probe) + tf.reduce_sum(c_T) + 0.5 * tf.reduce_sum(h_T)
+        ref_out, ref_h, ref_c = _masked_reference(xs, hs, cs, variables, tf.constant(mask))
+        ref_loss = tf.reduce_sum(ref_out * probe) + tf.reduce_sum(ref_c) + 0.5 * tf.reduce_sum(ref_h)
+    assert _max_abs_diff(out, ref_out) < TOL and _max_abs_diff(c_T, ref_c) < TOL
+    unmasked, _ = layer(x, initial_state=[h0, c0])
+    assert _max_abs_diff(unmasked, ref_out) > 1e-2  # the mask really changed the result
+    names = ["kernel", "recurrent_kernel", "bias", "inputs", "h0", "c0"]
+    got = tape.gradient(loss, variables + [xs, hs, cs])
+    want = tape.gradient(ref_loss, variables + [xs, hs, cs])
+    for name, g, r in zip(names, got, want):
+        assert np.abs(np.asarray(r)).max() > 1e-3, name
+        assert _rel_diff(g, r) < TOL, (name, _rel_diff(g, r))
+
+
+def test_a_masked_call_on_the_cudnn_or_rnn_path_runs_the_fused_loop():
+    """cuDNN (and the reference RNN) take no recurrent mask: a masked call computes the fused
+    path's masked result whichever path the layer was built for."""
+    x, h0, c0, weights, rng = _problem(seed=9)
+    mask = tf.constant((rng.random((BATCH, UNITS)) > 0.5).astype(np.float32) * 2.0)
+    want, _ = _layer("fused", weights)(x, initial_state=[h0, c0], recurrent_mask=mask)
+    for path in ("cudnn", "rnn"):
+        got, _ = _layer(path, weights)(x, initial_state=[h0, c0], recurrent_mask=mask)
+        assert _max_abs_diff(got, want) < 1e-6, path

@@ -137,8 +137,9 @@ def test_best_and_last_differ_and_pruning_keeps_the_best(corpus, tmp_path, monke
 def test_resume_with_dropout_gives_the_same_weights_as_one_go(corpus, tmp_path):
     """Dropout masks come from (seed, step, layer, row): an interrupted run draws exactly the
     masks the uninterrupted one draws."""
-    model = {**TINY_MODEL, "num_layers": 2, "dropout": 0.3, "embedding_dropout": 0.2}
-    common = dict(eval_every=20, lr_decay="none")
+    model = {**TINY_MODEL, "num_layers": 2, "dropout": 0.3, "embedding_dropout": 0.2,
+             "recurrent_dropout": 0.2}
+    common = dict(eval_every=20, lr_decay="none", weight_decay=0.1)
     one_go, _, _ = launch([str(corpus)], model, {**TINY_TRAIN, **common, "steps": 40}, tmp_path / "runs",
                           name="drop-one", show_progress=False, echo=lambda s: None)
     launch([str(corpus)], model, {**TINY_TRAIN, **common, "steps": 20}, tmp_path / "runs",

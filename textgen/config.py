@@ -34,6 +34,8 @@ class ModelConfig:
     num_layers: int = 2
     dropout: float = 0.0  # between stacked layers, training only
     embedding_dropout: float = 0.0  # on the embedding output, training only
+    recurrent_dropout: float = 0.0  # on h_{t-1} into each LSTM's recurrent kernel, one mask per
+    # window for all its time steps (variational), training only
 
     def parameter_count(self) -> int:
         """Trainable parameters: embedding, each layer's kernel/recurrent_kernel/bias, the head."""
@@ -62,6 +64,7 @@ class TrainConfig:
     log_every: int = 10  # steps between reads of the loss: divergence guard, bar, TensorBoard
     keep: int = 3  # newest checkpoints kept (the best one is always kept too)
     patience: int | None = None  # stop after this many validations without a new best
+    weight_decay: float = 0.0  # decoupled (AdamW) decay of the LSTM and output kernels, per unit of learning rate
     seed: int = 1234
     encoding: str = "utf-8"
     min_count: int = 1  # characters occurring fewer times fold into one unknown symbol (1: none do)
@@ -133,7 +136,7 @@ def check_config(model: ModelConfig, train: TrainConfig) -> None:
         value = getattr(train, name)
         if value is not None and (not isinstance(value, int) or value < 1):
             problems.append(f"--{name} must be at least 1, got {value}")
-    for name in ("dropout", "embedding_dropout"):
+    for name in ("dropout", "embedding_dropout", "recurrent_dropout"):
         value = getattr(model, name)
         if not (_finite(value) and 0 <= value < 1):
             problems.append(f"--{name.replace('_', '-')} must be a number at least 0 and below 1, got {value}")
@@ -149,6 +152,8 @@ def check_config(model: ModelConfig, train: TrainConfig) -> None:
         problems.append(f"--patience must be at least 1, got {train.patience}")
     if not (_finite(train.learning_rate) and train.learning_rate > 0):
         problems.append(f"--learning-rate must be a positive number, got {train.learning_rate}")
+    if not (_finite(train.weight_decay) and train.weight_decay >= 0):
+        problems.append(f"--weight-decay must be 0 (off) or a positive number, got {train.weight_decay}")
     if not (_finite(train.clip_norm) and train.clip_norm >= 0):
         problems.append(f"--clip-norm must be 0 (off) or a positive number, got {train.clip_norm}")
     if train.minutes is not None and not (_finite(train.minutes) and train.minutes > 0):

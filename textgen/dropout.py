@@ -21,6 +21,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 _ROW, _TIME, _UNIT, _LAYER, _STEP = 0x9E3779B9, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1
+_RECURRENT = 0x7FEB352D  # salts the recurrent masks' key: they never coincide with row_dropout's
 
 
 def _mix(h):
@@ -82,3 +83,14 @@ def row_dropout(x, rate: float, key, layer: int, row_offset, time_major: bool = 
     scale = keep_scale(key, tf.constant(layer), tf.cast(row_offset, tf.int32), rows, steps, shape[2],
                        tf.constant(rate, tf.float32), time_major)
     return x * tf.cast(tf.stop_gradient(scale), x.dtype)
+
+
+def recurrent_mask(rate: float, key, layer: int, row_offset, rows, units):
+    """The variational dropout multiplier of LSTM layer `layer`'s recurrent input h_{t-1}:
+    (rows, units), one mask for every time step of the window (Gal & Ghahramani, 2016), keyed
+    like `row_dropout` by (key, layer, global row, unit) alone. None when `rate` is 0."""
+    if not rate:
+        return None
+    scale = keep_scale(tf.bitwise.bitwise_xor(key, tf.constant(_RECURRENT, tf.uint32)), tf.constant(layer),
+                       tf.cast(row_offset, tf.int32), rows, 1, units, tf.constant(rate, tf.float32), False)
+    return tf.stop_gradient(scale[:, 0, :])  # (rows, units)

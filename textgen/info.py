@@ -19,10 +19,11 @@ def describe_run(run: str | None, runs_dir: str | Path) -> str:
     lines = [
         f"run:              {run_dir}",
         f"model:            {model.num_layers} x {model.units} LSTM, embedding {model.embedding_dim}, "
-        f"dropout {model.dropout}, vocabulary {model.vocab_size}",
+        f"dropout {model.dropout}, recurrent dropout {model.recurrent_dropout}, vocabulary {model.vocab_size}",
         f"parameters:       {model.parameter_count():,}",
         f"training:         batch {train.batch_size} x seq_len {train.seq_len}, "
-        f"learning rate {train.learning_rate:g}, head bias {train.head_bias}, seed {train.seed}, "
+        f"learning rate {train.learning_rate:g}, weight decay {train.weight_decay:g}, "
+        f"head bias {train.head_bias}, seed {train.seed}, "
         f"strategy {train.strategy}, "
         f"precision {train.precision}" + (f" ({meta['precision_reason']})" if meta.get("precision_reason") else ""),
         f"steps:            {meta.get('step', 0):,}",

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from textgen.cell import lstm_gates, zero_state
 from textgen.config import ModelConfig
-from textgen.dropout import row_dropout
+from textgen.dropout import recurrent_mask, row_dropout
 from textgen.parallel import concat_rows, parallel_parts, row_split_sizes, split_rows
 from textgen.recurrent import LSTMLayer, resolve_path
 
@@ -116,7 +116,8 @@ class CharLSTM(keras.Model):
             states = self.initial_state(tf.shape(ids)[0])
         table = self._input_table() if self._use_projection_table(ids, training) else None
         time_major = self._fused
-        dropping = training and (self.config.dropout > 0 or self.config.embedding_dropout > 0)
+        config = self.config
+        dropping = training and max(config.dropout, config.embedding_dropout, config.recurrent_dropout) > 0
         key = (dropout_key if dropout_key is not None else _random_key()) if dropping else None
         first_row = _replica_first_row(tf.shape(ids)[0])  # of this replica, in the global batch
         parts = self._parallel_parts(ids)
@@ -143,15 +144,21 @@ class CharLSTM(keras.Model):
         that no layer transposes its (time, batch, 4*units) projections.
         """
         key, first_row = dropout
+        rows = tf.shape(ids)[0]
 
         def drop(x, rate, layer):  # layer 0: the embedding; k: after LSTM layer k
             return x if key is None else row_dropout(x, rate, key, layer, first_row, time_major)
+
+        def recurrent(layer):  # LSTM layer k's mask on h_{t-1}, (rows, units), or None
+            return None if key is None else recurrent_mask(
+                self.config.recurrent_dropout, key, layer, first_row, rows, self.config.units)
 
         if time_major:
             ids = tf.transpose(ids)  # (time, batch)
         new_states = []
         if table is not None:
-            x, (h, c) = self.lstm_layers[0].run_projected(gather_rows(table, ids), states[0], time_major)
+            x, (h, c) = self.lstm_layers[0].run_projected(gather_rows(table, ids), states[0], time_major,
+                                                          recurrent_mask=recurrent(0))
             x = drop(x, self.config.dropout, 1)
             new_states.append((h, c))
             layers, states = self.lstm_layers[1:], states[1:]
@@ -160,7 +167,8 @@ class CharLSTM(keras.Model):
             x = drop(x, self.config.embedding_dropout, 0)
             layers = self.lstm_layers
         for layer, (h, c) in zip(layers, states):
-            x, (h, c) = layer(x, initial_state=[h, c], time_major=time_major)  # (..., units)
+            x, (h, c) = layer(x, initial_state=[h, c], time_major=time_major,
+                              recurrent_mask=recurrent(len(new_states)))  # (..., units)
             x = drop(x, self.config.dropout, len(new_states) + 1)  # on non-recurrent connections only
             new_states.append((h, c))
         return x, new_states

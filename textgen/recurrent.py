@@ -63,16 +63,23 @@ def cudnn_lstm_sequence(inputs, h0, c0, kernel, recurrent_kernel, bias):
 
 def fused_lstm_sequence(
     inputs_proj: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, recurrent_kernel: tf.Tensor,
-    time_major: bool = False,
+    time_major: bool = False, recurrent_mask: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Run the recurrence given precomputed input projections, with a hand-written backward pass.
 
     inputs_proj: (batch, time, 4*units) = x.W + b for every step, or (time, batch, 4*units) with
     `time_major`; h0, c0: (batch, units); recurrent_kernel: (units, 4*units) as a tensor.
+    recurrent_mask: None, or (batch, units) multiplying h_{t-1} where it enters the recurrent
+    kernel, the same at every time step (variational dropout on the recurrent path; the outputs
+    and the carried state stay unmasked).
     Returns (outputs (batch, time, units), or (time, batch, units) with `time_major`, h_T, C_T).
     """
     proj_tm = inputs_proj if time_major else _swap_time_batch(inputs_proj)
-    outputs_tm, h, c = _lstm_time_major(proj_tm, h0, c0, recurrent_kernel)
+    if recurrent_mask is None:
+        outputs_tm, h, c = _lstm_time_major(proj_tm, h0, c0, recurrent_kernel)
+    else:
+        outputs_tm, h, c = _lstm_time_major_masked(proj_tm, h0, c0, recurrent_kernel,
+                                                   tf.cast(recurrent_mask, proj_tm.dtype))
     return (outputs_tm if time_major else _swap_time_batch(outputs_tm)), h, c
 
 
@@ -92,9 +99,9 @@ def lstm_sequence_gates(proj_tm: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor,
     return dict(zip(SEQUENCE_QUANTITIES, stacked)), h, c
 
 
-def _forward_loop(proj_tm, h0, c0, recurrent_kernel):
+def _forward_loop(proj_tm, h0, c0, recurrent_kernel, mask=None):
     """The forward recurrence. Returns the stacked (time, batch, units) h, C and gates i, f, C~, o
-    (what the backward pass needs), then the final h and C.
+    (what the backward pass needs), then the final h and C. `mask`: see `fused_lstm_sequence`.
 
     Each gate goes to a TensorArray of its own: storing them side by side would need a concat per
     step, and storing the pre-activations would make the backward pass recompute every sigmoid
@@ -104,7 +111,7 @@ def _forward_loop(proj_tm, h0, c0, recurrent_kernel):
     stored = [tf.TensorArray(proj_tm.dtype, size=steps) for _ in range(6)]  # h, C, i, f, C~, o
 
     def body(t, h, c, *stored):
-        z = proj_tm[t] + tf.matmul(h, recurrent_kernel)  # (batch, 4*units)
+        z = proj_tm[t] + tf.matmul(h if mask is None else h * mask, recurrent_kernel)  # (batch, 4*units)
         i, f, g, o = gate_activations(z)
         c = f * c + i * g
         h = o * tf.tanh(c)
@@ -136,13 +143,30 @@ def _backward_coefficients(cs, c0, i, f, g, o):
 
 @tf.custom_gradient
 def _lstm_time_major(proj_tm, h0, c0, recurrent_kernel):
-    """Forward: the LSTM equations over time. Backward: backpropagation through time written out.
+    """Forward: the LSTM equations over time. Backward: backpropagation through time written out
+    (`_lstm_with_gradient`)."""
+    return _lstm_with_gradient(proj_tm, h0, c0, recurrent_kernel, None)
+
+
+@tf.custom_gradient
+def _lstm_time_major_masked(proj_tm, h0, c0, recurrent_kernel, mask):
+    """`_lstm_time_major` with h_{t-1} x `mask` (batch, units) entering the recurrent kernel."""
+    return _lstm_with_gradient(proj_tm, h0, c0, recurrent_kernel, mask)
+
+
+def _lstm_with_gradient(proj_tm, h0, c0, recurrent_kernel, mask):
+    """The forward recurrence and its gradient function, for `tf.custom_gradient`.
 
     Hand-written because autodiff of a while_loop accumulates h.U's weight gradient one small
     matmul per step; here the loop only carries dh and dC back, and the weight gradient is a single
-    (units x time*batch) @ (time*batch x 4*units) matmul after it.
+    (units x time*batch) @ (time*batch x 4*units) matmul after it. With a recurrent `mask` m the
+    step is z_t = p_t + (h_{t-1} * m).U, so dh_{t-1} gains (dz_t.U^T) * m and dU = sum_t
+    (h_{t-1} * m)^T dz_t; the mask gets no gradient.
     """
-    hs, cs, i, f, g, o, h_last, c_last = _forward_loop(proj_tm, h0, c0, recurrent_kernel)
+    hs, cs, i, f, g, o, h_last, c_last = _forward_loop(proj_tm, h0, c0, recurrent_kernel, mask)
+
+    def masked(h):  # h_{t-1} as the recurrent kernel saw it; h: (..., batch, units)
+        return h if mask is None else h * mask
 
     def grad(d_outputs, d_h_last, d_c_last):
         steps = tf.shape(proj_tm)[0]
@@ -159,17 +183,18 @@ def _lstm_time_major(proj_tm, h0, c0, recurrent_kernel):
             d_h = d_h + d_outputs[t]
             d_c = d_c + d_h * dc_per_dh[t]
             dz = tf.concat([d_c, d_c, d_c, d_h], axis=-1) * dz_scale[t]  # (batch, 4*units)
-            return t - 1, tf.matmul(dz, kernel_t), d_c * f[t], dzs.write(t, dz)
+            return t - 1, masked(tf.matmul(dz, kernel_t)), d_c * f[t], dzs.write(t, dz)
 
         _, d_h0, d_c0, dzs = tf.while_loop(lambda t, *_: t >= 0, body, (steps - 1, d_h, d_c, dzs))
         dz_all = dzs.stack()  # (time, batch, 4*units)
         units = tf.shape(h0)[-1]
         # dU = sum_t h_{t-1}^T dz_t: h_0's term plus one matmul over the stored h_1..h_{T-1}
         # (slices along time are free; concatenating h_0 in front would copy them all).
-        d_kernel = tf.matmul(h0, dz_all[0], transpose_a=True) + tf.matmul(
-            tf.reshape(hs[:-1], (-1, units)), tf.reshape(dz_all[1:], (-1, 4 * units)),
+        d_kernel = tf.matmul(masked(h0), dz_all[0], transpose_a=True) + tf.matmul(
+            tf.reshape(masked(hs[:-1]), (-1, units)), tf.reshape(dz_all[1:], (-1, 4 * units)),
             transpose_a=True)  # (units, 4*units)
-        return dz_all, d_h0, d_c0, d_kernel
+        grads = (dz_all, d_h0, d_c0, d_kernel)
+        return grads if mask is None else grads + (tf.zeros_like(mask),)
 
     return (hs, h_last, c_last), grad
 
@@ -200,9 +225,13 @@ class LSTMLayer(keras.layers.Layer):
         if resolve_path(self.lstm_path) == "rnn":
             self._rnn = keras.layers.RNN(self.cell, return_sequences=True, return_state=True)
 
-    def call(self, inputs, initial_state=None, time_major: bool = False):
+    def call(self, inputs, initial_state=None, time_major: bool = False, recurrent_mask=None):
         """inputs: (batch, time, features), or (time, batch, features) with `time_major`.
 
+        `recurrent_mask` (batch, units), training only: variational dropout on h_{t-1} where it
+        enters the recurrent kernel (see `fused_lstm_sequence`). cuDNN has no such input, so a
+        masked call runs the fused loop on any device, as `keras.layers.LSTM` leaves cuDNN when
+        given a recurrent dropout.
         Returns (outputs in the layout of the inputs, [h_T, C_T]). The fused path runs time-major
         inside, so a time-major caller saves a transpose in and out of every layer.
         """
@@ -211,7 +240,7 @@ class LSTMLayer(keras.layers.Layer):
             initial_state = self.cell.get_initial_state(batch)
         h0, c0 = initial_state
         path = resolve_path(self.lstm_path)
-        if path != "fused":
+        if path != "fused" and recurrent_mask is None:
             result = self._library_sequence(path, _swap_time_batch(inputs) if time_major else inputs, h0, c0)
             if result is not None:
                 outputs, h, c = result
@@ -222,7 +251,7 @@ class LSTMLayer(keras.layers.Layer):
         proj = tf.nn.bias_add(tf.matmul(tf.reshape(inputs, (-1, features)), cell.kernel),
                               cell.bias)  # (time*batch, 4*units)
         proj = tf.reshape(proj, tf.concat([tf.shape(inputs)[:2], [4 * self.units]], axis=0))
-        return self.run_projected(proj, [h0, c0], time_major=time_major)
+        return self.run_projected(proj, [h0, c0], time_major=time_major, recurrent_mask=recurrent_mask)
 
     def _library_sequence(self, path, inputs, h0, c0):
         """(outputs, h, c) from the "rnn" or "cudnn" path on batch-major inputs; None if cuDNN
@@ -232,13 +261,14 @@ class LSTMLayer(keras.layers.Layer):
         cell = self.cell
         return cudnn_lstm_sequence(inputs, h0, c0, cell.kernel, cell.recurrent_kernel, cell.bias)
 
-    def run_projected(self, inputs_proj, initial_state, time_major: bool = False):
+    def run_projected(self, inputs_proj, initial_state, time_major: bool = False, recurrent_mask=None):
         """The fused recurrence from precomputed projections x.W + b: (batch, time, 4*units),
         or (time, batch, 4*units) with `time_major` (and then time-major outputs)."""
         h0, c0 = initial_state
         # an explicit cast: the model also calls this outside Keras's autocasting `call`
         kernel = tf.cast(self.cell.recurrent_kernel, self.compute_dtype)
-        outputs, h, c = fused_lstm_sequence(inputs_proj, h0, c0, kernel, time_major=time_major)
+        outputs, h, c = fused_lstm_sequence(inputs_proj, h0, c0, kernel, time_major=time_major,
+                                            recurrent_mask=recurrent_mask)
         return outputs, [h, c]
 
     def get_config(self):

@@ -68,11 +68,23 @@ def build_training(model_config: ModelConfig, train_config: TrainConfig) -> Trai
         schedule = WarmupCosine(
             train_config.learning_rate, train_config.warmup_steps,
             min_ratio=train_config.min_lr_ratio if train_config.lr_decay == "cosine" else 1.0)
-        optimizer = keras.optimizers.Adam(learning_rate=schedule)
+        optimizer = make_optimizer(schedule, train_config.weight_decay)
         if train_config.precision == "mixed_float16":  # float16 gradients underflow unscaled
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
     return Training(strategy, replicas, model, optimizer, schedule, train_config, threads)
+
+
+def make_optimizer(learning_rate, weight_decay: float = 0.0) -> keras.optimizers.Optimizer:
+    """Adam, or with `weight_decay` Keras's AdamW (decoupled decay, w -= learning rate x
+    weight_decay x w each step) on the kernels only: biases and the embedding are left alone,
+    so rare characters' rows do not shrink for lack of gradient. Same slots either way, so the
+    checkpoint format does not change."""
+    if not weight_decay:
+        return keras.optimizers.Adam(learning_rate=learning_rate)
+    optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "embeddings"])  # before build()
+    return optimizer
 
 
 def _replica_train_step(training: Training, x, y, flat_states):
