@@ -67,6 +67,7 @@ def apply(variant: str) -> tuple[dict, dict]:
     for factor in variant.split("+"):
         if factor in ("keras-init", "glorot-head", "torch-head", "zero-bias"):
             train_options["head_bias"] = "zeros"  # the bias as initialised, not the frequencies
+            model_options["head_shortlist"] = 0  # these variants replace a one-softmax head
         if factor == "keras-init":
             _patch_layers(embedding="uniform", head=lambda config: {})
         elif factor == "glorot-head":

@@ -231,7 +231,9 @@ def test_mistyped_run_json(change, copy_run):
     (lambda d: d["history"][0].pop("val_bpc"), "history[0] has no val_bpc"),
     (lambda d: d.update(corpus=["a.txt"]), "corpus is not an object"),
     (lambda d: d["corpus"].update(chars="many"), "corpus.chars"),
-], ids=["best-as-string", "history-without-val_bpc", "corpus-as-list", "corpus-chars-as-string"])
+    (lambda d: d["model"].update(head_shortlist=-2), "model.head_shortlist"),
+], ids=["best-as-string", "history-without-val_bpc", "corpus-as-list", "corpus-chars-as-string",
+        "negative-shortlist"])
 def test_damaged_run_json_fields_found_in_review(command, change, fragment, copy_run, corpus_file):
     """Fields `info` used to trip over with a traceback: one schema refuses them for every command."""
     run_dir = copy_run()
@@ -239,6 +241,17 @@ def test_damaged_run_json_fields_found_in_review(command, change, fragment, copy
     extra = [corpus_file] if command == "eval" else []
     result = invoke(command, run_dir, *extra, "--runs-dir", run_dir.parent)
     assert_user_error(result, "run.json is damaged", fragment)
+
+
+def test_run_json_from_before_the_two_level_head_keeps_one_softmax(copy_run):
+    """Runs saved before --head-shortlist existed have no model.head_shortlist: they load with
+    one softmax (0), never with what the automatic choice would make of their vocabulary today."""
+    from textgen.runs import read_run_meta
+
+    run_dir = copy_run()
+    _rewrite_json(run_dir / "run.json", lambda d: d["model"].pop("head_shortlist"))
+    assert read_run_meta(run_dir)["model"].head_shortlist == 0
+    assert_still_samples(run_dir)
 
 
 @pytest.mark.parametrize("encoding", ["rot13", "base64", "zlib"])

@@ -255,6 +255,36 @@ def test_one_layer_run_exports(export_format, trained_run, tmp_path):
     assert [v["name"] for v in manifest["step"]["inputs"]] == ["ids", "h0", "c0"]
 
 
+@pytest.mark.parametrize("export_format", ["onnx", "keras"])
+def test_two_level_head_run_samples_evaluates_and_exports(export_format, corpus_file, tmp_path):
+    """A run with `--head-shortlist 3` (a two-level output layer): `info` says so, `sample` and
+    `eval` work, and the export (both softmaxes and the frequency order in the runtime's graph,
+    or the Keras model itself) computes the model's log-probabilities."""
+    from textgen.export_check import feed, open_runner
+    from textgen.inference import load_run
+
+    runs = tmp_path / "runs"
+    result = invoke("train", corpus_file, "--runs-dir", runs, "--name", "two", "--units", "16",
+                    "--embedding-dim", "8", "--num-layers", "1", "--head-shortlist", "3", "--batch-size",
+                    "4", "--seq-len", "16", "--steps", "3", "--eval-every", "3", "--quiet")
+    assert result.exit_code == 0, describe(result)
+    loaded = load_run(runs / "two", runs)
+    assert loaded.model.shortlist == 3 and loaded.model.tail.kernel.shape == (16, loaded.vocab.size - 3)
+    info = invoke("info", "two", "--runs-dir", runs)
+    assert "two-level softmax (3 frequent characters, then the rest)" in info.stdout, describe(info)
+    sample = invoke("sample", "two", "--runs-dir", runs, "--length", 40, "--seed", 1)
+    assert sample.exit_code == 0 and len(sample.stdout.rstrip("\n")) >= 40, describe(sample)
+    scored = invoke("eval", "two", corpus_file, "--runs-dir", runs, "--quiet")
+    assert scored.exit_code == 0 and "bits per character:" in scored.stdout, describe(scored)
+    result = invoke("export", runs / "two", "--runs-dir", runs, "--format", export_format,
+                    "--out", tmp_path / "out")
+    assert result.exit_code == 0, describe(result)
+    ids = loaded.vocab.encode("the cat sat on the mat\n" * 2).astype(np.int32)
+    expected = loaded.model.predict_on_batch(ids[None])[0][0]  # (len, vocab) log-probabilities
+    got = feed(open_runner(export_format, tmp_path / "out"), ids, num_layers=1, units=16)
+    assert np.abs(got - expected).max() <= 1e-4
+
+
 def test_keras_config_round_trips(run_dir):
     from textgen.cell import LSTMCell
     from textgen.inference import load_run

@@ -222,22 +222,27 @@ def test_minutes_budget_schedule_ends_with_the_budget(corpus, tmp_path):
     assert sorted(forget_saturated) == sorted(val_bpc) and all(0 <= v <= 1 for v in forget_saturated.values())
 
 
-def test_unigram_head_bias_starts_the_model_at_the_character_frequencies(tmp_path):
+@pytest.mark.parametrize("shortlist", [0, 2], ids=["one-softmax", "two-level"])
+def test_unigram_head_bias_starts_the_model_at_the_character_frequencies(tmp_path, shortlist):
     import math
     from collections import Counter
-
-    import keras
 
     text = "".join(("aaaaaaab" if i % 3 else "abbcd ") for i in range(600))  # skewed frequencies
     path = tmp_path / "skewed.txt"
     path.write_text(text)
-    run_dir, _, _ = run(path, tmp_path, "prior", steps=1, learning_rate=1e-9, head_bias="unigram",
-                        eval_every=1)
+    run_dir, _, _ = launch([str(path)], {**TINY_MODEL, "head_shortlist": shortlist},
+                           {**TINY_TRAIN, "steps": 1, "learning_rate": 1e-9, "head_bias": "unigram",
+                            "eval_every": 1}, tmp_path / "runs", name="prior", show_progress=False,
+                           echo=lambda s: None)
     loaded = load_run(str(run_dir), tmp_path / "runs")
     counts = Counter(text[: len(text) - int(len(text) * TINY_TRAIN.get("val_fraction", 0.1))])
     total = sum(counts.values()) + loaded.vocab.size
     expected = [math.log((counts[ch] + 1) / total) for ch in loaded.vocab.chars]
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded.model.head.bias), expected, atol=0.02)
+    zero_output = np.zeros((1, TINY_MODEL["units"]), np.float32)  # the biases alone
+    np.testing.assert_allclose(loaded.model.logits(zero_output).numpy()[0], expected, atol=0.02)
+    if shortlist:  # the two-level head's shortlist is the most frequent characters: a, then b
+        assert loaded.model.shortlist == 2
+        assert loaded.vocab.decode(loaded.model.frequency_order.numpy()[:2]) == "ab"
     assert json.loads((run_dir / RUN_FILE).read_text())["train"]["head_bias"] == "unigram"
     # what that buys: the first validation is already near the unigram entropy, far below uniform
     unigram_bits = -sum(c / sum(counts.values()) * math.log2(c / sum(counts.values())) for c in counts.values())

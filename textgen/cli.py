@@ -13,7 +13,7 @@ import sys
 import click
 
 from textgen import __version__
-from textgen.config import (EXPORT_FORMATS, HEAD_BIASES, PRECISIONS, PRESETS, QUANTIZATIONS, VIZ_FORMATS, ExportConfig,
+from textgen.config import (EXPORT_FORMATS, HEAD_BIASES, PRECISIONS, PRESETS, QUANTIZATIONS, SHORTLIST, VIZ_FORMATS, ExportConfig,
                             ModelConfig, SampleConfig, ServeConfig, TrainConfig, VizConfig, apply_preset)
 from textgen.distribute import STRATEGIES
 from textgen.errors import TextgenError, one_line
@@ -92,6 +92,7 @@ def main():
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), help="A named shape and recipe (tiny, small, medium, large); explicit options override it.")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=_M.dropout, show_default=True, help="Dropout between layers.")
 @click.option("--recurrent-dropout", type=click.FloatRange(0, 1, max_open=True), default=_M.recurrent_dropout, show_default=True, help="Dropout on each LSTM's recurrent input h(t-1), one mask for all time steps of a window (variational).")
+@click.option("--head-shortlist", type=click.IntRange(0), default=_M.head_shortlist, help=f"Output layer: 0 = one softmax over the vocabulary; N = a two-level softmax, the N most frequent characters at every position and the rest only where the next character is one of them (exact, faster for thousands of characters). Default: {SHORTLIST} for vocabularies over {2 * SHORTLIST}, else 0.")
 @click.option("--embedding-dropout", type=click.FloatRange(0, 1, max_open=True), default=_M.embedding_dropout, show_default=True, help="Dropout on the embedding output.")
 @click.option("--batch-size", type=click.IntRange(1), default=_T.batch_size, show_default=True, help="Parallel text streams per step.")
 @click.option("--seq-len", type=click.IntRange(1), default=_T.seq_len, show_default=True, help="Characters per window (BPTT length).")

@@ -7,6 +7,7 @@ step function's inputs and outputs with their shapes, how to generate, and the c
 from __future__ import annotations
 
 from textgen import __version__
+from textgen.config import shortlist_for
 
 VOCAB_FILE, README_FILE, MANIFEST_FILE = "vocab.json", "README.md", "export.json"
 MANIFEST_FORMAT = "textgen-export"
@@ -83,6 +84,10 @@ def manifest(report) -> dict:
     }
 
 
+LOG_PROBS = (" (its two-level output layer makes them log-probabilities already; softmax them "
+             "all the same)")
+
+
 def readme_text(report) -> str:
     """README.md: the export explained to the person who will build an app on it."""
     shape, config = report.model_config, report.config
@@ -102,7 +107,7 @@ def readme_text(report) -> str:
 
 Exported by textgen {__version__} from run `{report.run}`, checkpoint `{report.checkpoint}`{val}.
 The model: an embedding of {shape.embedding_dim}, {shape.num_layers} LSTM layer(s) of {shape.units} units,
-logits over a vocabulary of {shape.vocab_size} characters.
+logits over a vocabulary of {shape.vocab_size} characters{LOG_PROBS if shortlist_for(shape) else ""}.
 
 ## Files
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from textgen.export_docs import state_names
+from textgen.head import two_level_log_probs
 from textgen.model import flatten_state, step_layers, unflatten_state
 from textgen.sample import choose_next
 
@@ -52,8 +53,9 @@ class StepModule(tf.Module):
         self.stacked = [(tf.Variable(kernel, trainable=False, name=f"kernel{i + 1}"),
                          tf.Variable(bias, trainable=False, name=f"bias{i + 1}"))
                         for i, (kernel, bias) in enumerate(weights["stacked"])]
-        self.head_kernel = tf.Variable(model.head.kernel.numpy(), trainable=False, name="head_kernel")
-        self.head_bias = tf.Variable(model.head.bias.numpy(), trainable=False, name="head_bias")
+        # kernel, bias (+ tail_kernel, tail_bias, ranks for a two-level head): textgen.head
+        self.output_weights = {name: tf.Variable(w, trainable=False, name=f"head_{name}")
+                               for name, w in model.output_weights().items()}
         state_spec = [tf.TensorSpec((None, self.units), tf.float32, name=n)
                       for n in state_names(self.num_layers)]
         self.step = tf.function(self._step, input_signature=[
@@ -74,7 +76,12 @@ class StepModule(tf.Module):
         """One step: ids (batch,) and [h0, c0, ...] -> (logits (batch, vocab), new [h0, c0, ...])."""
         weights = {"table": self.table, "recurrent": self.recurrent, "stacked": self.stacked}
         x, states = step_layers(weights, ids, unflatten_state(flat_states))  # x: (batch, units)
-        return tf.matmul(x, self.head_kernel) + self.head_bias, flatten_state(states)
+        head = self.output_weights
+        logits = tf.matmul(x, head["kernel"]) + head["bias"]  # (batch, vocab), or the head's N + 1
+        if "tail_kernel" in head:  # a two-level head: every character's log-probability
+            logits = two_level_log_probs(logits, tf.matmul(x, head["tail_kernel"]) + head["tail_bias"],
+                                         head["ranks"])
+        return logits, flatten_state(states)
 
     def _step(self, ids, *flat_states):
         logits, new_flat = self._logits_and_states(ids, list(flat_states))

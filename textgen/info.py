@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from textgen.config import shortlist_for
 from textgen.runs import read_run_meta, resolve_run
 
 
@@ -19,7 +20,9 @@ def describe_run(run: str | None, runs_dir: str | Path) -> str:
     lines = [
         f"run:              {run_dir}",
         f"model:            {model.num_layers} x {model.units} LSTM, embedding {model.embedding_dim}, "
-        f"dropout {model.dropout}, recurrent dropout {model.recurrent_dropout}, vocabulary {model.vocab_size}",
+        f"dropout {model.dropout}, recurrent dropout {model.recurrent_dropout}, vocabulary {model.vocab_size}, "
+        + (f"two-level softmax ({shortlist_for(model):,} frequent characters, then the rest)"
+           if shortlist_for(model) else "one softmax"),
         f"parameters:       {model.parameter_count():,}",
         f"training:         batch {train.batch_size} x seq_len {train.seq_len}, "
         f"learning rate {train.learning_rate:g}, weight decay {train.weight_decay:g}, "

@@ -29,9 +29,9 @@ from typing import Callable
 
 from textgen import checkpoint as ckpt
 from textgen import runs
-from textgen.config import ModelConfig, TrainConfig, check_config
+from textgen.config import ModelConfig, TrainConfig, check_config, shortlist_for
 from textgen.corpus_cache import load_corpus
-from textgen.data import log_frequencies, make_batchers
+from textgen.data import make_batchers
 from textgen.distribute import is_chief_task
 from textgen.errors import TextgenError, os_reason
 from textgen.runlock import RunLock
@@ -222,6 +222,8 @@ def _prepare_new(request: RunRequest, chief: bool = True):
     if folded:
         summary["folded"] = folded
     model_config = ModelConfig(vocab_size=vocab.size, **model_options)
+    # the run keeps the head it starts with, whatever a later version would choose
+    model_config = dataclasses.replace(model_config, head_shortlist=shortlist_for(model_config))
     check_config(model_config, train_config)
     run_dir = Path(request.runs_root) / (request.name or time.strftime("%Y%m%d-%H%M%S"))
     if chief:
@@ -242,8 +244,9 @@ def _prepare_new(request: RunRequest, chief: bool = True):
     from textgen.train import Trainer
 
     trainer = Trainer(run_dir, vocab, train_data, val_data, model_config, train_config, meta, chief)
-    if train_config.head_bias == "unigram":  # every worker counts the same text: same start
-        trainer.set_head_bias(log_frequencies(train_data.char_counts(vocab.size)))
+    unigram = train_config.head_bias == "unigram"
+    if unigram or trainer.model.shortlist:  # every worker counts the same text: same start
+        trainer.start_output_layer(train_data.char_counts(vocab.size), unigram)
     if chief:
         _refuse_existing(run_dir)  # again: building the trainer took a while
     return trainer, run_dir

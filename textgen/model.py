@@ -11,8 +11,9 @@ import keras
 import tensorflow as tf
 
 from textgen.cell import lstm_gates, zero_state
-from textgen.config import ModelConfig
+from textgen.config import ModelConfig, shortlist_for
 from textgen.dropout import recurrent_mask, row_dropout
+from textgen.head import two_level_log_probs, two_level_loss_sum
 from textgen.parallel import concat_rows, parallel_parts, row_split_sizes, split_rows
 from textgen.recurrent import LSTMLayer, resolve_path
 
@@ -63,10 +64,48 @@ class CharLSTM(keras.Model):
         # started 4x smaller than with 65 (half PyTorch's) and passed the LSTMs a gradient as weak;
         # on a Chinese corpus that cost 0.7 bits per character after 5 minutes (bench/QUALITY.md)
         bound = 1.0 / config.units ** 0.5
+        uniform = keras.initializers.RandomUniform(-bound, bound, seed=None)
+        self.shortlist = shortlist_for(config)  # 0: one softmax; N: two-level (adaptive) head
+        # one softmax: (units, vocab). Two-level: the N most frequent characters and "the rest"
+        # (units, N + 1), then the rest among themselves (units, vocab - N); `frequency_order`
+        # lists the character ids by training frequency, set when a run starts
         self.head = keras.layers.Dense(
-            config.vocab_size, name="logits", dtype=policy,
-            kernel_initializer=keras.initializers.RandomUniform(-bound, bound, seed=None),
+            self.shortlist + 1 if self.shortlist else config.vocab_size, name="logits", dtype=policy,
+            kernel_initializer=uniform,
         )
+        if self.shortlist:
+            self.tail = keras.layers.Dense(config.vocab_size - self.shortlist, name="tail_logits",
+                                           dtype=policy, kernel_initializer=uniform)
+            self.frequency_order = self.add_weight(
+                name="frequency_order", shape=(config.vocab_size,), dtype="int32", trainable=False,
+                initializer=lambda shape, dtype=None: tf.range(shape[0], dtype=tf.int32))
+
+    def logits(self, x):
+        """The output layer: (..., units) LSTM outputs -> float32 logits (..., vocab). A two-level
+        head returns every character's log-probability (logits that need no normalising)."""
+        logits = tf.cast(self.head(x), tf.float32)
+        if not self.shortlist:
+            return logits
+        return two_level_log_probs(logits, tf.cast(self.tail(x), tf.float32), self.frequency_ranks())
+
+    def frequency_ranks(self):
+        """(vocab,) int32: each character id's place in `frequency_order` (two-level head only)."""
+        return tf.math.invert_permutation(tf.convert_to_tensor(self.frequency_order))
+
+    def output_weights(self) -> dict:
+        """The output layer's tensors, for exports (`textgen.export_step`): kernel and bias, and
+        for a two-level head tail_kernel, tail_bias and ranks (`frequency_ranks`)."""
+        weights = {"kernel": self.head.kernel, "bias": self.head.bias}
+        if self.shortlist:
+            weights.update(tail_kernel=self.tail.kernel, tail_bias=self.tail.bias, ranks=self.frequency_ranks())
+        return {name: tf.convert_to_tensor(w) for name, w in weights.items()}
+
+    def _loss_sum(self, x, labels):
+        """Sum of -log p(labels) (nats) over the positions of x (..., units), labels (...)."""
+        if not self.shortlist:
+            return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=labels, logits=tf.cast(self.head(x), tf.float32)))
+        return two_level_loss_sum(x, labels, self.head, self.tail, self.frequency_ranks(), self.shortlist)
 
     def initial_state(self, batch_size) -> State:
         """Zero (h, C) for every layer, each (batch_size, units) in the compute dtype."""
@@ -82,7 +121,7 @@ class CharLSTM(keras.Model):
         def group_logits(x, rows, time_major):
             if time_major:
                 x = tf.transpose(x, [1, 0, 2])  # (rows, time, units): fewer numbers than logits
-            return tf.cast(self.head(x), tf.float32)  # (rows, time, vocab)
+            return self.logits(x)  # (rows, time, vocab)
 
         logits, new_states = self._row_groups(ids, states, training, dropout_key, group_logits)
         return tf.concat(logits, axis=0), new_states
@@ -97,10 +136,8 @@ class CharLSTM(keras.Model):
         layers ran in (time-major on the fused path: the targets are transposed, not the outputs).
         """
         def group_loss(x, rows, time_major):
-            labels = targets[rows[0]:rows[1]]
-            logits = tf.cast(self.head(x), tf.float32)  # (rows, time, vocab), or time-major
-            return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=tf.transpose(labels) if time_major else labels, logits=logits))
+            labels = targets[rows[0]:rows[1]]  # x: (rows, time, units), or time-major
+            return self._loss_sum(x, tf.transpose(labels) if time_major else labels)
 
         sums, new_states = self._row_groups(ids, states, training, dropout_key, group_loss)
         return tf.add_n(sums) / tf.cast(tf.size(targets), tf.float32), new_states
@@ -225,7 +262,7 @@ class CharLSTM(keras.Model):
         ids: (batch,) -> (logits (batch, vocab) float32, new states). Same numbers as `call`.
         """
         x, new_states = step_layers(weights or self.step_weights(), ids, states)
-        return tf.cast(self.head(x), tf.float32), new_states
+        return self.logits(x), new_states
 
     def get_config(self):
         from textgen.config import to_dict
@@ -235,7 +272,7 @@ class CharLSTM(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        model_config = ModelConfig(**config.pop("config"))
+        model_config = ModelConfig(**{"head_shortlist": 0, **config.pop("config")})  # older: one softmax
         return cls(model_config, **config)
 
 

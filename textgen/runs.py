@@ -136,7 +136,10 @@ def read_run_meta(run_dir: Path) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
         raise TextgenError(f"{run_dir / RUN_FILE} is not a textgen run file; retrain or restore the run")
     try:
-        meta["model"] = from_dict(ModelConfig, meta.get("model"))
+        model = meta.get("model")
+        if isinstance(model, dict) and "head_shortlist" not in model:
+            model = {**model, "head_shortlist": 0}  # runs from before the option had one softmax
+        meta["model"] = from_dict(ModelConfig, model)
         train = meta.get("train")
         if isinstance(train, dict) and "head_bias" not in train:
             train = {**train, "head_bias": "zeros"}  # runs from before the option started at zeros
@@ -196,6 +199,8 @@ def meta_problem(meta: dict) -> str | None:
         return "vocab_sha256 is not a string"
     if not isinstance(meta.get("precision_reason", ""), str):
         return "precision_reason is not a string"
+    if not _is_count(meta["model"].head_shortlist):
+        return "model.head_shortlist is not a non-negative integer"
     if meta["train"].precision == "auto":
         return "train.precision is 'auto', which a run resolves when it starts"
     checkpoints = meta.setdefault("checkpoints", {})

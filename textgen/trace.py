@@ -103,7 +103,7 @@ def _functions(model) -> dict:
         def window(ids, next_ids, flat, k):
             model = model_ref()
             per_layer, states, top = run_layers(model, ids[:, None], unflatten_state(flat))
-            logits = tf.cast(model.head(top[:, 0]), tf.float32)  # (time, vocab)
+            logits = model.logits(top[:, 0])  # (time, vocab)
             log_probs = tf.nn.log_softmax(logits)
             top_log_probs, top_ids = tf.math.top_k(log_probs, k)  # (time, k)
             picked = tf.gather(log_probs, tf.maximum(next_ids, 0), batch_dims=1)  # (time,)

@@ -32,8 +32,9 @@ import tensorflow as tf
 from textgen import checkpoint as ckpt
 from textgen import policy, runs
 from textgen.config import ModelConfig, TrainConfig
-from textgen.data import StreamBatcher
+from textgen.data import StreamBatcher, log_frequencies
 from textgen.errors import TextgenError
+from textgen.head import two_level_biases
 from textgen.model import flatten_state
 from textgen.progress import Progress, progress_problem
 from textgen.signals import StopRequest
@@ -81,10 +82,21 @@ class Trainer:
         self._out_of_time = False  # the --minutes budget is spent (agreed between workers)
         self._stopping: str | None = None  # why the loop stops early (agreed between workers)
 
-    def set_head_bias(self, values: np.ndarray) -> None:
-        """Start the output layer's bias at `values` (vocab,), e.g. `data.log_frequencies`: the
-        model then predicts the character frequencies from its first step."""
-        self.model.head.bias.assign(np.asarray(values, np.float32))
+    def start_output_layer(self, counts: np.ndarray, unigram: bool) -> None:
+        """Fit the output layer to the training text's character `counts` (vocab,) before the
+        first step: a two-level head learns which characters are frequent (its shortlist), and
+        with `unigram` (--head-bias unigram) the biases start at the log character frequencies,
+        so the model predicts them from its first step."""
+        model, log_freq = self.model, log_frequencies(counts)
+        if model.shortlist:
+            order = np.argsort(-np.asarray(counts), kind="stable").astype(np.int32)  # most frequent first
+            model.frequency_order.assign(order)
+            if unigram:
+                head_bias, tail_bias = two_level_biases(log_freq, order, model.shortlist)
+                model.head.bias.assign(head_bias)
+                model.tail.bias.assign(tail_bias)
+        elif unigram:
+            model.head.bias.assign(log_freq)
 
     # ------------------------------------------------------------------ carried state
 
