@@ -13,6 +13,7 @@ def describe_run(run: str | None, runs_dir: str | Path) -> str:
     run_dir = resolve_run(run, runs_dir)
     meta = read_run_meta(run_dir)
     model, train, corpus = meta["model"], meta["train"], meta.get("corpus", {})
+    shortlist = shortlist_for(model)
     best = meta.get("best_val_bpc")
     history = meta.get("history") or []
     sources = "built-in Python standard-library corpus" if corpus.get("default") else \
@@ -21,8 +22,7 @@ def describe_run(run: str | None, runs_dir: str | Path) -> str:
         f"run:              {run_dir}",
         f"model:            {model.num_layers} x {model.units} LSTM, embedding {model.embedding_dim}, "
         f"dropout {model.dropout}, recurrent dropout {model.recurrent_dropout}, vocabulary {model.vocab_size}, "
-        + (f"two-level softmax ({shortlist_for(model):,} frequent characters, then the rest)"
-           if shortlist_for(model) else "one softmax"),
+        + (f"two-level softmax ({shortlist:,} frequent characters, then the rest)" if shortlist else "one softmax"),
         f"parameters:       {model.parameter_count():,}",
         f"training:         batch {train.batch_size} x seq_len {train.seq_len}, "
         f"learning rate {train.learning_rate:g}, weight decay {train.weight_decay:g}, "

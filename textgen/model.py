@@ -8,12 +8,13 @@ ones, instead of hiding them in a stateful layer. The trainer carries them from 
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from textgen.cell import lstm_gates, zero_state
 from textgen.config import ModelConfig, shortlist_for
 from textgen.dropout import recurrent_mask, row_dropout
-from textgen.head import two_level_log_probs, two_level_loss_sum
+from textgen.head import two_level_biases, two_level_log_probs, two_level_loss_sum
 from textgen.parallel import concat_rows, parallel_parts, row_split_sizes, split_rows
 from textgen.recurrent import LSTMLayer, resolve_path
 
@@ -106,6 +107,21 @@ class CharLSTM(keras.Model):
             return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
                 labels=labels, logits=tf.cast(self.head(x), tf.float32)))
         return two_level_loss_sum(x, labels, self.head, self.tail, self.frequency_ranks(), self.shortlist)
+
+    def start_output_layer(self, counts, log_frequencies=None) -> None:
+        """Before training: a two-level head takes the character `counts` (vocab,) as its
+        frequency order (the most frequent are its shortlist); with `log_frequencies` (vocab,)
+        the biases start there, so the model predicts them from its first step."""
+        if not self.shortlist:
+            if log_frequencies is not None:
+                self.head.bias.assign(log_frequencies)
+            return
+        order = np.argsort(-np.asarray(counts), kind="stable").astype(np.int32)  # most frequent first
+        self.frequency_order.assign(order)
+        if log_frequencies is not None:
+            head_bias, tail_bias = two_level_biases(log_frequencies, order, self.shortlist)
+            self.head.bias.assign(head_bias)
+            self.tail.bias.assign(tail_bias)
 
     def initial_state(self, batch_size) -> State:
         """Zero (h, C) for every layer, each (batch_size, units) in the compute dtype."""

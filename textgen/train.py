@@ -34,7 +34,6 @@ from textgen import policy, runs
 from textgen.config import ModelConfig, TrainConfig
 from textgen.data import StreamBatcher, log_frequencies
 from textgen.errors import TextgenError
-from textgen.head import two_level_biases
 from textgen.model import flatten_state
 from textgen.progress import Progress, progress_problem
 from textgen.signals import StopRequest
@@ -84,19 +83,9 @@ class Trainer:
 
     def start_output_layer(self, counts: np.ndarray, unigram: bool) -> None:
         """Fit the output layer to the training text's character `counts` (vocab,) before the
-        first step: a two-level head learns which characters are frequent (its shortlist), and
-        with `unigram` (--head-bias unigram) the biases start at the log character frequencies,
-        so the model predicts them from its first step."""
-        model, log_freq = self.model, log_frequencies(counts)
-        if model.shortlist:
-            order = np.argsort(-np.asarray(counts), kind="stable").astype(np.int32)  # most frequent first
-            model.frequency_order.assign(order)
-            if unigram:
-                head_bias, tail_bias = two_level_biases(log_freq, order, model.shortlist)
-                model.head.bias.assign(head_bias)
-                model.tail.bias.assign(tail_bias)
-        elif unigram:
-            model.head.bias.assign(log_freq)
+        first step (`CharLSTM.start_output_layer`); with `unigram` (--head-bias unigram) the
+        model predicts the character frequencies from its first step."""
+        self.model.start_output_layer(counts, log_frequencies(counts) if unigram else None)
 
     # ------------------------------------------------------------------ carried state
 
