@@ -85,19 +85,20 @@ def test_mirrored_two_devices_match_one_device(corpus_file, tmp_path):
 
 
 def test_mirrored_run_resumes_and_moves_between_strategies(corpus_file, tmp_path):
-    """A mirrored run stopped at step 3 and resumed, under mirrored or on one device, ends where
-    the uninterrupted mirrored run ends; a single-device run resumes under mirrored too."""
+    """A mirrored run stopped at step 3, resumed on one device to step 5 and under mirrored again
+    to step 7 ends where the uninterrupted mirrored run ends: a checkpoint written under either
+    strategy resumes exactly under the other."""
     runs = tmp_path / "runs"
     whole = _train(corpus_file, runs, "whole", "--steps", "7", "--strategy", "mirrored")
-    for name, first, then in (("m-m", "mirrored", "mirrored"), ("m-s", "mirrored", "single"),
-                              ("s-m", "single", "mirrored")):
-        _train(corpus_file, runs, name, "--steps", "3", "--strategy", first)
-        result = invoke("train", "--resume", "--name", name, "--runs-dir", runs, "--steps", "7",
-                        "--strategy", then, "--quiet")
+    _train(corpus_file, runs, "moved", "--steps", "3", "--strategy", "mirrored")
+    for step, strategy in ((3, "single"), (5, "mirrored")):
+        result = invoke("train", "--resume", "--name", "moved", "--runs-dir", runs, "--steps", step + 2,
+                        "--strategy", strategy, "--quiet")
         assert result.exit_code == 0, describe(result)
-        assert "resuming" in result.stderr and "at step 3" in result.stderr
-        assert _max_difference(_weights(whole), _weights(runs / name)) < 1e-5, name
-        assert read_run_meta(runs / name)["step"] == 7
+        assert "resuming" in result.stderr and f"at step {step}" in result.stderr, describe(result)
+        assert read_run_meta(runs / "moved")["train"].strategy == strategy
+    assert _max_difference(_weights(whole), _weights(runs / "moved")) < 1e-5
+    assert read_run_meta(runs / "moved")["step"] == 7
 
 
 def test_mirrored_run_samples_on_one_device(corpus_file, tmp_path):
