@@ -12,7 +12,7 @@ import pytest
 from textgen import corpus_cache
 from textgen.corpus import iter_text, read_corpus
 from textgen.corpus_cache import encode_corpus, source_bytes
-from textgen.data import StreamBatcher, _read_only_mapping, split_train_val
+from textgen.data import StreamBatcher, read_only_mapping, split_train_val
 from textgen.errors import TextgenError
 from textgen.vocab import Vocabulary
 
@@ -319,8 +319,8 @@ def test_stream_batcher_over_memmap_matches_in_memory(tmp_path):
 def test_copy_on_write_memmap_is_never_released(tmp_path):
     path = write(tmp_path / "ids.bin", bytes(range(200)))
     private = np.memmap(path, dtype=np.uint8, mode="c")
-    assert _read_only_mapping(private) is None
-    assert _read_only_mapping(np.memmap(path, dtype=np.uint8, mode="r")[10:]) is not None
+    assert read_only_mapping(private) is None
+    assert read_only_mapping(np.memmap(path, dtype=np.uint8, mode="r")[10:]) is not None
 
 
 def rss_file_bytes():

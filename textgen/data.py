@@ -58,7 +58,7 @@ class StreamBatcher:
 
     def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, name: str = "training",
                  release_every: int | None = None, remap: np.ndarray | None = None):
-        self._mapping = _read_only_mapping(ids)  # before asarray, which drops the memmap class
+        self._mapping = read_only_mapping(ids)  # before asarray, which drops the memmap class
         ids = np.asarray(ids)  # a memmap (or a view of one) becomes an ndarray view: no copy
         if ids.ndim != 1:
             raise ValueError(f"ids must be 1-D, got shape {ids.shape}")
@@ -171,7 +171,7 @@ def make_batchers(ids, batch_size: int, seq_len: int, val_fraction: float,
     return train_data, StreamBatcher(val_ids, batch, seq_len, name="validation", remap=remap)
 
 
-def _read_only_mapping(ids) -> mmap.mmap | None:
+def read_only_mapping(ids) -> mmap.mmap | None:
     """The mmap under `ids` if it is a read-only np.memmap or a view of one, else None.
 
     Walks the `.base` chain, so `np.asarray(memmap)` and slices of it are found too. Only mode
