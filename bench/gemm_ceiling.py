@@ -22,7 +22,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-# (rows, inputs, outputs) of one step's three matmuls, for `rows` rows
+# (inputs, outputs) of one step's three matmuls, per row
 LAYERS = ((256, 1024), (512, 1024), (256, 65))
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from textgen.atomic import atomic_write_text, fsync_path
-from textgen.config import ModelConfig, TrainConfig, from_dict, to_dict
+from textgen.config import MODEL_FIELDS_BEFORE, ModelConfig, TrainConfig, from_dict, to_dict
 from textgen.errors import TextgenError, os_reason
 from textgen.runlock import lock_owner, process_alive
 
@@ -137,8 +137,8 @@ def read_run_meta(run_dir: Path) -> dict:
         raise TextgenError(f"{run_dir / RUN_FILE} is not a textgen run file; retrain or restore the run")
     try:
         model = meta.get("model")
-        if isinstance(model, dict) and "head_shortlist" not in model:
-            model = {**model, "head_shortlist": 0}  # runs from before the option had one softmax
+        if isinstance(model, dict):
+            model = {**MODEL_FIELDS_BEFORE, **model}  # runs from before a field was added
         meta["model"] = from_dict(ModelConfig, model)
         train = meta.get("train")
         if isinstance(train, dict) and "head_bias" not in train:
