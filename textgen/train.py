@@ -217,15 +217,17 @@ class Trainer:
             self._stopping = requested or "a signal to another worker"
         self._out_of_time = out_of_time
 
-    def _size_schedule(self, clock: "_Clock", validated: bool) -> None:
+    def _size_schedule(self, clock: "_Clock", due: bool) -> None:
         """Under a --minutes budget, (re)estimate the schedule's length from this session's step
         time since compilation and its latest validation's duration: first after
-        FIRST_ESTIMATE_AFTER steady steps, then at each validation. Decided on step counts, so
-        every worker takes part in the same agreement."""
+        FIRST_ESTIMATE_AFTER steady steps, then at each read of the losses (`due`), so that when
+        the machine's speed changes late in a run the estimate follows it to the end (re-estimated
+        only at validations, a run that sped up after its last one ended its decay 5% early).
+        Decided on step counts, so every worker takes part in the same agreement."""
         c, p = self.config, self.progress
         if not c.minutes or clock.steady_steps < policy.FIRST_ESTIMATE_AFTER:
             return
-        if not (validated or not clock.estimated):
+        if not (due or not clock.estimated):
             return
         clock.estimated = True
         estimate = policy.estimated_total_steps(
@@ -282,14 +284,15 @@ class Trainer:
                     pending.append(loss)
                     p.step, p.window = p.step + 1, p.window + 1
                     validating = p.step % c.eval_every == 0
-                    if validating or len(pending) >= c.log_every:
+                    reading = validating or len(pending) >= c.log_every  # same steps on every worker
+                    if reading:
                         train_loss = self._read_losses(pending, clock, hooks)
                     if validating:
                         self._validate_and_save(train_loss, hooks)  # every worker: a collective save
                         clock.validated()
                         if policy.patience_exhausted(p.history, c.patience):
                             self._stopping = "early stopping"  # same history on every worker
-                    self._size_schedule(clock, validating)
+                    self._size_schedule(clock, reading)
                     self._poll(stop, clock)  # the stop vote: every worker, every step
                     if self._stopping or self._budget_reached():
                         break
