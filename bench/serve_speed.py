@@ -158,7 +158,7 @@ def loop_speed(run: str, rows: int, chunks: int = 20) -> float:
 
     from textgen.inference import load_run
     from textgen.model import flatten_state
-    from textgen.rowloop import RowInputs, RowLoop, row_key
+    from textgen.serve.batched_sampler import RowInputs, RowLoop, row_key
 
     loop = RowLoop(load_run(run, Path(run).parent).model, 64)
     zeros, no = np.zeros(rows, np.int32), tf.constant(False)

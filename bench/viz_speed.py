@@ -79,7 +79,7 @@ def time_trace_and_eval(model, vocab, text: str, repeats: int) -> dict:
 
 def write_page(trace, name: str, folder: Path) -> tuple[Path, float]:
     from textgen.config import VizConfig
-    from textgen.viz import describe_trace, write_trace
+    from textgen.viz.command import describe_trace, write_trace
 
     path = folder / f"{name}.html"
     start = time.perf_counter()
@@ -113,8 +113,8 @@ def browser_times(path: Path) -> tuple[float, float] | None:
 
 
 def report(label: str, model, vocab, text: str, repeats: int, folder: Path) -> None:
-    from textgen.viz_html import page_template  # noqa: F401  (fails early if package data is missing)
-    from textgen.viz_html import BITS
+    from textgen.viz.page import page_template  # noqa: F401  (fails early if package data is missing)
+    from textgen.viz.page import BITS
 
     timing = time_trace_and_eval(model, vocab, text, repeats)
     trace = timing["trace"]

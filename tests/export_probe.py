@@ -1,5 +1,5 @@
 """Run one `examples/export_*.py` script against an export, in a process of its own (used by
-tests/test_export.py; not a test module itself).
+tests/test_export_command.py; not a test module itself).
 
     python export_probe.py EXAMPLE EXPORT_DIR TEXT_FILE PRIME LENGTH RESULT_DIR
 

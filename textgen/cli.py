@@ -13,9 +13,8 @@ import sys
 import click
 
 from textgen import __version__
-from textgen.config import (EXPORT_FORMATS, HEAD_BIASES, PRECISIONS, PRESETS, QUANTIZATIONS, SHORTLIST, VIZ_FORMATS, ExportConfig,
-                            ModelConfig, SampleConfig, ServeConfig, TrainConfig, VizConfig, apply_preset)
-from textgen.distribute import STRATEGIES
+from textgen.config import (EXPORT_FORMATS, HEAD_BIASES, PRECISIONS, PRESETS, QUANTIZATIONS, SHORTLIST, STRATEGIES,
+                            VIZ_FORMATS, ExportConfig, ModelConfig, SampleConfig, ServeConfig, TrainConfig, VizConfig, apply_preset)
 from textgen.errors import TextgenError, one_line
 
 RUNS_DIR = "checkpoints"
@@ -212,7 +211,7 @@ def export_command(run, export_format, out, checkpoint, quantize, eval_text, run
     """
     config = ExportConfig(format=export_format, quantize=quantize, eval_text=eval_text)
     config.validate()  # before TensorFlow and the model load
-    from textgen.export import describe, export_run
+    from textgen.export.command import describe, export_run
 
     click.echo(describe(export_run(run, runs_dir, checkpoint, config, out, warn=warn)))
 
@@ -246,7 +245,7 @@ def viz(run, file, runs_dir, checkpoint, prime, sample_length, seed, out, encodi
     Writes one self-contained HTML file (opens from disk, no network) and prints its path.
     With a single argument that is an existing file, it is FILE and RUN is the latest run.
     """
-    from textgen.viz import run_viz
+    from textgen.viz.command import run_viz
 
     config = VizConfig(format=fmt, **options)
     click.echo(run_viz(run, file, runs_dir, checkpoint, config, out=out, prime=prime,
@@ -271,7 +270,7 @@ def serve(runs, runs_dir, checkpoint, **options):
     config = ServeConfig(**options)
     config.validate()  # before TensorFlow and the models load
     try:
-        from textgen.serving import serve_runs
+        from textgen.serve.command import serve_runs
     except ModuleNotFoundError as e:  # Starlette or uvicorn uninstalled after textgen was
         raise TextgenError(f"textgen serve needs the Python package {e.name!r}; install it with "
                            f"pip install {e.name}") from None

@@ -12,12 +12,12 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-from textgen.distribute import STRATEGIES
 from textgen.errors import TextgenError
 
 DEFAULT_EPOCHS = 10  # training budget when none of epochs, steps, minutes is set
 INT32_MAX = 2**31 - 1
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")  # auto: textgen.precision
+STRATEGIES = ("auto", "single", "mirrored", "multiworker")  # auto: textgen.distribute
 MAX_PARAMETERS = 2**31 - 1  # larger models are refused before TensorFlow tries to allocate them
 MAX_SEED = 2**32 - 1  # what numpy's and TensorFlow's seeding accept
 HEAD_BIASES = ("unigram", "zeros")  # how the output layer's bias starts (TrainConfig.head_bias)

@@ -48,7 +48,7 @@ import numpy as np
 from textgen.atomic import atomic_write_text, fsync_path, temporary_file
 from textgen.corpus import check_encoding, corpus_files, default_corpus, iter_text, path_list
 from textgen.errors import TextgenError
-from textgen.runlock import process_alive
+from textgen.processes import process_alive
 from textgen.vocab import Vocabulary
 
 FORMAT = "textgen-corpus-cache"

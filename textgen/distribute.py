@@ -21,9 +21,9 @@ import functools
 import json
 import os
 
+from textgen.config import STRATEGIES
 from textgen.errors import TextgenError
 
-STRATEGIES = ("auto", "single", "mirrored", "multiworker")
 
 
 def tf_config() -> dict | None:

@@ -6,7 +6,7 @@ for GPUs", without their smaller tail projections) scores the N most frequent ch
 "rest" class at every position, and the rest among themselves only at positions whose target is
 one of them. p(c) = p_head(rest) * p_tail(c) for a rare c is a proper distribution over the whole
 vocabulary, so bits per character stay exact; only the training loss skips work. The model
-(`textgen.model.CharLSTM`) and the exports (`textgen.export_step`) both call these functions.
+(`textgen.model.CharLSTM`) and the exports (`textgen.export.step_module`) both call these functions.
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ class CharLSTM(keras.Model):
         return tf.math.invert_permutation(tf.convert_to_tensor(self.frequency_order))
 
     def output_weights(self) -> dict:
-        """The output layer's tensors, for exports (`textgen.export_step`): kernel and bias, and
+        """The output layer's tensors, for exports (`textgen.export.step_module`): kernel and bias, and
         for a two-level head tail_kernel, tail_bias and ranks (`frequency_ranks`)."""
         weights = {"kernel": self.head.kernel, "bias": self.head.bias}
         if self.shortlist:
@@ -296,7 +296,7 @@ def step_layers(weights: dict, ids, states: State):
     """The layer stack of `CharLSTM.step` as a pure function of `step_weights()`'s tensors.
 
     ids: (batch,) int; returns (the last layer's h (batch, units), new states). Public so that
-    `textgen.export` traces the very same step into SavedModel and LiteRT graphs.
+    `textgen.export.step_module` traces the very same step into SavedModel and LiteRT graphs.
     """
     (h, c), new_states = states[0], []
     z = tf.gather(weights["table"], ids) + tf.matmul(h, weights["recurrent"])  # (batch, 4*units)

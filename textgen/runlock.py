@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from textgen.errors import TextgenError, os_reason
+from textgen.processes import process_alive
 
 LOCK_FILE = "train.lock"
 
@@ -113,17 +114,6 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def process_alive(pid: int) -> bool | None:
-    """Whether a process with this PID exists (signal 0 probes without signalling); None where
-    that cannot be asked (Windows, where `os.kill(pid, 0)` would terminate the process)."""
-    if os.name != "posix":
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     except (OverflowError, ValueError):
         return False
     return True

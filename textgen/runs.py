@@ -29,7 +29,8 @@ from typing import Any
 from textgen.atomic import atomic_write_text, fsync_path
 from textgen.config import MODEL_FIELDS_BEFORE, ModelConfig, TrainConfig, from_dict, to_dict
 from textgen.errors import TextgenError, os_reason
-from textgen.runlock import lock_owner, process_alive
+from textgen.processes import process_alive
+from textgen.runlock import lock_owner
 
 RUN_FILE = "run.json"
 VOCAB_FILE = "vocab.json"

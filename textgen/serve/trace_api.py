@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from textgen.cell_features import rank_cells
-from textgen.completions import RequestError, is_int, model_name, refuse_unknown_chars, request_field
+from textgen.serve.completions import RequestError, is_int, model_name, refuse_unknown_chars, request_field
 from textgen.trace import NAMES, QUANTITIES, trace_text
 
 TRACE_FIELDS = {"model", "text", "layer", "unit", "quantity"}

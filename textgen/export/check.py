@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from textgen.export_docs import state_names
+from textgen.export.docs import state_names
 
 KERAS_FILE, LITERT_FILE, ONNX_FILE = "model.keras", "model.tflite", "model.onnx"
 StepRunner = Callable[[np.ndarray, dict], tuple[np.ndarray, dict]]

@@ -1,5 +1,5 @@
-"""`textgen serve`'s trace endpoint logic (textgen.cell_trace), without a server: what is refused
-and what a trace answers. The HTTP side is in test_server.py."""
+"""`textgen serve`'s trace endpoint logic (textgen.serve.trace_api), without a server: what is refused
+and what a trace answers. The HTTP side is in test_serve_app.py."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from textgen.cell_trace import parse_trace, trace_body
-from textgen.completions import RequestError
+from textgen.serve.trace_api import parse_trace, trace_body
+from textgen.serve.completions import RequestError
 from textgen.config import ModelConfig
 from textgen.model import build_model
 from textgen.trace import trace_text

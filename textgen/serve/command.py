@@ -17,7 +17,7 @@ import uvicorn
 
 from textgen.config import ServeConfig
 from textgen.errors import TextgenError
-from textgen.server import Counters, ServedModel, create_app
+from textgen.serve.app import Counters, ServedModel, create_app
 
 
 class GracefulServer(uvicorn.Server):
@@ -79,7 +79,7 @@ def url_of(sock: socket.socket) -> str:
 def load_models(runs: list[str], runs_dir: str, which: str, config: ServeConfig,
                 log: Callable[[str], None], warn: Callable[[str], None] | None = None) -> dict:
     """Load each run once and start its engine, compiled for every batch size: {name: ServedModel}."""
-    from textgen.engine import Engine
+    from textgen.serve.batching import Engine
     from textgen.inference import load_run
 
     runs_loaded = [load_run(run, runs_dir, which, warn=warn) for run in runs or [None]]

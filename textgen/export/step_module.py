@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from textgen.export_docs import state_names
+from textgen.export.docs import state_names
 from textgen.head import two_level_log_probs
 from textgen.model import flatten_state, step_layers, unflatten_state
 from textgen.sample import choose_next

@@ -1,6 +1,6 @@
 """The `textgen viz` page: a trace packed into one self-contained HTML file under a size budget.
 
-The page template, script and style live in `textgen/viz_page/` and are inlined, with the data,
+The page template, script and style live in `textgen/viz/viz_page/` and are inlined, with the data,
 into one file that opens from disk with no network. The data is two parts: a JSON header (the
 vocabulary, notices, per-unit saturation, the ranked cells) and a binary blob of arrays, each
 deflated on its own and the whole base64-encoded; the browser inflates them with its built-in
@@ -150,7 +150,7 @@ def fit_page(trace: Trace, max_bytes: int, fixed: int) -> PackedPage:
 
 def page_template() -> str:
     """The page's HTML with its style and script inlined (placeholders for the data remain)."""
-    folder = resources.files("textgen") / "viz_page"
+    folder = resources.files("textgen.viz") / "viz_page"
     html, css, script = (folder.joinpath(name).read_text(encoding="utf-8") for name in PAGE_FILES)
     return html.replace("/*STYLE*/", css).replace("/*SCRIPT*/", script)
 

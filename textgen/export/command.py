@@ -23,9 +23,9 @@ import numpy as np
 
 from textgen.config import ExportConfig, SampleConfig
 from textgen.errors import TextgenError, os_reason
-from textgen.export_check import (KERAS_FILE, LITERT_FILE, ONNX_FILE, bits_per_char, feed, open_runner,
+from textgen.export.check import (KERAS_FILE, LITERT_FILE, ONNX_FILE, bits_per_char, feed, open_runner,
                                   reference_logits)
-from textgen.export_docs import MANIFEST_FILE, README_FILE, VOCAB_FILE, manifest, readme_text
+from textgen.export.docs import MANIFEST_FILE, README_FILE, VOCAB_FILE, manifest, readme_text
 
 # (module, pip package) that each format needs beyond TensorFlow and Keras, to convert and to run
 RUNTIMES = {
@@ -132,11 +132,11 @@ def write_model(model, staging: Path, config: ExportConfig, report: ExportReport
         model.save(staging / KERAS_FILE)
         return
     if config.format == "onnx":
-        from textgen.export_onnx import convert_onnx
+        from textgen.export.onnx_format import convert_onnx
 
         convert_onnx(model, staging / ONNX_FILE, config.onnx_opset)
         return
-    from textgen.export_step import convert_litert, save_savedmodel
+    from textgen.export.step_module import convert_litert, save_savedmodel
 
     if config.format == "savedmodel":
         save_savedmodel(model, staging)

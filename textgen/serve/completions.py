@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from textgen.config import INT32_MAX, ServeConfig
-from textgen.engine import Choice, Finish
-from textgen.rowloop import TOP_LOGPROBS, row_key
+from textgen.serve.batching import Choice, Finish
+from textgen.serve.batched_sampler import TOP_LOGPROBS, row_key
 
 MAX_STOP = 4  # stop strings per request, as in OpenAI's API
 KNOWN_FIELDS = {

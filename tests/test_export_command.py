@@ -227,7 +227,7 @@ def test_savedmodel_generate_signature_samples_reproducibly(exports, reference):
 
 @pytest.mark.parametrize("name", FORMATS)
 def test_batched_streams_are_independent(name, exports, reference):
-    from textgen.export_check import open_runner, zero_states
+    from textgen.export.check import open_runner, zero_states
 
     step = open_runner(name, exports[name][0])
     ids = reference["ids"][:3]
@@ -240,7 +240,7 @@ def test_batched_streams_are_independent(name, exports, reference):
 @pytest.mark.parametrize("export_format", ["litert", "onnx"])
 def test_one_layer_run_exports(export_format, trained_run, tmp_path):
     """The session's 1 x 16 run (one layer: no stacked kernels, states h0 and c0 only)."""
-    from textgen.export_check import feed, open_runner
+    from textgen.export.check import feed, open_runner
     from textgen.inference import load_run
 
     result = invoke("export", trained_run, "--runs-dir", trained_run.parent, "--format", export_format,
@@ -260,7 +260,7 @@ def test_two_level_head_run_samples_evaluates_and_exports(export_format, corpus_
     """A run with `--head-shortlist 3` (a two-level output layer): `info` says so, `sample` and
     `eval` work, and the export (both softmaxes and the frequency order in the runtime's graph,
     or the Keras model itself) computes the model's log-probabilities."""
-    from textgen.export_check import feed, open_runner
+    from textgen.export.check import feed, open_runner
     from textgen.inference import load_run
 
     runs = tmp_path / "runs"

@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 
 from textgen.config import ModelConfig
-from textgen.engine import Choice, Engine, EngineClosed, Finish, Job, Piece, QueueFull, batch_sizes
+from textgen.serve.batching import Choice, Engine, EngineClosed, Finish, Job, Piece, QueueFull, batch_sizes
 from textgen.model import build_model
-from textgen.rowloop import row_key
+from textgen.serve.batched_sampler import row_key
 from textgen.vocab import Vocabulary
 
 CHUNK = 8

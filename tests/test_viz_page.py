@@ -1,4 +1,4 @@
-"""`textgen.viz_html`: quantisation, the packed blob, and a page that no text can break out of."""
+"""`textgen.viz.page`: quantisation, the packed blob, and a page that no text can break out of."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 
-from textgen.viz_html import PackedPage, cell_scale, pack, quantise, render_page
+from textgen.viz.page import PackedPage, cell_scale, pack, quantise, render_page
 
 
 @pytest.mark.parametrize("bits", [8, 5, 3])

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from textgen.config import ModelConfig
 from textgen.model import build_model, flatten_state
-from textgen.rowloop import TOP_LOGPROBS, RowInputs, RowLoop, choose_next_rows, counter_uniform, row_key
+from textgen.serve.batched_sampler import TOP_LOGPROBS, RowInputs, RowLoop, choose_next_rows, counter_uniform, row_key
 from textgen.sample import filter_logits
 
 VOCAB = 12

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textgen.export_step import StepModule
+from textgen.export.step_module import StepModule
 
 BATCH_DIM = "batch"  # the symbolic name of every input's and output's first dimension
 

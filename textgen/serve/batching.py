@@ -2,7 +2,7 @@
 
 The engine owns `max_batch` slots. Each slot holds one row: one completion choice with its own
 recurrent state, position, temperature, top-k, top-p, seed, stop strings and length. A background
-thread runs `textgen.rowloop.RowLoop` one chunk of characters at a time over the rows in use, in
+thread runs `textgen.serve.batched_sampler.RowLoop` one chunk of characters at a time over the rows in use, in
 the smallest compiled batch size that holds them; between chunks, finished or cancelled rows
 leave and waiting rows take their place, so a request that arrives while others are generating
 joins at the next chunk boundary, and a request whose client went away stops costing compute
@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from textgen.errors import TextgenError
 from textgen.parallel import available_cpus
-from textgen.rowloop import RowInputs, RowLoop
+from textgen.serve.batched_sampler import RowInputs, RowLoop
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Choice:
     index: int
     prompt_ids: np.ndarray
     max_chars: int
-    key: tuple[int, int]  # `textgen.rowloop.row_key`
+    key: tuple[int, int]  # `textgen.serve.batched_sampler.row_key`
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0

@@ -3,10 +3,10 @@ metrics, on Starlette and uvicorn, with one batching `Engine` per served run.
 
 Routes: `POST /v1/completions` (JSON, or server-sent events with `"stream": true`), `GET /v1/models`,
 `GET /healthz`, `GET /metrics` (Prometheus text format), `GET /` (the playground) and `/static/`,
-and textgen's own `POST /v1/trace` (one cell's value at every character, `textgen.cell_trace`).
+and textgen's own `POST /v1/trace` (one cell's value at every character, `textgen.serve.trace_api`).
 Every error is JSON `{"error": {"message", "type", "param", "code"}}`.
 
-When the engines close (textgen.serving does so on SIGINT/SIGTERM), every open stream gets its
+When the engines close (textgen.serve.command does so on SIGINT/SIGTERM), every open stream gets its
 last text, a final chunk with finish_reason "abort" and `data: [DONE]`.
 """
 
@@ -27,8 +27,8 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, S
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from textgen.cell_trace import parse_trace, trace_body
-from textgen.completions import (
+from textgen.serve.trace_api import parse_trace, trace_body
+from textgen.serve.completions import (
     ChoiceText,
     Completion,
     RequestError,
@@ -38,7 +38,7 @@ from textgen.completions import (
     usage,
 )
 from textgen.config import ServeConfig
-from textgen.engine import Engine, EngineClosed, Finish, Job, QueueFull
+from textgen.serve.batching import Engine, EngineClosed, Finish, Job, QueueFull
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -132,7 +132,7 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig, counters: Co
         return await _respond(request, completion, job, queue, texts)
 
     async def trace(request: Request):
-        """POST /v1/trace: one cell's values over a text, and the ranked cells (textgen.cell_trace)."""
+        """POST /v1/trace: one cell's values over a text, and the ranked cells (textgen.serve.trace_api)."""
         try:
             parsed = parse_trace(await read_json(request, config.max_body_bytes), shapes, vocabs,
                                  config.max_trace)

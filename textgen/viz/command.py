@@ -165,11 +165,11 @@ def write_trace(trace, header: dict, path: Path, config: VizConfig,
         if config.format == "html":
             write_page(trace, header, path, config.max_mb, warn)
         elif config.format == "json":
-            from textgen.trace_files import write_trace_json
+            from textgen.viz.trace_files import write_trace_json
 
             write_trace_json(trace, path, header)
         else:
-            from textgen.trace_files import write_trace_npz
+            from textgen.viz.trace_files import write_trace_npz
 
             write_trace_npz(trace, path, header)
     except OSError as e:
@@ -181,7 +181,7 @@ def write_page(trace, header: dict, path: Path, max_mb: float, warn=None) -> Non
     from textgen.atomic import atomic_write_bytes
     from textgen.cell_features import FEATURES
     from textgen.trace import saturation
-    from textgen.viz_html import cell_scale, fit_page, header_size, page_template, render_page
+    from textgen.viz.page import cell_scale, fit_page, header_size, page_template, render_page
 
     template = page_template()
     header = {**header, "format": "textgen-viz", "version": 1, "vocab": trace.vocab_chars,
