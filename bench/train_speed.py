@@ -26,6 +26,7 @@ the median of the per-repeat ratios textgen/keras and textgen/torch.
     python bench/train_speed.py                       # shapes a,b,c, 5 repeats x 5 steps
     python bench/train_speed.py --shapes a --repeats 2 --steps 2
     python bench/train_speed.py --shapes c --head-shortlist 0   # textgen with one softmax, like the others
+    git worktree add /tmp/before REV && python bench/train_speed.py --shapes a --cli-baseline /tmp/before
 """
 
 from __future__ import annotations
@@ -222,10 +223,14 @@ class CliContender:
     name = "cli"
     note = ""
 
-    def __init__(self, shape: Shape, seed: int, short: int, long: int, workdir: Path):
+    def __init__(self, shape: Shape, seed: int, short: int, long: int, workdir: Path,
+                 source: str | None = None):
+        """`source`: a checkout of another textgen (its root folder) to run instead of the
+        installed one, through PYTHONPATH: the `cli@baseline` contender, the same command from an
+        earlier commit measured side by side."""
         import numpy as np
 
-        self.shape, self.short, self.long, self.workdir = shape, short, long, workdir
+        self.shape, self.short, self.long, self.workdir, self.source = shape, short, long, workdir, source
         alphabet = np.array([chr(0x4E00 + i) for i in range(shape.vocab)] if shape.vocab > 95
                             else [chr(32 + i) for i in range(shape.vocab)])
         chars = shape.batch * (shape.seq_len + 1) * (long + 10)
@@ -236,7 +241,8 @@ class CliContender:
 
     def _train(self, steps: int) -> float:
         self.runs += 1
-        command = ["textgen", "train", str(self.corpus), "--runs-dir", str(self.workdir / "runs"),
+        command = [sys.executable, "-m", "textgen", "train", str(self.corpus),
+                   "--runs-dir", str(self.workdir / "runs"),
                    "--name", f"r{self.runs}", "--units", str(self.shape.units),
                    "--num-layers", str(self.shape.num_layers), "--embedding-dim", str(self.shape.embedding_dim),
                    "--batch-size", str(self.shape.batch), "--seq-len", str(self.shape.seq_len),
@@ -245,8 +251,11 @@ class CliContender:
                    "--eval-every", "1000000", "--eval-batches", "1", "--quiet"]
         if self.shape.head_shortlist is not None:
             command += ["--head-shortlist", str(self.shape.head_shortlist)]
+        env = dict(os.environ)
+        if self.source:
+            env["PYTHONPATH"] = os.pathsep.join([self.source] + [p for p in [env.get("PYTHONPATH")] if p])
         t0 = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         return time.perf_counter() - t0
 
     def seconds_per_step(self) -> float:
@@ -368,12 +377,23 @@ def bench_shape(shape: Shape, args, torch_ok: bool) -> dict:
                                                  f"--steps {args.cli_steps[0]} vs {args.cli_steps[1]}",
                                                  build_s=float("nan"), warmup_s=float("nan")))
             initial["cli"] = float("nan")
-        slots = [("worker", w) for w in workers] + ([("cli", cli)] if cli else [])
+        baseline = None
+        if args.cli_baseline:
+            baseline = CliContender(shape, args.seed, args.cli_steps[0], args.cli_steps[1], Path(workdir),
+                                    source=str(Path(args.cli_baseline).resolve()))
+            baseline.runs = 1000  # its own run names beside cli's
+            rates["cli@baseline"] = []
+            contenders.insert(1, SimpleNamespace(name="cli@baseline", note=f"`textgen train` of "
+                                                 f"{args.cli_baseline} (PYTHONPATH), the same steps",
+                                                 build_s=float("nan"), warmup_s=float("nan")))
+            initial["cli@baseline"] = float("nan")
+        slots = ([("worker", w) for w in workers] + ([("cli", cli)] if cli else [])
+                 + ([("cli@baseline", baseline)] if baseline else []))
         for rep in range(args.repeats):
             order = slots[rep % len(slots):] + slots[: rep % len(slots)]
             for kind, item in order:
-                if kind == "cli":
-                    rates["cli"].append(shape.batch * shape.seq_len / item.seconds_per_step())
+                if kind in ("cli", "cli@baseline"):
+                    rates[kind].append(shape.batch * shape.seq_len / item.seconds_per_step())
                     continue
                 info, conn, _ = item
                 conn.send(args.steps)
@@ -398,12 +418,12 @@ def report(shape: Shape, result: dict) -> None:
         print(f"  {c.name:20s} {statistics.median(r):15,.0f} {min(r):10,.0f} {max(r):10,.0f} "
               f"{c.build_s:8.1f} {c.warmup_s:9.1f} {initial.get(c.name, float('nan')):13.4f}")
     for ours in [n for n in ("cli", "textgen") if n in names]:
-        for other in [n for n in names if n not in ("cli", ours)]:
+        for other in [n for n in names if n not in ("cli", ours) and not (ours == "textgen" and n == "cli@baseline")]:
             ratios = [a / b for a, b in zip(rates[ours], rates[other])]
             print(f"  ratio {ours}/{other}: median {statistics.median(ratios):.2f} "
                   f"(per repeat: {', '.join(f'{q:.2f}' for q in ratios)})")
     ln_v = math.log(shape.vocab)
-    initial = {k: v for k, v in initial.items() if k != "cli"}
+    initial = {k: v for k, v in initial.items() if not k.startswith("cli")}
     losses = list(initial.values())
     spread = max(losses) - min(losses)
     ok = all(abs(v - ln_v) < 0.05 * ln_v for v in losses) and spread < 0.05 * ln_v
@@ -424,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cli", action="store_true", help="skip the `textgen train` contender")
     parser.add_argument("--cli-steps", type=int, nargs=2, default=(10, 70), metavar=("SHORT", "LONG"),
                         help="the two step budgets of the `textgen train` contender")
+    parser.add_argument("--cli-baseline", metavar="DIR",
+                        help="also time `textgen train` from another checkout (e.g. a `git worktree` of an "
+                             "earlier commit), side by side: the cli/cli@baseline ratio")
     parser.add_argument("--head-shortlist", type=int, default=None,
                         help="textgen's output layer (cli and textgen contenders): 0 = one softmax over the "
                              "vocabulary, like the others; default: textgen's automatic choice")
