@@ -19,7 +19,6 @@ No TensorFlow here.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import re
@@ -106,8 +105,10 @@ def read_json(path: Path, what: str) -> Any:
 
 
 def parse_run_meta(raw: Any, path: Path) -> dict:
-    """run.json's parsed JSON `raw` (read from `path`), version-checked, migrated to the current
-    format and validated field by field; `model`/`train` become config dataclasses.
+    """run.json's freshly parsed JSON `raw` (read from `path`), version-checked, migrated to the
+    current format (in place: no copy, which could exceed the recursion limit on a deep
+    document that JSON parsed) and validated field by field; `model`/`train` become config
+    dataclasses.
 
     Every field another module reads is checked here, so code further on can trust it."""
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
@@ -116,7 +117,7 @@ def parse_run_meta(raw: Any, path: Path) -> dict:
     if _is_count(version) and version > VERSION:
         raise TextgenError(f"{path}: this run was written by a newer textgen (format {version}); "
                            f"upgrade textgen (this one reads formats up to {VERSION})")
-    meta = copy.deepcopy(raw)
+    meta = raw
     try:
         problem = None if _is_count(version) and version >= 1 else "version is not a format number"
         problem = problem or _migrate(meta, version)
