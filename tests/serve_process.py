@@ -13,12 +13,15 @@ START_TIMEOUT = 180  # seconds for a server to load, compile and listen
 
 
 class Server:
-    """`textgen serve ... --port 0` in its own process; `url` once it printed that it is ready."""
+    """`textgen serve ... --port 0` in its own process; `url` once it printed that it is ready.
+    `textgen` is `python -m textgen` of this interpreter unless another command is given (the
+    packaging test's installed script), run in `cwd` with `env`."""
 
-    def __init__(self, *args):
-        command = [sys.executable, "-m", "textgen", "serve", *map(str, args), "--port", "0"]
+    def __init__(self, *args, textgen: list[str] | None = None, cwd=None, env=None):
+        textgen = textgen or [sys.executable, "-m", "textgen"]
+        command = [*textgen, "serve", *map(str, args), "--port", "0"]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        encoding="utf-8")
+                                        encoding="utf-8", cwd=cwd, env=env)
         self.lines: queue.Queue = queue.Queue()
         self.stderr: list[str] = []
         threading.Thread(target=self._read, args=(self.process.stdout, self.lines), daemon=True).start()

@@ -24,6 +24,7 @@ from conftest import CORPUS_TEXT, describe, invoke, tree_hashes
 
 from textgen import checkpoint as ckpt
 from textgen import runs as runfiles
+from textgen.runformat import RUN_FILE
 from textgen.inference import load_run
 from textgen.corpus_cache import CACHE_DIR
 from textgen.launch import launch
@@ -70,7 +71,7 @@ def weights_of(run_dir: Path) -> list:
 
 def assert_matches(run_dir: Path, reference, history=None) -> None:
     ref_weights, ref_history = reference
-    history = history if history is not None else json.loads((run_dir / runfiles.RUN_FILE).read_text())["history"]
+    history = history if history is not None else json.loads((run_dir / RUN_FILE).read_text())["history"]
     assert [h["step"] for h in history] == [h["step"] for h in ref_history]
     assert [h["val_bpc"] for h in history] == pytest.approx([h["val_bpc"] for h in ref_history], abs=1e-5)
     for a, b in zip(weights_of(run_dir), ref_weights):
@@ -84,7 +85,7 @@ def assert_samples(run_dir: Path) -> None:
 
 
 def run_meta(run_dir: Path) -> dict:
-    return json.loads((run_dir / runfiles.RUN_FILE).read_text(encoding="utf-8"))
+    return json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
 
 
 def hidden(run_dir: Path) -> list[str]:
@@ -259,7 +260,7 @@ def test_disk_full_stops_with_one_line_and_keeps_the_previous_checkpoint(fail, c
     elif fail == "state":
         monkeypatch.setattr(ckpt, "atomic_write_text", _failing_for(ckpt.atomic_write_text, ckpt.STATE_FILE))
     else:
-        monkeypatch.setattr(runfiles, "atomic_write_text", _failing_for(runfiles.atomic_write_text, runfiles.RUN_FILE))
+        monkeypatch.setattr(runfiles, "atomic_write_text", _failing_for(runfiles.atomic_write_text, RUN_FILE))
     result = invoke("train", "--resume", "--name", run_dir.name, "--runs-dir", run_dir.parent,
                     "--steps", 6, "--eval-every", 3, "--quiet")
     monkeypatch.undo()
@@ -373,7 +374,7 @@ def test_checkpoint_pointers_cannot_leave_the_run(pointer, copy_run):
     run_dir = copy_run()
     meta = run_meta(run_dir)
     meta["checkpoints"]["best"] = pointer
-    (run_dir / runfiles.RUN_FILE).write_text(json.dumps(meta))
+    (run_dir / RUN_FILE).write_text(json.dumps(meta))
     result = invoke("sample", run_dir, "--length", 5)
     assert result.exit_code == 2, describe(result)
     assert "run.json is damaged" in result.stderr and result.stderr.count("\n") == 1

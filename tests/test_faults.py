@@ -24,7 +24,7 @@ import pytest
 from conftest import describe, invoke
 
 from textgen import checkpoint as ckpt
-from textgen.runs import RUN_FILE
+from textgen.runformat import RUN_FILE
 from textgen.inference import load_run
 from textgen.corpus_cache import CACHE_DIR
 from textgen.runlock import LOCK_FILE

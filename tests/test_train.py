@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from textgen import checkpoint as ckpt
-from textgen.runs import RUN_FILE
+from textgen.runformat import RUN_FILE
 from textgen.inference import load_run
 from textgen.config import SampleConfig
 from textgen.launch import launch

@@ -1,6 +1,7 @@
 """Checkpoints: a run's weights and resume state at one step, written atomically, read safely.
 
-Layout of one checkpoint, `<run>/ckpt-<8-digit step>/` (the run directory is `textgen.runs`):
+Layout of one checkpoint, `<run>/ckpt-<8-digit step>/` (the run directory is `textgen.runs`,
+the file names and resume.npz's keys `textgen.runformat`'s):
 
     model.weights.h5  the weights, Keras native format
     resume.npz        optimizer slots and the carried hidden state (arrays only)
@@ -36,11 +37,9 @@ from typing import Callable
 
 from textgen.atomic import atomic_write_text, fsync_path, write_new_file
 from textgen.errors import TextgenError, os_reason
-from textgen.runs import CHECKPOINT_RE, RUN_FILE, VOCAB_FILE, read_json
+from textgen.runformat import (CHECKPOINT_RE, RESUME_FILE, RUN_FILE, STATE_FILE, VOCAB_FILE,
+                               WEIGHTS_FILE, read_json)
 
-WEIGHTS_FILE = "model.weights.h5"
-RESUME_FILE = "resume.npz"
-STATE_FILE = "state.json"
 CHECKPOINT_FILES = (WEIGHTS_FILE, RESUME_FILE, STATE_FILE)
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 

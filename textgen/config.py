@@ -50,10 +50,6 @@ class ModelConfig:
 
 
 SHORTLIST = 1024  # the two-level head's frequent characters, for vocabularies over twice as many
-# Model fields newer than some saved runs, with the value such a run had in effect (one softmax,
-# whatever the automatic choice would make of its vocabulary today): `runs.read_run_meta` and
-# `CharLSTM.from_config` fill them in where a run.json or a Keras config lacks them.
-MODEL_FIELDS_BEFORE = {"head_shortlist": 0}
 
 
 def shortlist_for(config: ModelConfig) -> int:

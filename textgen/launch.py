@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from textgen import checkpoint as ckpt
-from textgen import runs
+from textgen import runformat, runs
 from textgen.config import ModelConfig, TrainConfig, check_config, shortlist_for
 from textgen.corpus_cache import load_corpus
 from textgen.data import make_batchers
@@ -157,9 +157,9 @@ def _create_run(trainer, run_dir: Path, stack: contextlib.ExitStack) -> StopRequ
     try:
         trainer.run_dir = staging
         try:
-            trainer.vocab.save(staging / runs.VOCAB_FILE)
+            trainer.vocab.save(staging / runformat.VOCAB_FILE)
         except OSError as e:
-            raise TextgenError(f"cannot write {staging / runs.VOCAB_FILE}: {os_reason(e)}") from None
+            raise TextgenError(f"cannot write {staging / runformat.VOCAB_FILE}: {os_reason(e)}") from None
         trainer.save()  # step 0: a run always has a checkpoint to sample from and resume
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -233,7 +233,7 @@ def _prepare_new(request: RunRequest, chief: bool = True):
 
     precision, why = resolve(train_config.precision)  # the run keeps this choice for good
     train_config = dataclasses.replace(train_config, precision=precision)
-    meta = {"format": runs.RUN_FORMAT, "version": 1, "name": run_dir.name,
+    meta = {"format": runformat.FORMAT, "version": runformat.VERSION, "name": run_dir.name,
             "model": model_config, "train": train_config, "corpus": summary,
             "precision_reason": why, "vocab_sha256": runs.vocab_fingerprint(vocab),
             "checkpoints": {}}
@@ -253,7 +253,7 @@ def _prepare_new(request: RunRequest, chief: bool = True):
 
 
 def _refuse_existing(run_dir: Path) -> None:
-    if (run_dir / runs.RUN_FILE).exists():
+    if (run_dir / runformat.RUN_FILE).exists():
         raise TextgenError(f"run {run_dir} already exists; add --resume to continue it, "
                            "or choose another --name")
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):

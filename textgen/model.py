@@ -12,11 +12,12 @@ import numpy as np
 import tensorflow as tf
 
 from textgen.cell import lstm_gates, zero_state
-from textgen.config import MODEL_FIELDS_BEFORE, ModelConfig, shortlist_for
+from textgen.config import ModelConfig, shortlist_for
 from textgen.dropout import recurrent_mask, row_dropout
 from textgen.head import two_level_biases, two_level_log_probs, two_level_loss_sum
 from textgen.parallel import concat_rows, parallel_parts, row_split_sizes, split_rows
 from textgen.recurrent import LSTMLayer, resolve_path
+from textgen.runformat import fields_before
 
 State = list  # [(h, c) per layer], each (batch, units)
 
@@ -288,7 +289,7 @@ class CharLSTM(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        model_config = ModelConfig(**{**MODEL_FIELDS_BEFORE, **config.pop("config")})
+        model_config = ModelConfig(**{**fields_before("model"), **config.pop("config")})
         return cls(model_config, **config)
 
 

@@ -1,4 +1,5 @@
-"""Run directories: finding them, naming them, creating them atomically, and run.json.
+"""Run directories: finding them, naming them, creating them atomically, reading and writing
+run.json (whose format is `textgen.runformat`'s).
 
 Layout of `<runs-dir>/<run-name>/` (checkpoints themselves are `textgen.checkpoint`'s job):
 
@@ -10,33 +11,28 @@ Layout of `<runs-dir>/<run-name>/` (checkpoints themselves are `textgen.checkpoi
     train.lock      held by the training process (textgen.runlock)
 
 A new run is assembled in a hidden `.<name>.new-<pid>/` next to it and renamed into place, so a
-run directory either does not exist or loads. run.json is replaced atomically and validated
-field by field whenever it is read (`read_run_meta`, the one schema): a damaged field is a
-one-line error, never a traceback further on. No TensorFlow here.
+run directory either does not exist or loads. run.json is replaced atomically and, whenever it
+is read (`read_run_meta`), version-checked, migrated and validated field by field by
+`textgen.runformat` (the one schema): a damaged field is a one-line error, never a traceback
+further on. No TensorFlow here.
 """
 
 from __future__ import annotations
 
 import errno as errno_codes
 import json
-import math
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
 from textgen.atomic import atomic_write_text, fsync_path
-from textgen.config import MODEL_FIELDS_BEFORE, ModelConfig, TrainConfig, from_dict, to_dict
 from textgen.errors import TextgenError, os_reason
 from textgen.processes import process_alive
+from textgen.runformat import RUN_FILE, VOCAB_FILE, parse_run_meta, read_json
 from textgen.runlock import lock_owner
 
-RUN_FILE = "run.json"
-VOCAB_FILE = "vocab.json"
-RUN_FORMAT = "textgen-run"
 LATEST = "latest"  # accepted as RUN by every command: the most recently updated run
-CHECKPOINT_RE = re.compile(r"ckpt-(\d{8})")
 NAME_RE = re.compile(r"[\w-]{1,100}")  # letters (any script), digits, '_' and '-'
 
 
@@ -107,17 +103,6 @@ def publish_run(staging: Path, run_dir: Path) -> None:
 # ---------------------------------------------------------------------------- run.json
 
 
-def read_json(path: Path, what: str) -> Any:
-    """A JSON file of a run; missing or unparsable is a one-line TextgenError naming it."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TextgenError(f"{path} is missing: the run is incomplete; retrain or restore it") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise TextgenError(f"{path} is corrupt ({what}: {' '.join(str(e).split())}); "
-                           "retrain or restore the run") from None
-
-
 def write_run_meta(run_dir: Path, meta: dict) -> None:
     """Replace run.json atomically (and durably: the directory is fsynced after the rename)."""
     path = run_dir / RUN_FILE
@@ -130,111 +115,10 @@ def write_run_meta(run_dir: Path, meta: dict) -> None:
 
 
 def read_run_meta(run_dir: Path) -> dict:
-    """run.json, validated field by field; `model`/`train` become config dataclasses.
-
-    Every field another module reads is checked here, so code further on can trust it."""
-    meta = read_json(run_dir / RUN_FILE, "run metadata")
-    if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
-        raise TextgenError(f"{run_dir / RUN_FILE} is not a textgen run file; retrain or restore the run")
-    try:
-        model = meta.get("model")
-        if isinstance(model, dict):
-            model = {**MODEL_FIELDS_BEFORE, **model}  # runs from before a field was added
-        meta["model"] = from_dict(ModelConfig, model)
-        train = meta.get("train")
-        if isinstance(train, dict) and "head_bias" not in train:
-            train = {**train, "head_bias": "zeros"}  # runs from before the option started at zeros
-        meta["train"] = from_dict(TrainConfig, train)
-        problem = meta_problem(meta)
-    except TextgenError as e:
-        problem = str(e)
-    if problem:
-        raise TextgenError(f"{run_dir / RUN_FILE} is damaged ({problem}); retrain or restore the run")
-    return meta
-
-
-def _is_count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_text_list(v) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
-
-
-# field -> (check, what it must be); fields absent from a run.json are allowed unless required
-_CORPUS_FIELDS = {
-    "default": (lambda v: isinstance(v, bool), "true or false"),
-    "paths": (_is_text_list, "a list of paths"),
-    "encoding": (lambda v: isinstance(v, str), "a string"),
-    "chars": (_is_count, "a character count"),
-    "train_chars": (_is_count, "a character count"),
-    "vocab_size": (_is_count, "a count"),
-    "fingerprint": (lambda v: isinstance(v, str), "a string"),
-    "folded": (lambda v: isinstance(v, dict) and all(_is_count(v.get(k)) for k in
-                                                     ("min_count", "rare_chars", "rare_occurrences")),
-               "a summary of the characters folded into the unknown symbol"),
-}
-_HISTORY_FIELDS = {
-    "step": (_is_count, "a step number"),
-    "epoch": (_is_count, "an epoch number"),
-    "train_loss": (lambda v: v is None or _is_real(v), "a number or null"),
-    "train_bpc": (lambda v: v is None or _is_real(v), "a number or null"),
-    "val_bpc": (_is_real, "a number"),
-}
-
-
-def meta_problem(meta: dict) -> str | None:
-    """What is wrong with a run.json whose configs are already parsed, or None."""
-    if not isinstance(meta.get("name", ""), str):
-        return "name is not a string"
-    if not _is_count(meta.get("step", 0)):
-        return "step is not a non-negative integer"
-    best = meta.get("best_val_bpc")
-    if best is not None and not _is_real(best):
-        return "best_val_bpc is not a number"
-    if not isinstance(meta.get("vocab_sha256", ""), str):
-        return "vocab_sha256 is not a string"
-    if not isinstance(meta.get("precision_reason", ""), str):
-        return "precision_reason is not a string"
-    if not _is_count(meta["model"].head_shortlist):
-        return "model.head_shortlist is not a non-negative integer"
-    if meta["train"].precision == "auto":
-        return "train.precision is 'auto', which a run resolves when it starts"
-    checkpoints = meta.setdefault("checkpoints", {})
-    if not isinstance(checkpoints, dict) or not all(
-            k in ("last", "best") and isinstance(v, str) and CHECKPOINT_RE.fullmatch(v)
-            for k, v in checkpoints.items()):
-        return "checkpoints must map 'last'/'best' to names ckpt-<8 digits>"
-    corpus = meta.setdefault("corpus", {})
-    if not isinstance(corpus, dict):
-        return "corpus is not an object"
-    for key, (check, what) in _CORPUS_FIELDS.items():
-        if key in corpus and not check(corpus[key]):
-            return f"corpus.{key} is not {what}"
-    history = meta.setdefault("history", [])
-    if not isinstance(history, list):
-        return "history is not a list"
-    for i, record in enumerate(history):
-        if not isinstance(record, dict):
-            return f"history[{i}] is not an object"
-        for key, (check, what) in _HISTORY_FIELDS.items():
-            if key in ("step", "val_bpc") and key not in record:
-                return f"history[{i}] has no {key}"
-            if key in record and not check(record[key]):
-                return f"history[{i}].{key} is not {what}"
-    return None
-
-
-def meta_to_json(meta: dict) -> dict:
-    """The JSON-ready form of a run meta dict (config dataclasses turned into dicts)."""
-    out = dict(meta)
-    out["model"] = to_dict(meta["model"])
-    out["train"] = to_dict(meta["train"])
-    return out
+    """run.json, version-checked, migrated and validated (`runformat.parse_run_meta`); `model`/
+    `train` become config dataclasses."""
+    path = run_dir / RUN_FILE
+    return parse_run_meta(read_json(path, "run metadata"), path)
 
 
 # ---------------------------------------------------------------------------- vocabulary

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from textgen import checkpoint as ckpt
-from textgen import policy, runs
+from textgen import policy, runformat, runs
 from textgen.config import ModelConfig, TrainConfig
 from textgen.data import StreamBatcher, log_frequencies
 from textgen.errors import TextgenError
@@ -102,9 +102,9 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def _arrays(self) -> dict:
-        arrays = {f"opt_{i}": v.numpy() for i, v in enumerate(self.optimizer.variables)}
+        arrays = {runformat.optimizer_key(i): v.numpy() for i, v in enumerate(self.optimizer.variables)}
         carried = self.replicas.gather(self.carried)  # a collective under multiworker
-        arrays.update({f"carry_{i}": a.astype(np.float32) for i, a in enumerate(carried)})
+        arrays.update({runformat.carry_key(i): a.astype(np.float32) for i, a in enumerate(carried)})
         return arrays
 
     def restore(self, ckpt_dir: Path) -> None:
@@ -116,12 +116,12 @@ class Trainer:
         state, arrays = ckpt.load_resume(ckpt_dir)
         problem = progress_problem(state.get("progress"), self.train_data.num_windows)
         if problem:
-            raise TextgenError(f"{ckpt_dir / ckpt.STATE_FILE} cannot be resumed ({problem}); "
+            raise TextgenError(f"{ckpt_dir / runformat.STATE_FILE} cannot be resumed ({problem}); "
                                "retrain or restore the run")
         try:
             for i, v in enumerate(self.optimizer.variables):
-                v.assign(arrays[f"opt_{i}"])
-            flat = [arrays[f"carry_{i}"] for i in range(2 * self.model_config.num_layers)]
+                v.assign(arrays[runformat.optimizer_key(i)])
+            flat = [arrays[runformat.carry_key(i)] for i in range(2 * self.model_config.num_layers)]
             for x in flat:
                 if tuple(x.shape) != (self.config.batch_size, self.model_config.units):
                     raise ValueError(f"carried state of shape {tuple(x.shape)}")
@@ -149,7 +149,7 @@ class Trainer:
         checkpoints["best"] = self.progress.best_checkpoint or name
         self.meta.update(step=self.progress.step, best_val_bpc=self.progress.best_val_bpc,
                          history=self.progress.history)
-        runs.write_run_meta(self.run_dir, runs.meta_to_json(self.meta))
+        runs.write_run_meta(self.run_dir, runformat.meta_to_json(self.meta))
         ckpt.prune_checkpoints(self.run_dir, self.config.keep, {checkpoints["best"], name})
         self._saved_step = self.progress.step
         return name
