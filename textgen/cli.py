@@ -126,7 +126,7 @@ def train(ctx, corpus, name, resume, runs_dir, quiet, preset, allow_corpus_chang
     Without --epochs, --steps or --minutes it trains for 10 epochs. Progress goes to a bar,
     TensorBoard events to RUNS_DIR/<run>/train and /validation (`tensorboard --logdir checkpoints`).
     """
-    from textgen.launch import launch
+    from textgen.launch import BUDGET_SPENT, launch
 
     model_options = given(ctx, [f.name for f in _fields(ModelConfig) if f.name != "vocab_size"])
     train_options = given(ctx, [f.name for f in _fields(TrainConfig)])
@@ -136,6 +136,8 @@ def train(ctx, corpus, name, resume, runs_dir, quiet, preset, allow_corpus_chang
         corpus_dir=CORPUS_DIR, show_progress=not quiet, echo=lambda s: click.echo(s, err=True),
         allow_corpus_change=allow_corpus_change,
     )
+    if reason == BUDGET_SPENT:  # launch said so in one line; nothing was trained
+        return
     best = "-" if progress.best_val_bpc is None else f"{progress.best_val_bpc:.4f}"
     click.echo(f"stopped ({reason}) at step {progress.step}; best validation bpc {best}; run: {run_dir}", err=True)
     if reason not in ("budget", "early stopping"):
@@ -303,14 +305,17 @@ def _route_native_stderr() -> tuple[str, int] | None:
 
     TensorFlow 2.21 prints oneDNN/CUDA notices through absl before its logging is initialised,
     which TF_CPP_MIN_LOG_LEVEL does not silence. Set TEXTGEN_TF_LOGS=1 to see them.
+    The log is a new private file per process (`tempfile.mkstemp`: O_CREAT | O_EXCL, mode 0600),
+    so a symlink planted in the shared temporary directory is never followed and two textgen
+    processes never write into each other's log; `crashwatch` removes it when the process ends
+    normally and names it when it does not.
     Returns (the log's path, the terminal's new descriptor), or None if nothing was routed.
     """
     import tempfile
 
     user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")  # POSIX / Windows
-    path = os.path.join(tempfile.gettempdir(), f"textgen-tensorflow-{user}.log")
     try:
-        log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        log, path = tempfile.mkstemp(prefix=f"textgen-tensorflow-{user}-", suffix=".log")
     except OSError:
         return None
     sys.stderr.flush()
