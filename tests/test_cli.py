@@ -4,6 +4,7 @@ and the layout of a run directory. Models are tiny (see conftest.TINY) so each c
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -325,6 +326,78 @@ def test_train_reports_on_stderr(corpus_file, tmp_path):
     assert result.stdout == ""
     assert "training" in result.stderr and "stopped (budget) at step 3" in result.stderr
     assert (runs / "fresh" / "run.json").is_file()
+
+
+def _bar_postfixes(stderr: str) -> list[dict]:
+    """The `key=value` postfixes of every redraw of the training bar, in order."""
+    shown = []
+    for frame in re.split(r"[\r\n]", stderr):
+        if "step" in frame and "val_bpc=" in frame:
+            postfix = frame.rsplit("]", 1)[0].split(", ")
+            shown.append(dict(item.split("=", 1) for item in postfix if "=" in item))
+    return shown
+
+
+def test_the_bar_shows_bits_per_character_for_training_and_validation(corpus_file, tmp_path):
+    runs = tmp_path / "runs"
+    args = [a for a in TINY if a != "--quiet"]
+    result = invoke("train", corpus_file, "--runs-dir", runs, "--name", "bar", *args)
+    assert result.exit_code == 0, describe(result)
+    last = _bar_postfixes(result.stderr)[-1]
+    record = json.loads((runs / "bar" / "run.json").read_text())["history"][-1]
+    assert last["bpc"] == f"{record['train_loss'] / math.log(2):.3f}"  # nats read back, in bits
+    assert last["val_bpc"] == f"{record['val_bpc']:.3f}" and "loss" not in last
+    assert list(last) == ["bpc", "val_bpc", "chars_s"]
+
+
+def test_a_resumed_bar_shows_the_last_validation_until_the_next(copy_run):
+    run_dir = copy_run()
+    before = json.loads((run_dir / "run.json").read_text())["history"][-1]["val_bpc"]
+    result = invoke("train", "--resume", "--name", RUN_NAME, "--runs-dir", run_dir.parent,
+                    "--steps", 6, "--eval-every", 3)
+    assert result.exit_code == 0, describe(result)
+    shown = _bar_postfixes(result.stderr)
+    assert shown[0] == {"bpc": "-", "val_bpc": f"{before:.3f}", "chars_s": "-"}, result.stderr
+    after = json.loads((run_dir / "run.json").read_text())["history"][-1]["val_bpc"]
+    assert shown[-1]["val_bpc"] == f"{after:.3f}"
+
+
+def test_resuming_a_run_whose_budget_is_spent_says_so_in_one_line(copy_run):
+    run_dir = copy_run()  # trained to its --steps 3
+    before = tree_hashes(run_dir)
+    result = invoke("train", "--resume", "--name", RUN_NAME, "--runs-dir", run_dir.parent, "--quiet")
+    assert result.exit_code == 0, describe(result)
+    assert result.stderr.splitlines() == [
+        f"budget reached; pass --steps/--minutes to train further ({run_dir} is at step 3, epoch 0)"]
+    assert tree_hashes(run_dir) == before  # nothing trained, nothing written
+    result = invoke("train", "--resume", "--name", RUN_NAME, "--runs-dir", run_dir.parent,
+                    "--steps", 2, "--quiet")  # a step budget below where the run is
+    assert result.exit_code == 0 and result.stderr.startswith("budget reached; "), describe(result)
+
+
+def test_skipped_corpus_files_are_said_kept_in_the_run_and_said_again_from_the_cache(tmp_path):
+    corpus = tmp_path / "texts"
+    corpus.mkdir()
+    (corpus / "cat.txt").write_text(CORPUS_TEXT, encoding="utf-8")
+    (corpus / "photo.jpg").write_bytes(b"\xff\xd8\xff\x00JFIF" * 10)
+    (corpus / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1"))  # not UTF-8
+    runs = tmp_path / "runs"
+    line = (f"skipped 2 binary, undecodable or unreadable files in the corpus directories: "
+            f"{corpus / 'latin.txt'}, {corpus / 'photo.jpg'}")
+    for name in ("first", "second"):  # the second run reuses the corpus cache, no file re-read
+        result = invoke("train", corpus, "--runs-dir", runs, "--name", name, *TINY)
+        assert result.exit_code == 0, describe(result)
+        assert result.stderr.splitlines().count(line) == 1, describe(result)
+        meta = json.loads((runs / name / "run.json").read_text())
+        assert meta["corpus"]["skipped"] == {"count": 2, "names": [str(corpus / "latin.txt"),
+                                                                   str(corpus / "photo.jpg")]}
+    result = invoke("train", "--resume", "--name", "first", "--runs-dir", runs, "--steps", 4, "--quiet")
+    assert result.exit_code == 0 and line in result.stderr.splitlines(), describe(result)
+    info = invoke("info", "first", "--runs-dir", runs)
+    assert "skipped files:    2 binary, undecodable or unreadable" in info.stdout
+    clean = invoke("train", corpus / "cat.txt", "--runs-dir", runs, "--name", "clean", *TINY)
+    assert clean.exit_code == 0 and "binary, undecodable" not in clean.stderr, describe(clean)
+    assert "skipped" not in json.loads((runs / "clean" / "run.json").read_text())["corpus"]
 
 
 def test_resume_continues_to_more_steps(copy_run):

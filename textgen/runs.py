@@ -177,6 +177,9 @@ _CORPUS_FIELDS = {
     "folded": (lambda v: isinstance(v, dict) and all(_is_count(v.get(k)) for k in
                                                      ("min_count", "rare_chars", "rare_occurrences")),
                "a summary of the characters folded into the unknown symbol"),
+    "skipped": (lambda v: isinstance(v, dict) and _is_count(v.get("count"))
+                and _is_text_list(v.get("names")),
+                "a count and list of names of the corpus files skipped"),
 }
 _HISTORY_FIELDS = {
     "step": (_is_count, "a step number"),
