@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import CORPUS_TEXT, RUN_NAME, TINY, describe, invoke, tree_hashes
@@ -67,6 +68,79 @@ def test_every_command_has_help(command, options):
     text = _help(*command)
     for option in options:
         assert option in text, f"{option} missing from `textgen {' '.join(command)} --help`"
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _help_sections(text: str) -> dict[str, set[str]]:
+    """{section title: the options listed in it (by first name: --learning-rate, not --lr)} of a
+    command's --help."""
+    sections, title = {}, None
+    for line in text.splitlines():
+        if re.fullmatch(r"[A-Z][\w ]*:", line):
+            title = line[:-1]
+            sections[title] = set()
+        elif title and re.match(r"  -", line):
+            sections[title].add(re.search(r"--[a-z][\w-]*", line).group(0))  # its first name
+    return sections
+
+
+def _readme_training_groups() -> dict[str, set[str]]:
+    """{group: options} of the README's Training table, whose `| **Group** | |` rows open groups."""
+    table = README.read_text(encoding="utf-8").split("### Training", 1)[1].split("\n\n| option |", 1)[1]
+    groups, title = {}, None
+    for row in table.split("\n\n", 1)[0].splitlines():
+        cell = row.split(" | ")[0].lstrip("| ")
+        if cell.startswith("**"):
+            title = cell.strip("*")
+            groups[title] = set()
+        elif title:
+            groups[title] |= set(re.findall(r"`(--[a-z][\w-]*)", cell))
+    return groups
+
+
+def test_train_help_groups_options_as_the_readme_does():
+    sections = _help_sections(_help("train"))
+    readme = _readme_training_groups()
+    assert list(readme) == ["Model", "Regularisation", "Optimisation", "Budget", "Data", "Run", "Devices"]
+    assert list(sections) == [*readme, "Other options"]
+    for group, options in readme.items():
+        assert sections[group] == options, group
+    assert sections["Other options"] == {"--help"}
+
+
+def test_preset_help_says_what_each_preset_sets():
+    """The --preset help, read back into options, is each preset of config.PRESETS."""
+    from textgen.config import PRESETS
+
+    text = " ".join(line.strip() for line in _help("train").split("Regularisation:")[0].splitlines())
+    text = text.split("--preset", 1)[1].replace("- ", "-")  # undo click's wrapping at hyphens
+    for name, preset in PRESETS.items():
+        described = re.search(rf"{name} = (.*?)[;.](?: |$)", text).group(1)
+        pairs = re.findall(r"--([a-z-]+) (\S+)", described)
+        expected = {**preset["model"], **preset["train"]}
+        assert {k.replace("-", "_"): float(v) for k, v in pairs} == expected, name
+
+
+SAMPLE_RANGES = [  # (option, range the help states, a value inside, a value just outside)
+    ("--temp", "Range: 0 or more.", 0.0, -0.1),
+    ("--length", "Range: 0 to 2,147,483,647.", 2**31 - 1, 2**31),
+    ("--top-k", "Range: 0 to 2,147,483,647.", 0, -1),
+    ("--top-p", "Range: above 0, at most 1.", 1.0, 0.0),
+    ("--num-samples", "Range: 1 to 10,000.", 10_000, 10_001),
+]
+
+
+@pytest.mark.parametrize("option, stated, inside, outside", SAMPLE_RANGES)
+def test_sample_help_states_the_ranges_it_accepts(option, stated, inside, outside):
+    text = _help("sample")
+    entry = text.split(f"  {option} ", 1)[1].split("\n  -", 1)[0]
+    assert stated in " ".join(entry.split())
+    field = {"--temp": "temperature"}.get(option, option[2:].replace("-", "_"))
+    SampleConfig(**{field: inside}).validate()  # accepted
+    result = invoke("sample", option, outside, "--runs-dir", "nowhere")
+    assert result.exit_code == 2 and result.stderr.startswith(f"Error: {option} must"), describe(result)
 
 
 def test_short_help_flag():
@@ -438,7 +512,7 @@ def test_min_count_folds_rare_characters_into_one_unknown_symbol(tmp_path):
     scored = invoke("eval", "rare", held_out, "--runs-dir", runs, "--quiet")
     assert scored.exit_code == 0, describe(scored)
     assert "rare characters scored as the unknown symbol: 3 (3 distinct" in scored.stdout  # z, b, r
-    assert "characters scored: 32" in scored.stdout  # none skipped
+    assert scored.stdout.splitlines()[-2].split()[3:] == ["33", "0", "(0.00%)"]  # total: none skipped
     sampled = invoke("sample", "rare", "--runs-dir", runs, "--prime", "qx", "--temp", "3", "--length", 400,
                      "--num-samples", 4, "--seed", 1)
     assert sampled.exit_code == 0, describe(sampled)

@@ -125,6 +125,17 @@ def iter_text(paths: Sequence[str | Path], encoding: str = "utf-8", block_bytes:
         )
 
 
+def file_texts(paths: Sequence[str | Path], encoding: str = "utf-8", block_bytes: int = 1 << 20,
+               skipped: list[Path] | None = None) -> Iterator[tuple[Path, Iterator[str]]]:
+    """(file, its text in blocks) for every file `iter_text` reads, one file at a time, with the
+    same rules (a named binary or undecodable file is refused, such files inside a directory are
+    skipped and appended to `skipped`); an empty corpus is not refused here. For scoring each
+    file on its own (`textgen eval`)."""
+    shown = check_encoding(encoding)
+    for file, named in corpus_files(paths):
+        yield file, _file_text(file, encoding, shown, block_bytes, named, None, skipped)
+
+
 def _file_text(file: Path, encoding: str, shown: str, block_bytes: int, named: bool,
                progress: Callable[[int], object] | None,
                skipped: list[Path] | None = None) -> Iterator[str]:
