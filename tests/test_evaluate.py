@@ -131,7 +131,7 @@ def test_eval_has_a_row_per_file_and_a_total_against_a_whole_text_reference(trai
     assert float(rows["total"][0]) == pytest.approx(nats / scored, abs=2e-4)
     assert float(rows["total"][1]) == pytest.approx(2 ** (nats / scored), rel=1e-3)
     assert rows["total"][2:] == [f"{chars:,}", f"{unknown} ({100 * unknown / chars:.2f}%)"]
-    assert f"Warning: skipped 1 binary, undecodable or unreadable files in the directories: " \
+    assert f"Warning: skipped 1 binary, undecodable or unreadable file in the directories: " \
            f"{Path('d') / 'junk.bin'}" in result.stderr
 
 

@@ -143,9 +143,9 @@ def _file_text(file: Path, encoding: str, shown: str, block_bytes: int, named: b
 
     A named file's problems raise TextgenError. A file found in a directory that is unreadable,
     binary or undecodable yields nothing at all (and is appended to `skipped`, if given): one
-    that fits in a block is checked whole before
-    its block is yielded; a larger one is read through once first (without `progress`), so a
-    problem deep inside it cannot cut it short after part of it was streamed.
+    that fits in a block is checked whole before its block is yielded; a larger one is read
+    through once first (without `progress`), so a problem deep inside it cannot cut it short
+    after part of it was streamed.
     """
     if named:
         yield from _stream_file(file, encoding, shown, block_bytes, named, progress)

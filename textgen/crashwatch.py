@@ -7,9 +7,10 @@ tiny watcher process. It waits on a pipe that the main process holds: a main pro
 normally (any Python exit, errors included) says so through the pipe first; one that vanishes
 without a word crashed natively or was killed (SIGKILL), and the watcher prints one line saying so
 and where TensorFlow's log is. After a normal end the watcher removes that log (each process has
-its own, so they would pile up); after an abrupt one it is kept for the user to read. Hand-written because neither Python nor TensorFlow offers it
-(faulthandler prints a Python traceback, not a message for users). POSIX only: without `fork`
-nothing is watched.
+its own, so they would pile up); after an abrupt one it is kept for the user to read.
+Hand-written because neither Python nor TensorFlow offers it (faulthandler prints a Python
+traceback, not a message for users). POSIX only: without `fork` nothing is watched (and the log
+is removed at exit).
 """
 
 from __future__ import annotations

@@ -238,8 +238,9 @@ def evaluate_files(run: str | None, runs_dir: str, which: str, paths: list[str],
     if report.skipped_files and warn:
         names = ", ".join(str(f) for f in report.skipped_files[:5])
         more = ", ..." if len(report.skipped_files) > 5 else ""
-        warn(f"skipped {len(report.skipped_files):,} binary, undecodable or unreadable files in the "
-             f"directories: {names}{more}")
+        count = len(report.skipped_files)
+        warn(f"skipped {count:,} binary, undecodable or unreadable file{'s' if count != 1 else ''} in "
+             f"the directories: {names}{more}")
     if report.total.scored == 0:
         raise _nothing_to_score()
     return report
