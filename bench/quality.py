@@ -60,7 +60,7 @@ def run_textgen(corpus: Path, minutes: float, preset: str | None, extra: list[st
     steps = int(re.search(r"steps:\s+([0-9,]+)", info).group(1).replace(",", ""))
     history = json.loads((runs / "quality" / "run.json").read_text(encoding="utf-8"))["history"]
     curve = " ".join(f"{h['step']}:{h['val_bpc']:.3f}" for h in history)  # overfitting shows here
-    return {"bpc": float(re.search(r"bits per character: ([0-9.]+)", out).group(1)), "steps": steps,
+    return {"bpc": float(re.search(r"^total +([0-9.]+)", out, re.MULTILINE).group(1)), "steps": steps,
             "wall_min": wall / 60, "info": info + f"validation curve (step:bpc): {curve}\n"}
 
 

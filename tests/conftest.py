@@ -14,6 +14,10 @@ import shutil
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# `--precision auto` on a CPU depends on its flags (mixed bfloat16 with native bfloat16): the suite
+# pins it to float32 on any CPU, for its own processes and the textgen processes they start, so
+# results compared with float32 references do not depend on the host (textgen.precision)
+os.environ["TEXTGEN_CPU_FLAGS"] = ""
 
 import pytest
 import tensorflow as tf

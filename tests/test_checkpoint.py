@@ -309,7 +309,7 @@ def test_real_write_failure_is_one_line(copy_run, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert lines[-1].startswith("Error: cannot write checkpoint") and "File too large" in lines[-1], proc.stderr
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
-    assert lines[:-1] == [f"resuming {run_dir} at step 3"], proc.stderr
+    assert lines[:-1] == [f"resuming {run_dir} at step 3, float32"], proc.stderr
     assert run_meta(run_dir)["checkpoints"]["last"] == "ckpt-00000003"
     assert hidden(run_dir) == []
     assert_samples(run_dir)

@@ -4,10 +4,12 @@ and the layout of a run directory. Models are tiny (see conftest.TINY) so each c
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import CORPUS_TEXT, RUN_NAME, TINY, describe, invoke, tree_hashes
@@ -66,6 +68,79 @@ def test_every_command_has_help(command, options):
     text = _help(*command)
     for option in options:
         assert option in text, f"{option} missing from `textgen {' '.join(command)} --help`"
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _help_sections(text: str) -> dict[str, set[str]]:
+    """{section title: the options listed in it (by first name: --learning-rate, not --lr)} of a
+    command's --help."""
+    sections, title = {}, None
+    for line in text.splitlines():
+        if re.fullmatch(r"[A-Z][\w ]*:", line):
+            title = line[:-1]
+            sections[title] = set()
+        elif title and re.match(r"  -", line):
+            sections[title].add(re.search(r"--[a-z][\w-]*", line).group(0))  # its first name
+    return sections
+
+
+def _readme_training_groups() -> dict[str, set[str]]:
+    """{group: options} of the README's Training table, whose `| **Group** | |` rows open groups."""
+    table = README.read_text(encoding="utf-8").split("### Training", 1)[1].split("\n\n| option |", 1)[1]
+    groups, title = {}, None
+    for row in table.split("\n\n", 1)[0].splitlines():
+        cell = row.split(" | ")[0].lstrip("| ")
+        if cell.startswith("**"):
+            title = cell.strip("*")
+            groups[title] = set()
+        elif title:
+            groups[title] |= set(re.findall(r"`(--[a-z][\w-]*)", cell))
+    return groups
+
+
+def test_train_help_groups_options_as_the_readme_does():
+    sections = _help_sections(_help("train"))
+    readme = _readme_training_groups()
+    assert list(readme) == ["Model", "Regularisation", "Optimisation", "Budget", "Data", "Run", "Devices"]
+    assert list(sections) == [*readme, "Other options"]
+    for group, options in readme.items():
+        assert sections[group] == options, group
+    assert sections["Other options"] == {"--help"}
+
+
+def test_preset_help_says_what_each_preset_sets():
+    """The --preset help, read back into options, is each preset of config.PRESETS."""
+    from textgen.config import PRESETS
+
+    text = " ".join(line.strip() for line in _help("train").split("Regularisation:")[0].splitlines())
+    text = text.split("--preset", 1)[1].replace("- ", "-")  # undo click's wrapping at hyphens
+    for name, preset in PRESETS.items():
+        described = re.search(rf"{name} = (.*?)[;.](?: |$)", text).group(1)
+        pairs = re.findall(r"--([a-z-]+) (\S+)", described)
+        expected = {**preset["model"], **preset["train"]}
+        assert {k.replace("-", "_"): float(v) for k, v in pairs} == expected, name
+
+
+SAMPLE_RANGES = [  # (option, range the help states, a value inside, a value just outside)
+    ("--temp", "Range: 0 or more.", 0.0, -0.1),
+    ("--length", "Range: 0 to 2,147,483,647.", 2**31 - 1, 2**31),
+    ("--top-k", "Range: 0 to 2,147,483,647.", 0, -1),
+    ("--top-p", "Range: above 0, at most 1.", 1.0, 0.0),
+    ("--num-samples", "Range: 1 to 10,000.", 10_000, 10_001),
+]
+
+
+@pytest.mark.parametrize("option, stated, inside, outside", SAMPLE_RANGES)
+def test_sample_help_states_the_ranges_it_accepts(option, stated, inside, outside):
+    text = _help("sample")
+    entry = text.split(f"  {option} ", 1)[1].split("\n  -", 1)[0]
+    assert stated in " ".join(entry.split())
+    field = {"--temp": "temperature"}.get(option, option[2:].replace("-", "_"))
+    SampleConfig(**{field: inside}).validate()  # accepted
+    result = invoke("sample", option, outside, "--runs-dir", "nowhere")
+    assert result.exit_code == 2 and result.stderr.startswith(f"Error: {option} must"), describe(result)
 
 
 def test_short_help_flag():
@@ -327,6 +402,78 @@ def test_train_reports_on_stderr(corpus_file, tmp_path):
     assert (runs / "fresh" / "run.json").is_file()
 
 
+def _bar_postfixes(stderr: str) -> list[dict]:
+    """The `key=value` postfixes of every redraw of the training bar, in order."""
+    shown = []
+    for frame in re.split(r"[\r\n]", stderr):
+        if "step" in frame and "val_bpc=" in frame:
+            postfix = frame.rsplit("]", 1)[0].split(", ")
+            shown.append(dict(item.split("=", 1) for item in postfix if "=" in item))
+    return shown
+
+
+def test_the_bar_shows_bits_per_character_for_training_and_validation(corpus_file, tmp_path):
+    runs = tmp_path / "runs"
+    args = [a for a in TINY if a != "--quiet"]
+    result = invoke("train", corpus_file, "--runs-dir", runs, "--name", "bar", *args)
+    assert result.exit_code == 0, describe(result)
+    last = _bar_postfixes(result.stderr)[-1]
+    record = json.loads((runs / "bar" / "run.json").read_text())["history"][-1]
+    assert last["bpc"] == f"{record['train_loss'] / math.log(2):.3f}"  # nats read back, in bits
+    assert last["val_bpc"] == f"{record['val_bpc']:.3f}" and "loss" not in last
+    assert list(last) == ["bpc", "val_bpc", "chars_s"]
+
+
+def test_a_resumed_bar_shows_the_last_validation_until_the_next(copy_run):
+    run_dir = copy_run()
+    before = json.loads((run_dir / "run.json").read_text())["history"][-1]["val_bpc"]
+    result = invoke("train", "--resume", "--name", RUN_NAME, "--runs-dir", run_dir.parent,
+                    "--steps", 6, "--eval-every", 3)
+    assert result.exit_code == 0, describe(result)
+    shown = _bar_postfixes(result.stderr)
+    assert shown[0] == {"bpc": "-", "val_bpc": f"{before:.3f}", "chars_s": "-"}, result.stderr
+    after = json.loads((run_dir / "run.json").read_text())["history"][-1]["val_bpc"]
+    assert shown[-1]["val_bpc"] == f"{after:.3f}"
+
+
+def test_resuming_a_run_whose_budget_is_spent_says_so_in_one_line(copy_run):
+    run_dir = copy_run()  # trained to its --steps 3
+    before = tree_hashes(run_dir)
+    result = invoke("train", "--resume", "--name", RUN_NAME, "--runs-dir", run_dir.parent, "--quiet")
+    assert result.exit_code == 0, describe(result)
+    assert result.stderr.splitlines() == [
+        f"budget reached; pass --steps/--minutes to train further ({run_dir} is at step 3, epoch 0)"]
+    assert tree_hashes(run_dir) == before  # nothing trained, nothing written
+    result = invoke("train", "--resume", "--name", RUN_NAME, "--runs-dir", run_dir.parent,
+                    "--steps", 2, "--quiet")  # a step budget below where the run is
+    assert result.exit_code == 0 and result.stderr.startswith("budget reached; "), describe(result)
+
+
+def test_skipped_corpus_files_are_said_kept_in_the_run_and_said_again_from_the_cache(tmp_path):
+    corpus = tmp_path / "texts"
+    corpus.mkdir()
+    (corpus / "cat.txt").write_text(CORPUS_TEXT, encoding="utf-8")
+    (corpus / "photo.jpg").write_bytes(b"\xff\xd8\xff\x00JFIF" * 10)
+    (corpus / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1"))  # not UTF-8
+    runs = tmp_path / "runs"
+    line = (f"skipped 2 binary, undecodable or unreadable files in the corpus directories: "
+            f"{corpus / 'latin.txt'}, {corpus / 'photo.jpg'}")
+    for name in ("first", "second"):  # the second run reuses the corpus cache, no file re-read
+        result = invoke("train", corpus, "--runs-dir", runs, "--name", name, *TINY)
+        assert result.exit_code == 0, describe(result)
+        assert result.stderr.splitlines().count(line) == 1, describe(result)
+        meta = json.loads((runs / name / "run.json").read_text())
+        assert meta["corpus"]["skipped"] == {"count": 2, "names": [str(corpus / "latin.txt"),
+                                                                   str(corpus / "photo.jpg")]}
+    result = invoke("train", "--resume", "--name", "first", "--runs-dir", runs, "--steps", 4, "--quiet")
+    assert result.exit_code == 0 and line in result.stderr.splitlines(), describe(result)
+    info = invoke("info", "first", "--runs-dir", runs)
+    assert "skipped files:    2 binary, undecodable or unreadable" in info.stdout
+    clean = invoke("train", corpus / "cat.txt", "--runs-dir", runs, "--name", "clean", *TINY)
+    assert clean.exit_code == 0 and "binary, undecodable" not in clean.stderr, describe(clean)
+    assert "skipped" not in json.loads((runs / "clean" / "run.json").read_text())["corpus"]
+
+
 def test_resume_continues_to_more_steps(copy_run):
     run_dir = copy_run()
     result = invoke("train", "--resume", "--name", RUN_NAME, "--runs-dir", run_dir.parent,
@@ -365,7 +512,7 @@ def test_min_count_folds_rare_characters_into_one_unknown_symbol(tmp_path):
     scored = invoke("eval", "rare", held_out, "--runs-dir", runs, "--quiet")
     assert scored.exit_code == 0, describe(scored)
     assert "rare characters scored as the unknown symbol: 3 (3 distinct" in scored.stdout  # z, b, r
-    assert "characters scored: 32" in scored.stdout  # none skipped
+    assert scored.stdout.splitlines()[-2].split()[3:] == ["33", "0", "(0.00%)"]  # total: none skipped
     sampled = invoke("sample", "rare", "--runs-dir", runs, "--prime", "qx", "--temp", "3", "--length", 400,
                      "--num-samples", 4, "--seed", 1)
     assert sampled.exit_code == 0, describe(sampled)

@@ -63,6 +63,21 @@ def test_directory_of_files_round_trips(tmp_path):
     assert corpus.directory.name.startswith("corpus-") and len(corpus.directory.name) == 23
     assert sorted(p.name for p in corpus.directory.iterdir()) == ["corpus.json", "ids.bin"]
     assert corpus.vocabulary() == Vocabulary.from_text(text)
+    skipped = {"count": 2, "names": [str(root / "image.png"), str(root / "latin.txt")]}
+    assert corpus.skipped == skipped  # binary, undecodable: in reading order
+    again = encode_corpus([root, extra], "utf-8", tmp_path / "cache")
+    assert not again.rebuilt and again.skipped == skipped  # the reused cache still knows them
+
+
+def test_skipped_files_are_counted_all_and_named_first_few(tmp_path):
+    root = tmp_path / "corpus"
+    write(root / "text.txt", "some text\n")
+    for i in range(7):
+        write(root / f"bin{i}.dat", b"\x00\x01")
+    corpus = encode_corpus([root], "utf-8", tmp_path / "cache")
+    assert corpus.skipped == {"count": 7, "names": [str(root / f"bin{i}.dat") for i in range(5)]}
+    clean = encode_corpus([root / "text.txt"], "utf-8", tmp_path / "cache")
+    assert clean.skipped == {"count": 0, "names": []}
 
 
 def test_chinese_and_emoji_use_uint16(tmp_path):

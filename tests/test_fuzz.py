@@ -4,7 +4,7 @@ one of the documented forms:
 
 * a TextgenError: exit code 2 and one `Error: ...` line on stderr, which is the last line; the
   only lines allowed before it are the status lines `training ...` / `resuming ...` (a failure
-  after training started, e.g. a divergence);
+  after training started, e.g. a divergence) and `skipped ...` (files of a corpus directory);
 * a click usage error: exit code 2, `Usage: ...`, then `Error: ...` as the last line.
 
 Bounded: derandomized, `max_examples` 30-40 per test, and at most TRAINING_BUDGET examples per
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("own_cwd")
 
 TRAINING_BUDGET = 4  # examples per test that may build a Trainer
 SAMPLING_BUDGET = 6  # examples that may compile a sampler
-STATUS_LINES = ("training ", "resuming ")
+STATUS_LINES = ("training ", "resuming ", "skipped ")  # skipped: files of a corpus directory
 TINY = ["--units", "8", "--embedding-dim", "4", "--num-layers", "1", "--batch-size", "2",
         "--seq-len", "8", "--eval-every", "1", "--eval-batches", "1", "--quiet"]
 FUZZ = settings(max_examples=30, deadline=None, derandomize=True, database=None,

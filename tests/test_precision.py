@@ -126,36 +126,77 @@ def test_mixed_precision_model_steps_and_samples(precision):
     assert flatten_state(states)[0].dtype == precision.removeprefix("mixed_")
 
 
-@pytest.mark.parametrize("requested, gpus, bf16, chosen", [
-    ("auto", [], False, "float32"),
-    ("auto", [], True, "float32"),  # until bf16's quality at a time budget is measured
-    ("auto", [(9, 0)], False, "mixed_bfloat16"), ("auto", [(8, 6), (9, 0)], False, "mixed_bfloat16"),
-    ("auto", [(7, 5)], False, "mixed_float16"), ("auto", [(8, 0), (7, 0)], False, "mixed_float16"),
-    ("auto", [(6, 1)], True, "float32"),
-    ("mixed_bfloat16", [], False, "mixed_bfloat16"), ("float32", [(9, 0)], True, "float32"),
+AMX = {"fpu", "avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}  # Intel Sapphire Rapids
+ZEN5 = {"fpu", "avx2", "avx512f", "avx512_bf16"}  # AMD Zen 4/5: AVX-512 BF16, no AMX
+AVX2 = {"fpu", "sse2", "avx2", "fma", "f16c"}  # no native bfloat16
+ARM = {"fp", "asimd", "bf16", "i8mm"}  # Arm with BF16: unmeasured
+
+
+@pytest.mark.parametrize("requested, gpus, flags, chosen", [
+    ("auto", [], AVX2, "float32"), ("auto", [], set(), "float32"),
+    ("auto", [], AMX, "mixed_bfloat16"), ("auto", [], ZEN5, "mixed_bfloat16"),
+    ("auto", [], {"amx_bf16"}, "mixed_bfloat16"),
+    ("auto", [], ARM, "float32"),  # recognised, but bfloat16 on Arm is not measured
+    ("auto", [(9, 0)], AVX2, "mixed_bfloat16"), ("auto", [(8, 6), (9, 0)], AVX2, "mixed_bfloat16"),
+    ("auto", [(7, 5)], AMX, "mixed_float16"), ("auto", [(8, 0), (7, 0)], AVX2, "mixed_float16"),
+    ("auto", [(6, 1)], AMX, "float32"),  # the GPU decides, whatever the CPU has
+    ("mixed_bfloat16", [], AVX2, "mixed_bfloat16"), ("float32", [(9, 0)], AMX, "float32"),
+    ("float32", [], ZEN5, "float32"),
 ])
-def test_auto_precision_follows_the_hardware(requested, gpus, bf16, chosen):
+def test_auto_precision_follows_the_hardware(requested, gpus, flags, chosen):
     from textgen.precision import choose_precision
 
-    precision, why = choose_precision(requested, gpus, bf16)
+    precision, why = choose_precision(requested, gpus, flags)
     assert precision == chosen and why
+    if requested == "auto" and not gpus:
+        assert ("bf16" in why) == bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
-def test_cpu_bf16_reads_the_cpu_flags():
-    from textgen.precision import cpu_bf16
+def test_cpu_flags_come_from_cpuinfo_or_the_environment(monkeypatch):
+    from textgen.precision import cpu_bf16, cpu_flags, resolve
 
     assert cpu_bf16("processor : 0\nflags : fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n")
     assert cpu_bf16("flags : fpu amx_bf16\n") and cpu_bf16("Features : fp asimd bf16 i8mm\n")
     assert not cpu_bf16("flags : fpu sse2 avx2 fma f16c\n") and not cpu_bf16("")
+    assert cpu_flags("processor : 0\nflags : a b\nprocessor : 1\nflags : a b\n") == {"a", "b"}
+    monkeypatch.setattr("textgen.precision.gpu_capabilities", lambda: [])
+    monkeypatch.setenv("TEXTGEN_CPU_FLAGS", "fpu avx2 avx512_bf16")
+    assert cpu_flags() == {"fpu", "avx2", "avx512_bf16"}
+    assert resolve("auto") == ("mixed_bfloat16", "CPU with native bfloat16 (avx512_bf16)")
+    monkeypatch.setenv("TEXTGEN_CPU_FLAGS", "")
+    assert resolve("auto")[0] == "float32"
+
+
+TINY_RUN = ["--units", "8", "--embedding-dim", "4", "--num-layers", "1", "--batch-size", "4",
+            "--seq-len", "8", "--quiet"]
 
 
 def test_a_new_run_records_the_precision_auto_chose(corpus_file, tmp_path):
     result = invoke("train", corpus_file, "--runs-dir", tmp_path / "runs", "--name", "a",
-                    "--units", "8", "--embedding-dim", "4", "--num-layers", "1", "--batch-size", "4",
-                    "--seq-len", "8", "--steps", "1", "--quiet")
+                    "--steps", "1", *TINY_RUN)
     assert result.exit_code == 0, describe(result)
     meta = read_run_meta(tmp_path / "runs" / "a")
-    assert meta["train"].precision == "float32"  # this CPU-only test machine
-    assert "float32 (CPU" in result.stderr
+    assert meta["train"].precision == "float32"  # the suite's CPU flags (conftest): no bfloat16
+    start = [line for line in result.stderr.splitlines() if line.startswith("training ")]
+    assert start == [f"training {tmp_path / 'runs' / 'a'}: 2,990 characters, vocabulary 11, float32"]
     info = invoke("info", "a", "--runs-dir", tmp_path / "runs")
     assert f"precision float32 ({meta['precision_reason']})" in info.stdout
+    assert meta["precision_reason"] == "CPU without native bfloat16"
+
+
+def test_a_run_keeps_its_precision_when_resumed_on_another_cpu(corpus_file, tmp_path, monkeypatch):
+    """Started where the CPU has native bfloat16 (faked flags), resumed where it has none: the
+    run stays mixed bfloat16, and the resume line says so."""
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("TEXTGEN_CPU_FLAGS", "fpu avx2 avx512f avx512_bf16 amx_bf16")
+    result = invoke("train", corpus_file, "--runs-dir", runs, "--name", "b", "--steps", "2", *TINY_RUN)
+    assert result.exit_code == 0, describe(result)
+    assert read_run_meta(runs / "b")["train"].precision == "mixed_bfloat16"
+    assert "vocabulary 11, mixed_bfloat16\n" in result.stderr
+    monkeypatch.setenv("TEXTGEN_CPU_FLAGS", "fpu avx2")  # another machine: auto would be float32
+    result = invoke("train", "--resume", "--name", "b", "--runs-dir", runs, "--steps", "4", "--quiet")
+    assert result.exit_code == 0, describe(result)
+    meta = read_run_meta(runs / "b")
+    assert meta["step"] == 4 and meta["train"].precision == "mixed_bfloat16"
+    assert meta["precision_reason"] == "CPU with native bfloat16 (avx512_bf16, amx_bf16)"
+    assert f"resuming {runs / 'b'} at step 2, mixed_bfloat16" in result.stderr

@@ -7,6 +7,7 @@ return, and in a log file the error would share the bar's line).
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 
@@ -49,29 +50,46 @@ class LazyBar:
 
 
 class TrainingBar:
-    """The training progress bar: steps, training loss, last validation bpc, characters/s.
+    """The training progress bar: steps, training and last validation bits per character (both
+    in bits, so they compare at a glance), characters/s.
 
     A trainer hook (see `textgen.train`): the loop calls `on_steps` each time it reads the
-    losses back, `on_validation` after each validation, and `close` at the end.
+    losses back, `on_validation` after each validation, and `close` at the end. `val_bpc`: the
+    last validation before this session (a resumed run's), shown until the next one.
     """
 
-    def __init__(self, total: int | None, initial: int, show: bool = True):
+    def __init__(self, total: int | None, initial: int, show: bool = True,
+                 val_bpc: float | None = None):
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
                         disable=not show, leave=True)
-        self.val_bpc: float | None = None
+        self.val_bpc = val_bpc
+        self.bpc: float | None = None
+        self.chars_per_sec: float | None = None
+        if val_bpc is not None:
+            self._show(refresh=True)  # on screen before this session's first steps
 
     def on_steps(self, step: int, train_loss: float, chars_per_sec: float, learning_rate: float) -> None:
         self.bar.update(step - self.bar.n)
-        self.bar.set_postfix(loss=f"{train_loss:.3f}", val_bpc=_fmt(self.val_bpc),
-                             chars_s=f"{chars_per_sec:,.0f}", refresh=False)
+        self.bpc, self.chars_per_sec = train_loss / LN2, chars_per_sec  # nats -> bits
+        self._show()
 
     def on_validation(self, step: int, val_bpc: float, trainer) -> None:
         self.val_bpc = val_bpc
+        self._show()  # also what the bar's last line shows, when training ends here
+
+    def _show(self, refresh: bool = False) -> None:
+        # an ordered dict: tqdm sorts keyword postfixes by name
+        speed = "-" if self.chars_per_sec is None else f"{self.chars_per_sec:,.0f}"
+        self.bar.set_postfix({"bpc": _fmt(self.bpc), "val_bpc": _fmt(self.val_bpc), "chars_s": speed},
+                             refresh=refresh)
 
     def close(self) -> None:
         self.bar.close()  # leave=True: the bar's line is ended with a newline
+
+
+LN2 = math.log(2.0)
 
 
 def _fmt(value: float | None) -> str:

@@ -13,7 +13,8 @@ import sys
 import click
 
 from textgen import __version__
-from textgen.config import (EXPORT_FORMATS, HEAD_BIASES, PRECISIONS, PRESETS, QUANTIZATIONS, SHORTLIST, STRATEGIES,
+from textgen.config import (EXPORT_FORMATS, HEAD_BIASES, INT32_MAX, MAX_SAMPLES, PRECISIONS, PRESETS, QUANTIZATIONS,
+                            SHORTLIST, STRATEGIES,
                             VIZ_FORMATS, ExportConfig, ModelConfig, SampleConfig, ServeConfig, TrainConfig, VizConfig, apply_preset)
 from textgen.errors import TextgenError, one_line
 
@@ -62,6 +63,54 @@ def checkpoint_option(func):
                         show_default=True, help="Which checkpoint of the run to load.")(func)
 
 
+# `train --help` lists its options in these groups, in this order (the README's Training table
+# has the same groups); an option in none of them goes under "Other options".
+TRAIN_OPTION_GROUPS = {
+    "Model": ["preset", "units", "num_layers", "embedding_dim", "head_shortlist", "head_bias"],
+    "Regularisation": ["dropout", "embedding_dropout", "recurrent_dropout", "weight_decay"],
+    "Optimisation": ["batch_size", "seq_len", "learning_rate", "clip_norm", "warmup_steps", "lr_decay",
+                     "min_lr_ratio", "seed"],
+    "Budget": ["epochs", "steps", "minutes", "patience"],
+    "Data": ["encoding", "min_count", "val_fraction"],
+    "Run": ["name", "resume", "runs_dir", "allow_corpus_change", "eval_every", "eval_batches",
+            "log_every", "keep", "quiet"],
+    "Devices": ["strategy", "precision"],
+}
+
+
+class GroupedOptions(click.Command):
+    """A command whose --help lists its options in titled groups (`option_groups`: title ->
+    parameter names). Hand-written because click has no option groups, and 20 lines do not
+    warrant a dependency (click-option-group) for it."""
+
+    def __init__(self, *args, option_groups: dict[str, list[str]], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.option_groups = option_groups
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        records = {p.name: p.get_help_record(ctx) for p in self.get_params(ctx)}
+        grouped = {name for names in self.option_groups.values() for name in names}
+        sections = [(title, [records[n] for n in names if records.get(n)])
+                    for title, names in self.option_groups.items()]
+        sections.append(("Other options", [r for n, r in records.items() if r and n not in grouped]))
+        for title, rows in sections:
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+def preset_help() -> str:
+    """What each preset of `config.PRESETS` sets, as the options it stands for."""
+    described = []
+    for name, preset in PRESETS.items():
+        options = {**preset["model"], **preset["train"]}
+        described.append(f"{name} = " + " ".join(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float)
+                                                 else f"--{k.replace('_', '-')} {v}"
+                                                 for k, v in options.items()))
+    return ("A named shape and recipe; options given explicitly override it. "
+            + "; ".join(described) + ".")
+
+
 def given(ctx: click.Context, names) -> dict:
     """The options among `names` that the user set on the command line (not defaulted)."""
     source = click.core.ParameterSource.DEFAULT
@@ -80,7 +129,7 @@ def main():
     """
 
 
-@main.command()
+@main.command(cls=GroupedOptions, option_groups=TRAIN_OPTION_GROUPS)
 @click.argument("corpus", nargs=-1, type=click.Path())
 @click.option("--name", help="Run name under --runs-dir (default: a timestamp; with --resume: the latest run).")
 @click.option("--resume", is_flag=True, help="Continue the run given by --name (default: the latest) where it stopped.")
@@ -88,7 +137,7 @@ def main():
 @click.option("--embedding-dim", type=click.IntRange(1), default=_M.embedding_dim, show_default=True, help="Size of the character embedding.")
 @click.option("--units", type=click.IntRange(1), default=_M.units, show_default=True, help="LSTM units per layer.")
 @click.option("--num-layers", type=click.IntRange(1), default=_M.num_layers, show_default=True, help="Stacked LSTM layers.")
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="A named shape and recipe (tiny, small, medium, large); explicit options override it.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), help=preset_help())
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=_M.dropout, show_default=True, help="Dropout between layers.")
 @click.option("--recurrent-dropout", type=click.FloatRange(0, 1, max_open=True), default=_M.recurrent_dropout, show_default=True, help="Dropout on each LSTM's recurrent input h(t-1), one mask for all time steps of a window (variational).")
 @click.option("--head-shortlist", type=click.IntRange(0), default=_M.head_shortlist, help=f"Output layer: 0 = one softmax over the vocabulary; N = a two-level softmax, the N most frequent characters at every position and the rest only where the next character is one of them (exact, faster for thousands of characters). Default: {SHORTLIST} for vocabularies over {2 * SHORTLIST}, else 0.")
@@ -112,7 +161,7 @@ def main():
 @click.option("--keep", type=click.IntRange(1), default=_T.keep, show_default=True, help="Newest checkpoints to keep (plus the best).")
 @click.option("--seed", type=int, default=_T.seed, show_default=True, help="Random seed.")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=_T.strategy, show_default=True, help="Devices to train on: auto (all GPUs if several, else one device), single, mirrored (all local GPUs) or multiworker (hosts from TF_CONFIG).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=_T.precision, show_default=True, help="Arithmetic: auto (mixed 16-bit on GPUs with tensor cores, float32 on CPUs), float32, or mixed_* (16-bit arithmetic; weights, logits and loss stay float32).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=_T.precision, show_default=True, help="Arithmetic: auto (mixed 16-bit on GPUs with tensor cores and on x86 CPUs with native bfloat16, avx512_bf16 or amx_bf16; float32 elsewhere; `textgen info` says why), float32, or mixed_* (16-bit arithmetic; weights, logits and loss stay float32). A run keeps its precision when resumed.")
 @click.option("--encoding", default=_T.encoding, show_default=True, help="Text encoding of the corpus files.")
 @click.option("--min-count", type=click.IntRange(1), default=_T.min_count, show_default=True, help="Characters occurring fewer times in the corpus become one unknown symbol (1: keep all).")
 @click.option("--head-bias", type=click.Choice(HEAD_BIASES), default=_T.head_bias, show_default=True, help="How the output layer's bias starts: unigram (the log character frequencies of the training text) or zeros.")
@@ -126,7 +175,7 @@ def train(ctx, corpus, name, resume, runs_dir, quiet, preset, allow_corpus_chang
     Without --epochs, --steps or --minutes it trains for 10 epochs. Progress goes to a bar,
     TensorBoard events to RUNS_DIR/<run>/train and /validation (`tensorboard --logdir checkpoints`).
     """
-    from textgen.launch import launch
+    from textgen.launch import BUDGET_SPENT, launch
 
     model_options = given(ctx, [f.name for f in _fields(ModelConfig) if f.name != "vocab_size"])
     train_options = given(ctx, [f.name for f in _fields(TrainConfig)])
@@ -136,6 +185,8 @@ def train(ctx, corpus, name, resume, runs_dir, quiet, preset, allow_corpus_chang
         corpus_dir=CORPUS_DIR, show_progress=not quiet, echo=lambda s: click.echo(s, err=True),
         allow_corpus_change=allow_corpus_change,
     )
+    if reason == BUDGET_SPENT:  # launch said so in one line; nothing was trained
+        return
     best = "-" if progress.best_val_bpc is None else f"{progress.best_val_bpc:.4f}"
     click.echo(f"stopped ({reason}) at step {progress.step}; best validation bpc {best}; run: {run_dir}", err=True)
     if reason not in ("budget", "early stopping"):
@@ -146,13 +197,13 @@ def train(ctx, corpus, name, resume, runs_dir, quiet, preset, allow_corpus_chang
 @run_argument
 @runs_dir_option
 @checkpoint_option
-@click.option("--temp", "temperature", type=float, default=_S.temperature, show_default=True, help="Sampling temperature; 0 is greedy argmax.")
-@click.option("--length", type=int, default=_S.length, show_default=True, help="Characters to generate.")
+@click.option("--temp", "temperature", type=float, default=_S.temperature, show_default=True, help="Sampling temperature; 0 is greedy argmax. Range: 0 or more.")
+@click.option("--length", type=int, default=_S.length, show_default=True, help=f"Characters to generate. Range: 0 to {INT32_MAX:,}.")
 @click.option("--prime", default=_S.prime, help="Text fed to the model first, then echoed.")
 @click.option("--seed", type=int, default=_S.seed, help="Random seed: same seed, same text.")
-@click.option("--top-k", type=int, default=_S.top_k, show_default=True, help="Sample among the k likeliest characters (0: off).")
-@click.option("--top-p", type=float, default=_S.top_p, show_default=True, help="Sample among the likeliest characters holding this much probability.")
-@click.option("--num-samples", type=int, default=_S.num_samples, show_default=True, help="Independent samples to generate.")
+@click.option("--top-k", type=int, default=_S.top_k, show_default=True, help=f"Sample among the k likeliest characters (0: off). Range: 0 to {INT32_MAX:,}.")
+@click.option("--top-p", type=float, default=_S.top_p, show_default=True, help="Sample among the likeliest characters holding this much probability (1: off). Range: above 0, at most 1.")
+@click.option("--num-samples", type=int, default=_S.num_samples, show_default=True, help=f"Independent samples to generate. Range: 1 to {MAX_SAMPLES:,}.")
 @user_errors
 def sample(run, runs_dir, checkpoint, **options):
     """Generate text from RUN (a name under --runs-dir, a path, or `latest`: the default)."""
@@ -164,23 +215,29 @@ def sample(run, runs_dir, checkpoint, **options):
 
 
 @main.command("eval")
-@click.argument("run")
-@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.argument("arguments", nargs=-1, required=True, metavar="[RUN] FILE...")
 @runs_dir_option
 @checkpoint_option
 @click.option("--encoding", default=_T.encoding, show_default=True, help="Text encoding of FILES.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def eval_command(run, files, runs_dir, checkpoint, encoding, quiet):
-    """Bits per character and perplexity of RUN on FILES (or directories).
+def eval_command(arguments, runs_dir, checkpoint, encoding, quiet):
+    """Bits per character and perplexity of RUN on each FILE (or directory), and in total, with
+    the characters skipped as unknown to the model (count and share).
 
-    RUN is a run name or path; give `latest` for the most recent run.
+    \b
+    RUN is a run name under --runs-dir, a run directory, or `latest`. Without RUN, the latest run
+    scores the files. How the first argument is read:
+      - a single argument is always the text (`textgen eval held-out.txt`);
+      - with several, the first is RUN when it names a run and is not a file (a run is a
+        directory, so a file is always text); a directory of text that has a run's name is read
+        as the run (a warning says so): write `textgen eval latest DIR` to score it.
     """
-    from textgen.evaluate import describe, evaluate_files
+    from textgen.evaluate import describe, evaluate_files, split_arguments
 
-    result = evaluate_files(run, runs_dir, checkpoint, list(files), encoding,
-                            show_progress=not quiet, warn=warn)
-    click.echo(describe(result))
+    run, files = split_arguments(list(arguments), runs_dir, warn)
+    report = evaluate_files(run, runs_dir, checkpoint, files, encoding, show_progress=not quiet, warn=warn)
+    click.echo(describe(report))
 
 
 @main.command()
@@ -303,14 +360,17 @@ def _route_native_stderr() -> tuple[str, int] | None:
 
     TensorFlow 2.21 prints oneDNN/CUDA notices through absl before its logging is initialised,
     which TF_CPP_MIN_LOG_LEVEL does not silence. Set TEXTGEN_TF_LOGS=1 to see them.
+    The log is a new private file per process (`tempfile.mkstemp`: O_CREAT | O_EXCL, mode 0600),
+    so a symlink planted in the shared temporary directory is never followed and two textgen
+    processes never write into each other's log; `crashwatch` removes it when the process ends
+    normally and names it when it does not.
     Returns (the log's path, the terminal's new descriptor), or None if nothing was routed.
     """
     import tempfile
 
     user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")  # POSIX / Windows
-    path = os.path.join(tempfile.gettempdir(), f"textgen-tensorflow-{user}.log")
     try:
-        log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        log, path = tempfile.mkstemp(prefix=f"textgen-tensorflow-{user}-", suffix=".log")
     except OSError:
         return None
     sys.stderr.flush()

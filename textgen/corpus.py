@@ -97,20 +97,22 @@ def read_corpus(paths: Sequence[str | Path], encoding: str = "utf-8") -> str:
 
 
 def iter_text(paths: Sequence[str | Path], encoding: str = "utf-8", block_bytes: int = 1 << 20,
-              progress: Callable[[int], object] | None = None) -> Iterator[str]:
+              progress: Callable[[int], object] | None = None,
+              skipped: list[Path] | None = None) -> Iterator[str]:
     """Stream the text `read_corpus` returns in blocks (about `block_bytes` bytes of input each).
 
     The blocks join to exactly `read_corpus(paths, encoding)`, with the same rules and errors
     (a named binary or undecodable file is refused with its byte offset, such files inside a
     directory are skipped, an empty corpus is refused when the stream ends), but nothing is held
-    whole. `progress(n)`, if given, is called with the number of bytes of each read.
+    whole. `progress(n)`, if given, is called with the number of bytes of each read; the files
+    skipped are appended to `skipped`, if given, so that the caller can say so.
     """
     shown = check_encoding(encoding)
     paths = path_list(paths)
     tail = None  # last character streamed so far; None while the corpus has no text yet
     for file, named in corpus_files(paths):
         first = True
-        for block in _file_text(file, encoding, shown, block_bytes, named, progress):
+        for block in _file_text(file, encoding, shown, block_bytes, named, progress, skipped):
             if first and tail not in (None, "\n"):
                 yield "\n"  # the previous file did not end its last line
             first = False
@@ -123,14 +125,27 @@ def iter_text(paths: Sequence[str | Path], encoding: str = "utf-8", block_bytes:
         )
 
 
+def file_texts(paths: Sequence[str | Path], encoding: str = "utf-8", block_bytes: int = 1 << 20,
+               skipped: list[Path] | None = None) -> Iterator[tuple[Path, Iterator[str]]]:
+    """(file, its text in blocks) for every file `iter_text` reads, one file at a time, with the
+    same rules (a named binary or undecodable file is refused, such files inside a directory are
+    skipped and appended to `skipped`); an empty corpus is not refused here. For scoring each
+    file on its own (`textgen eval`)."""
+    shown = check_encoding(encoding)
+    for file, named in corpus_files(paths):
+        yield file, _file_text(file, encoding, shown, block_bytes, named, None, skipped)
+
+
 def _file_text(file: Path, encoding: str, shown: str, block_bytes: int, named: bool,
-               progress: Callable[[int], object] | None) -> Iterator[str]:
+               progress: Callable[[int], object] | None,
+               skipped: list[Path] | None = None) -> Iterator[str]:
     """Non-empty blocks of one file's text, as `iter_text` joins them.
 
     A named file's problems raise TextgenError. A file found in a directory that is unreadable,
-    binary or undecodable yields nothing at all: one that fits in a block is checked whole before
-    its block is yielded; a larger one is read through once first (without `progress`), so a
-    problem deep inside it cannot cut it short after part of it was streamed.
+    binary or undecodable yields nothing at all (and is appended to `skipped`, if given): one
+    that fits in a block is checked whole before its block is yielded; a larger one is read
+    through once first (without `progress`), so a problem deep inside it cannot cut it short
+    after part of it was streamed.
     """
     if named:
         yield from _stream_file(file, encoding, shown, block_bytes, named, progress)
@@ -146,6 +161,8 @@ def _file_text(file: Path, encoding: str, shown: str, block_bytes: int, named: b
     except (OSError, TextgenError):
         if streamed:  # it changed between the check and the read: refuse rather than cut it
             raise
+        if skipped is not None:
+            skipped.append(file)
 
 
 def _stream_file(path: Path, encoding: str, shown: str, block_bytes: int, named: bool,

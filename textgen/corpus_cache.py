@@ -15,7 +15,7 @@ ids plus its sorted character list, so training never holds the text or the id a
   `Vocabulary(chars).encode(read_corpus(paths, encoding))`.
 * Commit: the temporary file (unique: pid and random suffix) is fsynced and renamed to
   `ids.bin`, and only then `corpus.json` (format, version, encoding, dtype, num_chars, chars,
-  fingerprint, and `content_sha256`, the sha256 of the ids, which run.json records so that a
+  fingerprint, counts, the files skipped in directories (so a reused cache can still name them), and `content_sha256`, the sha256 of the ids, which run.json records so that a
   resumed run notices a corpus whose text changed) is written atomically. `corpus.json` is the commit marker: it is removed before a
   rebuild replaces `ids.bin`, so a crash at any instant leaves either a valid cache or one that
   is rebuilt. Two processes building the same cache at once each write their own temporary file
@@ -52,7 +52,9 @@ from textgen.processes import process_alive
 from textgen.vocab import Vocabulary
 
 FORMAT = "textgen-corpus-cache"
-VERSION = 3  # 2: corpus.json records the sha256 of the ids (the content fingerprint); 3: counts
+VERSION = 4  # 2: corpus.json records the sha256 of the ids (the content fingerprint); 3: counts;
+# 4: the files skipped in directories
+SKIPPED_NAMES = 5  # skipped files named (the first ones in reading order); all are counted
 IDS_FILE, META_FILE = "ids.bin", "corpus.json"
 BLOCK_BYTES = 1 << 20  # bytes of source text read at a time
 STALE_TEMP_SECONDS = 3600  # a dead build's temporary file this old is deleted
@@ -72,6 +74,8 @@ class EncodedCorpus:
     rebuilt: bool  # True when this call built the cache, False when it reused it
     paths: list[str]  # resolved source paths
     fingerprint: str  # sha256 of the ids: changes whenever the text does
+    skipped: dict  # files of the directories skipped as binary, undecodable or unreadable:
+    # {"count": N, "names": [the first SKIPPED_NAMES]}; recorded when the cache is built
 
     def vocabulary(self) -> Vocabulary:
         """The corpus's vocabulary (the same as `Vocabulary.from_text` of its text)."""
@@ -115,7 +119,7 @@ def encode_corpus(paths: Sequence[str | Path], encoding: str, cache_root: str | 
     ids = np.memmap(directory / IDS_FILE, dtype=meta["dtype"], mode="r",
                     shape=(meta["num_chars"],))  # (num_chars,), read-only
     return EncodedCorpus(ids, meta["chars"], meta["counts"], meta["num_chars"], directory, rebuilt,
-                         resolved, meta["content_sha256"])
+                         resolved, meta["content_sha256"], meta["skipped"])
 
 
 CACHE_DIR = ".corpus-cache"  # under the runs directory: encoded corpora, shared by runs
@@ -146,6 +150,8 @@ def load_corpus(paths: Sequence[str | Path], encoding: str, runs_root: str | Pat
         raise
     summary = {"default": default, "paths": [str(Path(p).resolve()) for p in paths],
                "encoding": encoding, "chars": corpus.num_chars, "fingerprint": corpus.fingerprint}
+    if corpus.skipped["count"]:
+        summary["skipped"] = corpus.skipped
     return corpus, summary
 
 
@@ -186,6 +192,11 @@ def _read_meta(directory: Path, fingerprint: dict) -> dict | None:
                 and meta.get("version") == VERSION and meta.get("fingerprint") == fingerprint):
             return None
         chars, num_chars = Vocabulary(meta["chars"]).chars, meta["num_chars"]
+        skipped = meta["skipped"]
+        if not (isinstance(skipped, dict) and type(skipped.get("count")) is int
+                and isinstance(skipped.get("names"), list)
+                and all(isinstance(n, str) for n in skipped["names"])):
+            return None
         if not isinstance(meta["content_sha256"], str) or not (
                 isinstance(meta["counts"], list) and len(meta["counts"]) == len(chars)
                 and all(type(n) is int and n > 0 for n in meta["counts"])):
@@ -211,7 +222,7 @@ def _build(directory: Path, paths: list, encoding: str, fingerprint: dict,
         raise _unwritable(directory, e) from None
     try:
         with os.fdopen(fd, "wb") as out:
-            chars, num_chars = _scan(paths, encoding, block_bytes, progress)
+            chars, num_chars, skipped = _scan(paths, encoding, block_bytes, progress)
             dtype = dtype_for(len(chars))
             written, content, counts = _write_ids(out, paths, encoding, Vocabulary(chars), dtype,
                                                   block_bytes, progress)
@@ -220,7 +231,8 @@ def _build(directory: Path, paths: list, encoding: str, fingerprint: dict,
             raise _changed(paths)
         meta = {"format": FORMAT, "version": VERSION, "encoding": encoding, "dtype": dtype.name,
                 "num_chars": num_chars, "chars": chars, "fingerprint": fingerprint,
-                "content_sha256": content, "counts": counts}
+                "content_sha256": content, "counts": counts,
+                "skipped": {"count": len(skipped), "names": [str(f) for f in skipped[:SKIPPED_NAMES]]}}
         (directory / META_FILE).unlink(missing_ok=True)  # uncommit before replacing ids.bin
         os.replace(tmp, directory / IDS_FILE)
         atomic_write_text(directory / META_FILE, json.dumps(meta))  # commit
@@ -234,9 +246,10 @@ def _build(directory: Path, paths: list, encoding: str, fingerprint: dict,
 
 
 def _scan(paths: list, encoding: str, block_bytes: int,
-          progress: Progress | None) -> tuple[list[str], int]:
-    """Pass 1: (distinct characters in code-point order, number of characters)."""
-    count = 0
+          progress: Progress | None) -> tuple[list[str], int, list[Path]]:
+    """Pass 1: (distinct characters in code-point order, number of characters, the files of
+    directories skipped as binary, undecodable or unreadable)."""
+    count, skipped = 0, []
 
     def counted(blocks):
         nonlocal count
@@ -244,8 +257,8 @@ def _scan(paths: list, encoding: str, block_bytes: int,
             count += len(block)
             yield block
 
-    vocab = Vocabulary.from_blocks(counted(iter_text(paths, encoding, block_bytes, progress)))
-    return vocab.chars, count
+    vocab = Vocabulary.from_blocks(counted(iter_text(paths, encoding, block_bytes, progress, skipped)))
+    return vocab.chars, count, skipped
 
 
 def _write_ids(out, paths: list, encoding: str, vocab: Vocabulary, dtype: np.dtype,

@@ -36,6 +36,11 @@ def describe_run(run: str | None, runs_dir: str | Path) -> str:
         f"last {meta['checkpoints'].get('last', '-')}",
         f"corpus:           {corpus.get('chars', 0):,} characters from {sources}",
     ]
+    skipped = corpus.get("skipped")
+    if skipped:
+        more = ", ..." if skipped["count"] > len(skipped["names"]) else ""
+        lines.append(f"skipped files:    {skipped['count']:,} binary, undecodable or unreadable "
+                     f"(in the corpus directories): {', '.join(skipped['names'])}{more}")
     folded = corpus.get("folded")
     if folded:
         lines.append(f"rare characters:  {folded['rare_chars']:,} distinct characters seen fewer than "

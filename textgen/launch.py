@@ -43,6 +43,7 @@ BUDGET_OPTIONS = {"epochs", "steps", "minutes"}
 # So may the strategy: a run moves freely between one device, several and several hosts.
 RESUMABLE_OPTIONS = BUDGET_OPTIONS | {"eval_every", "eval_batches", "log_every", "keep",
                                       "learning_rate", "patience", "strategy"}
+BUDGET_SPENT = "budget already reached"  # launch's stop reason when a resumed run had nothing left
 
 
 @dataclasses.dataclass
@@ -75,7 +76,8 @@ def launch(corpus: list[str], model_options: dict, train_options: dict, runs_roo
            show_progress: bool = True, echo: Callable[[str], None] = print,
            allow_corpus_change: bool = False):
     """Train a new run, or continue one (arguments: see `RunRequest`). Returns (run_dir, stop
-    reason, progress).
+    reason, progress); the reason is BUDGET_SPENT when a resumed run had no budget left (and
+    `echo` has said so).
 
     When the reason is a signal's name, a checkpoint of the step it stopped at was written and
     `echo` has been told where it is."""
@@ -108,7 +110,12 @@ def _launch(request: RunRequest, echo):
             if chief:
                 ckpt.recover(run_dir, meta)
             trainer.restore(ckpt.checkpoint_dir(run_dir, meta, "last"))
-            echo(f"resuming {run_dir} at step {trainer.progress.step}")
+            _tell_skipped(trainer.meta["corpus"], echo)
+            if _budget_spent(trainer):  # say so in one line rather than draw a full bar
+                echo(f"budget reached; pass --steps/--minutes to train further ({run_dir} is at step "
+                     f"{trainer.progress.step:,}, epoch {trainer.progress.epoch})")
+                return run_dir, BUDGET_SPENT, trainer.progress
+            echo(f"resuming {run_dir} at step {trainer.progress.step}, {trainer.config.precision}")
         elif not is_chief_task(strategy):
             trainer, run_dir = _prepare_new(request, chief=False)
             stop = stack.enter_context(StopRequest())
@@ -117,13 +124,35 @@ def _launch(request: RunRequest, echo):
         else:
             trainer, run_dir = _prepare_new(request, chief=True)
             stop = _create_run(trainer, run_dir, stack)
-            summary, c = trainer.meta["corpus"], trainer.config
+            summary = trainer.meta["corpus"]
+            _tell_skipped(summary, echo)
+            # one short line; why this precision (--precision auto's reason) is in `textgen info`
             echo(f"training {run_dir}: {summary['chars']:,} characters, vocabulary {trainer.vocab.size}, "
-                 f"{c.precision} ({trainer.meta['precision_reason']})")
+                 f"{trainer.config.precision}")
         reason = trainer.run(_hooks(trainer, request.show_progress), stop=stop)
         if reason not in ("budget", "early stopping"):
             echo(f"{reason}: saved checkpoint {run_dir / trainer.meta['checkpoints']['last']}")
     return run_dir, reason, trainer.progress
+
+
+def _budget_spent(trainer) -> bool:
+    """Whether a reopened run's step or epoch budget is already spent (--minutes counts per
+    session, so it never is at the start)."""
+    from textgen.policy import budget_reached
+
+    c, p = trainer.config, trainer.progress
+    return budget_reached(p.step, p.epoch, c.steps, c.epoch_budget(), out_of_time=False)
+
+
+def _tell_skipped(summary: dict, echo) -> None:
+    """One line naming the corpus directories' files that were skipped (binary, undecodable or
+    unreadable), also when the corpus came from the cache."""
+    skipped = summary.get("skipped")
+    if skipped:
+        more = ", ..." if skipped["count"] > len(skipped["names"]) else ""
+        echo(f"skipped {skipped['count']:,} binary, undecodable or unreadable "
+             f"file{'s' if skipped['count'] != 1 else ''} in the corpus directories: "
+             f"{', '.join(skipped['names'])}{more}")
 
 
 def _hooks(trainer, show_progress: bool) -> list:
@@ -134,7 +163,9 @@ def _hooks(trainer, show_progress: bool) -> list:
 
     c = trainer.config
     total = total_steps(c.steps, c.epoch_budget(), trainer.train_data.num_windows)
-    return [TrainingBar(total, trainer.progress.step, show=show_progress),
+    history = trainer.progress.history
+    last_val = history[-1]["val_bpc"] if history else None  # a resumed run's last validation
+    return [TrainingBar(total, trainer.progress.step, show=show_progress, val_bpc=last_val),
             TensorBoardLog(trainer.run_dir, write=trainer.chief)]
 
 
