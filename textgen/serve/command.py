@@ -126,12 +126,12 @@ def serve_runs(runs: list[str], runs_dir: str, which: str, config: ServeConfig,
     `echo` gets the line with the URL (once ready), `log` progress notes (and --log-requests).
     """
     config.validate()
-    sock = listen(config.host, config.port)  # a busy port fails before minutes of compiling
-    models = load_models(runs, runs_dir, which, config, warn)
-    counters = Counters(ready=False)
     if not (is_loopback(config.host) or config.api_key):
         (warn or log)(f"serving on {config.host}, beyond this machine, with no API key: anyone who "
                       "can reach the port can use it; set TEXTGEN_API_KEY to require a key")
+    sock = listen(config.host, config.port)  # a busy port fails before minutes of compiling
+    models = load_models(runs, runs_dir, which, config, warn)
+    counters = Counters(ready=False)
 
     def closing() -> None:
         counters.closing = True
