@@ -37,6 +37,9 @@ class RequestLog:
 
         try:
             await self.app(scope, receive, sending)
+        except Exception:
+            status = 500 if status == "-" else status  # Starlette's outermost middleware answers it
+            raise
         finally:
             characters = state.get("characters")
             path = scope.get("raw_path") or scope["path"].encode()
