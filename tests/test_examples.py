@@ -106,9 +106,10 @@ def run_examples(cases: list[tuple[str, list]]) -> list[subprocess.CompletedProc
     environment without TF_CPP_MIN_LOG_LEVEL (the scripts must quiet TensorFlow themselves)."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["COLUMNS"] = "200"  # argparse's usage on one line, whatever the terminal
-    running = [subprocess.Popen([sys.executable, str(ROOT / "examples" / f"export_{fmt}.py"), *map(str, args)],
-                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for fmt, args in cases]
+    commands = [[sys.executable, str(ROOT / "examples" / f"export_{fmt}.py"), *map(str, args)]
+                for fmt, args in cases]
+    running = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for command in commands]
     results = []
     for process, (fmt, args) in zip(running, cases):
         stdout, stderr = process.communicate(timeout=300)
@@ -131,7 +132,8 @@ def test_export_example_prints_text_and_no_tensorflow_notices(fmt, exports):
 def test_export_example_answers_bad_arguments_with_the_usage_and_one_line(fmt, exports, tmp_path):
     cases = [
         ([], "the following arguments are required: export_dir"),
-        ([exports / fmt, "the \u00a9\u20ac"], "the prime has characters the model never saw: '\u00a9' '\u20ac'"),
+        ([exports / fmt, "the \u00a9\u20ac"],
+         "the prime has characters the model never saw: '\u00a9' '\u20ac'"),
         ([exports / fmt, ""], "the prime is empty"),
         ([tmp_path, "the "], f"{tmp_path} is not a textgen export (it has no vocab.json)"),
     ]

@@ -209,7 +209,8 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig, counters: Co
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     middleware = [Middleware(RequestLog, log=log)] if config.log_requests and log else []
-    middleware += [*guards(config, config.port if port is None else port), Middleware(Starting, counters=counters)]
+    middleware += guards(config, config.port if port is None else port)
+    middleware.append(Middleware(Starting, counters=counters))  # innermost: after the checks
     return Starlette(routes=routes, middleware=middleware,
                      exception_handlers={HTTPException: http_error, 500: server_error})
 
