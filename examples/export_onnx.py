@@ -1,7 +1,7 @@
 """Text from a `textgen export --format onnx` export with onnxruntime alone (pip install onnxruntime):
 python examples/export_onnx.py EXPORT_DIR [PRIME] [LENGTH] [TEMPERATURE]"""
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,18 @@ class TextGenerator:
         return "".join(self.chars[i] for i in ids)
 
 
-if __name__ == "__main__":
-    export_dir, prime, length, temperature = (sys.argv[1:] + ["\n", "500", "0"][len(sys.argv) - 2:])[:4]
-    print(TextGenerator(export_dir).generate(prime, int(length), float(temperature)))
+if __name__ == "__main__":  # usage, one line and exit 2 for bad arguments (as argparse does)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("export_dir")
+    parser.add_argument("prime", nargs="?", default="\n")
+    parser.add_argument("length", nargs="?", type=int, default=500)
+    parser.add_argument("temperature", nargs="?", type=float, default=0.0)
+    args = parser.parse_args()
+    if not (Path(args.export_dir) / "vocab.json").is_file():
+        parser.error(f"{args.export_dir} is not a textgen export (it has no vocab.json)")
+    generator = TextGenerator(args.export_dir)
+    unknown = " ".join(map(repr, sorted(set(args.prime) - set(generator.chars))))
+    if unknown or not args.prime:
+        parser.error(f"the prime has characters the model never saw: {unknown}" if unknown
+                     else "the prime is empty")
+    print(generator.generate(args.prime, args.length, args.temperature))

@@ -1,10 +1,19 @@
 """Text from a `textgen export --format savedmodel` export with TensorFlow alone (no textgen needed):
 python examples/export_savedmodel.py EXPORT_DIR [PRIME] [LENGTH] [TEMPERATURE]"""
+import argparse
 import json
-import sys
+import os
 from pathlib import Path
 
-import tensorflow as tf
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ notices (no CUDA, CPU features) off
+terminal, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)  # absl prints a few lines before
+os.dup2(null, 2)  # TF_CPP_MIN_LOG_LEVEL applies: file descriptor 2 goes nowhere meanwhile
+try:
+    import tensorflow as tf
+finally:
+    os.dup2(terminal, 2)
+    for fd in (terminal, null):
+        os.close(fd)
 
 
 class TextGenerator:
@@ -32,6 +41,18 @@ class TextGenerator:
         return prime + "".join(self.chars[i] for i in out["ids"].numpy())
 
 
-if __name__ == "__main__":
-    export_dir, prime, length, temperature = (sys.argv[1:] + ["\n", "500", "0"][len(sys.argv) - 2:])[:4]
-    print(TextGenerator(export_dir).generate(prime, int(length), float(temperature)))
+if __name__ == "__main__":  # usage, one line and exit 2 for bad arguments (as argparse does)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("export_dir")
+    parser.add_argument("prime", nargs="?", default="\n")
+    parser.add_argument("length", nargs="?", type=int, default=500)
+    parser.add_argument("temperature", nargs="?", type=float, default=0.0)
+    args = parser.parse_args()
+    if not (Path(args.export_dir) / "vocab.json").is_file():
+        parser.error(f"{args.export_dir} is not a textgen export (it has no vocab.json)")
+    generator = TextGenerator(args.export_dir)
+    unknown = " ".join(map(repr, sorted(set(args.prime) - set(generator.chars))))
+    if unknown or not args.prime:
+        parser.error(f"the prime has characters the model never saw: {unknown}" if unknown
+                     else "the prime is empty")
+    print(generator.generate(args.prime, args.length, args.temperature))

@@ -1,7 +1,9 @@
-"""A `textgen serve` process for the tests: started on a free port, ready once it printed its URL."""
+"""A `textgen serve` process for the tests: started on a free port, listening once it said so on
+stderr, ready once it printed its URL on stdout."""
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import subprocess
@@ -15,13 +17,15 @@ START_TIMEOUT = 180  # seconds for a server to load, compile and listen
 class Server:
     """`textgen serve ... --port 0` in its own process; `url` once it printed that it is ready.
     `textgen` is `python -m textgen` of this interpreter unless another command is given (the
-    packaging test's installed script), run in `cwd` with `env`."""
+    packaging test's installed script), run in `cwd`; `env`: variables set in the environment (a
+    value of None removes that variable)."""
 
-    def __init__(self, *args, textgen: list[str] | None = None, cwd=None, env=None):
+    def __init__(self, *args, textgen: list[str] | None = None, cwd=None, env: dict | None = None):
         textgen = textgen or [sys.executable, "-m", "textgen"]
         command = [*textgen, "serve", *map(str, args), "--port", "0"]
+        environment = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        encoding="utf-8", cwd=cwd, env=env)
+                                        encoding="utf-8", cwd=cwd, env=environment)
         self.lines: queue.Queue = queue.Queue()
         self.stderr: list[str] = []
         threading.Thread(target=self._read, args=(self.process.stdout, self.lines), daemon=True).start()
@@ -33,6 +37,16 @@ class Server:
         for line in stream:
             lines.put(line)
         lines.put(None)
+
+    def wait_listening(self) -> str:
+        """The URL, once the process said on stderr that it listens (it compiles its runs after)."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline and self.process.poll() is None:
+            match = re.search(r"listening at (http://127\.0\.0\.1:\d+)/", "".join(self.stderr))
+            if match:
+                return match.group(1)
+            time.sleep(0.02)
+        raise AssertionError(f"server did not listen: {''.join(self.stderr)[-3000:]}")
 
     def wait_ready(self) -> str:
         deadline = time.monotonic() + START_TIMEOUT

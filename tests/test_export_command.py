@@ -299,10 +299,10 @@ def test_keras_config_round_trips(run_dir):
     assert LSTMCell.from_config(layer.cell.get_config()).units == 128
 
 
-def test_examples_are_at_most_40_lines():
+def test_examples_are_at_most_65_lines():
     for name in FORMATS:
         lines = (ROOT / "examples" / f"export_{name}.py").read_text(encoding="utf-8").splitlines()
-        assert len(lines) <= 40 and max(map(len, lines)) <= 110, name
+        assert len(lines) <= 65 and max(map(len, lines)) <= 110, name
 
 
 def test_help_lists_the_options_and_loads_no_tensorflow(tmp_path):

@@ -83,7 +83,7 @@ def test_the_installed_wheel_carries_every_subpackage_and_serves_both_pages(venv
     elsewhere.mkdir()
     env = outside_env()
     server = Server(trained_run, "--runs-dir", trained_run.parent, "--max-batch", "1",
-                    textgen=[str(venv / "bin" / "textgen")], cwd=elsewhere, env=env)
+                    textgen=[str(venv / "bin" / "textgen")], cwd=elsewhere, env={**env, "PYTHONPATH": None})
     try:  # the server compiles while the probe runs
         subpackages = sorted(p.parent.relative_to(PACKAGE).as_posix().replace("/", ".")
                              for p in PACKAGE.rglob("__init__.py") if p.parent != PACKAGE)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -303,6 +304,70 @@ def test_a_client_that_disconnects_stops_costing_compute(url):
     key = 'textgen_characters_generated_total{model="tiny"}'
     assert after[key] == before[key]
     assert after['textgen_chunks_total{model="tiny"}'] == before['textgen_chunks_total{model="tiny"}']
+
+
+def test_an_n_choice_request_whose_client_leaves_after_one_choice_ends_and_holds_nothing(url):
+    """n = 9 on 8 slots: choices 0-7 finish together, then choice 8 runs alone; the client leaves
+    then. The request must end (it used to wait forever for a finish reported twice)."""
+    per_choice = 100_000
+    before = wait_idle(url)
+    key = 'textgen_characters_generated_total{model="tiny"}'
+    body = json.dumps({"prompt": "the", "max_tokens": per_choice, "n": 9}).encode()
+    port = int(url.rsplit(":", 1)[1])
+    # a raw socket: the one client that can walk away from a non-streaming request mid-answer
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (port, len(body), body))
+        deadline = time.monotonic() + 120
+        while True:  # until choices 0-7 have finished and choice 8 is generating
+            m = metrics(url)
+            if m[key] - before[key] >= 8 * per_choice and m['textgen_batch_size{model="tiny"}'] == 1:
+                break
+            assert time.monotonic() < deadline, m
+            time.sleep(0.01)
+        assert m["textgen_responses_waiting"] == 1
+    after = wait_idle(url)  # choice 8 left the batch
+    assert after[key] - before[key] < 9 * per_choice  # it left unfinished: the client had gone
+    deadline = time.monotonic() + 10
+    while metrics(url)["textgen_responses_waiting"] != 0:  # and the request itself ended
+        assert time.monotonic() < deadline, "the request still waits for its choices"
+        time.sleep(0.05)
+
+
+def test_pages_of_other_sites_and_other_host_names_are_refused(url):
+    """Any page can POST text/plain to 127.0.0.1, and DNS rebinding gives it a name of its own
+    for it: neither gets an answer, and neither costs compute."""
+    port = url.rsplit(":", 1)[1]
+    key = 'textgen_characters_generated_total{model="tiny"}'
+    before = wait_idle(url)
+    body = '{"prompt": "the", "max_tokens": 500}'
+    cases = [  # (headers, status, code)
+        ({"Content-Type": "text/plain", "Origin": "https://evil.example"}, 403, "origin_not_allowed"),
+        ({"Content-Type": "application/json", "Origin": "https://evil.example"}, 403, "origin_not_allowed"),
+        ({"Content-Type": "application/json", "Origin": "null"}, 403, "origin_not_allowed"),
+        ({"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
+        ({}, 415, "unsupported_media_type"),
+        ({"Content-Type": "application/json", "Host": f"attacker.example:{port}"}, 421, "host_not_allowed"),
+        ({"Content-Type": "application/json", "Host": f"127.0.0.1:{int(port) + 1}"}, 421, "host_not_allowed"),
+        ({"Content-Type": "application/json", "Host": "127.0.0.1"}, 421, "host_not_allowed"),
+    ]
+    for headers, status, code in cases:
+        response = httpx.post(f"{url}/v1/completions", content=body, headers=headers, timeout=30)
+        assert response.status_code == status, (headers, response.text)
+        assert response.headers["content-type"] == "application/json"
+        assert response.json()["error"]["code"] == code and len(response.text.splitlines()) == 1
+    for path in ("/v1/models", "/metrics", "/"):
+        response = httpx.get(f"{url}{path}", headers={"Host": f"rebound.example:{port}"}, timeout=10)
+        assert response.status_code == 421, path
+    assert metrics(url)[key] == before[key]  # nothing was generated for them
+    # this server's own names and origin are answered
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}", f"[::1]:{port}"):
+        response = httpx.post(f"{url}/v1/completions", content=body, timeout=30,
+                              headers={"Content-Type": "application/json; charset=utf-8", "Host": host,
+                                       "Origin": f"http://{host}"})
+        assert response.status_code == 200, (host, response.text)
+        assert len(response.json()["choices"][0]["text"]) == 500
 
 
 def test_a_full_queue_is_refused_with_429(url):

@@ -55,7 +55,7 @@ def test_several_runs_are_served_by_name(doomed_servers):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_ends_streams_cleanly_and_the_server_exits_0(doomed_servers, sig):
     server = doomed_servers[sig]
-    body = {"prompt": "h\u00e9llo ", "max_tokens": 1_000_000, "stream": True, "n": 2}
+    body = {"model": "multi", "prompt": "h\u00e9llo ", "max_tokens": 1_000_000, "stream": True, "n": 2}
     raw = bytearray()
     with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as response:
         parts = response.iter_raw()
@@ -92,10 +92,24 @@ def test_a_busy_port_and_bad_limits_are_one_line_errors(trained_run):
     assert result.stderr.startswith(f"Error: cannot listen on 127.0.0.1:{port}:")
     assert "--port" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    for option, message in (("--max-batch", "--max-batch must be at least 1"),
-                            ("--max-tokens", "--max-tokens must be at least 1")):
-        result = invoke("serve", trained_run, option, "0")
+    for options, message in ((["--max-batch", "0"], "--max-batch must be at least 1"),
+                             (["--max-tokens", "0"], "--max-tokens must be at least 1"),
+                             (["--allow-host", "http://example.com"], "--allow-host takes a host name"),
+                             (["--allow-host", "example.com:80"], "--allow-host takes a host name"),
+                             (["--allow-origin", "example.com"], "--allow-origin takes an origin"),
+                             (["--allow-origin", "https://a.example/x"], "--allow-origin takes an origin"),
+                             (["--api-key", ""], "the API key (--api-key or TEXTGEN_API_KEY) must be")):
+        result = invoke("serve", trained_run, *options)
         assert result.exit_code == 2 and message in result.stderr, describe(result)
+        assert len(result.stderr.strip().splitlines()) == 1
+    # beyond loopback without a key: a warning first (192.0.2.1 is a documentation address: the
+    # listen then fails, so nothing is opened to a network here)
+    result = invoke("serve", trained_run, "--host", "192.0.2.1")
+    assert result.exit_code == 2 and result.stderr.startswith(
+        "Warning: serving on 192.0.2.1, beyond this machine, with no API key"), describe(result)
+    assert "cannot listen on 192.0.2.1:8000" in result.stderr
+    result = invoke("serve", trained_run, "--host", "192.0.2.1", env={"TEXTGEN_API_KEY": "k"})
+    assert result.exit_code == 2 and result.stderr.startswith("Error: cannot listen"), describe(result)
     result = invoke("serve", "no-such-run", "--runs-dir", trained_run.parent)
     assert result.exit_code == 2 and result.stderr.startswith("Error:"), describe(result)
     result = invoke("serve", trained_run, trained_run, "--port", "0")

@@ -314,6 +314,10 @@ def viz(run, file, runs_dir, checkpoint, prime, sample_length, seed, out, encodi
 @checkpoint_option
 @click.option("--host", default=_SV.host, show_default=True, help="Address to listen on; 127.0.0.1 is this machine only (give 0.0.0.0 to open it to the network).")
 @click.option("--port", type=int, default=_SV.port, show_default=True, help="Port to listen on (0: any free port).")
+@click.option("--allow-host", multiple=True, default=_SV.allow_host, metavar="NAME", help="Answer requests addressed to NAME too (a Host header beside 127.0.0.1, localhost, [::1] and --host); repeatable; '*' turns the check off.")
+@click.option("--allow-origin", multiple=True, default=_SV.allow_origin, metavar="ORIGIN", help="Let web pages from ORIGIN (such as https://app.example.com) call the API; repeatable. Pages from other sites are refused.")
+@click.option("--api-key", envvar="TEXTGEN_API_KEY", show_envvar=True, default=_SV.api_key, metavar="KEY", help="Require 'Authorization: Bearer KEY' on the API (/v1/); give it through the environment variable, which ps does not show. Use it whenever --host is not 127.0.0.1.")
+@click.option("--log-requests", is_flag=True, default=_SV.log_requests, help="Print one line per request: time, method, path, status, characters generated, milliseconds.")
 @click.option("--max-batch", type=int, default=_SV.max_batch, show_default=True, help="Choices generated side by side in one compiled loop.")
 @click.option("--max-queue", type=int, default=_SV.max_queue, show_default=True, help="Choices that may wait for a free slot; beyond, requests get HTTP 429.")
 @click.option("--max-prompt", type=int, default=_SV.max_prompt, show_default=True, help="Most characters in one prompt.")

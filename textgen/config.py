@@ -326,37 +326,64 @@ class VizConfig:
 
 @dataclass
 class ServeConfig:
-    """`textgen serve`: where it listens, how many requests share the compiled loop, and the
-    limits that keep any request from holding unbounded memory or compute."""
+    """`textgen serve`: where it listens, who may talk to it, how many requests share the compiled
+    loop, and the limits that keep any request from holding unbounded memory or compute."""
 
     host: str = "127.0.0.1"  # loopback only; another host only when asked for
     port: int = 8000
+    allow_host: tuple[str, ...] = ()  # Host names answered beyond loopback's and --host's ("*": any)
+    allow_origin: tuple[str, ...] = ()  # web origins (scheme://host[:port]) whose pages may call the API
+    api_key: str | None = dataclasses.field(default=None, repr=False)  # Bearer key the API then requires
+    log_requests: bool = False  # one line per request on stderr
     max_batch: int = 64  # rows (choices) generated side by side in one compiled loop
     chunk: int = 64  # characters per row per graph call: the join/leave and cancel granularity
     max_queue: int = 256  # rows waiting for a free slot; more requests get 429
     max_prompt: int = 4096  # characters in one prompt
     max_tokens: int = 4096  # characters one choice may ask for
-    default_max_tokens: int = 256  # when a request gives no max_tokens
+    default_max_tokens: int = 256  # when a request gives no max_tokens (or --max-tokens if smaller)
     max_n: int = 16  # choices per request (n x number of prompts)
     max_trace: int = 8192  # characters one /v1/trace request may trace (the playground's colouring)
     max_body_bytes: int = 1 << 20  # request bodies larger than this are refused (413)
     shutdown_timeout: float = 10.0  # seconds a graceful shutdown waits for responses to end
 
+    @property
+    def request_max_tokens(self) -> int:
+        """max_tokens of a request that gives none: the default, or --max-tokens if smaller."""
+        return min(self.default_max_tokens, self.max_tokens)
+
     def validate(self) -> None:
         """Refuse option values that cannot serve, one line."""
         problems = []
         for name in ("max_batch", "chunk", "max_queue", "max_prompt", "max_tokens", "max_n",
-                     "max_trace", "max_body_bytes"):
+                     "max_trace", "max_body_bytes", "default_max_tokens"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
             problems.append(f"--port must be between 0 and 65535, got {self.port}")
-        if not 1 <= self.default_max_tokens <= max(self.max_tokens, 1):
-            problems.append(f"the default max_tokens ({self.default_max_tokens}) must be between 1 "
-                            f"and --max-tokens ({self.max_tokens})")
         if self.max_prompt + self.max_tokens > INT32_MAX - self.chunk:  # the loop counts steps in int32
             problems.append(f"--max-prompt + --max-tokens must be below {INT32_MAX - self.chunk:,}")
         if self.max_n > self.max_queue:
             problems.append(f"--max-n ({self.max_n}) must not exceed --max-queue ({self.max_queue})")
+        problems += _access_problems(self)
         if problems:
             raise TextgenError("; ".join(problems))
+
+
+def _access_problems(config: ServeConfig) -> list[str]:
+    """What is wrong with `serve`'s --allow-host, --allow-origin and --api-key values."""
+    problems = []
+    for name in config.allow_host:
+        if not name or any(c in name for c in "/@ \t") or (name.count(":") == 1):
+            problems.append(f"--allow-host takes a host name or address without scheme or port "
+                            f"(such as example.com), got {name!r}")
+    for origin in config.allow_origin:
+        scheme, _, rest = origin.partition("://")
+        if origin not in ("*", "null") and (scheme not in ("http", "https") or not rest
+                                            or any(c in rest for c in "/?# ")):
+            problems.append(f"--allow-origin takes an origin such as https://app.example.com (scheme, "
+                            f"host and port only), got {origin!r}")
+    key = config.api_key
+    if key is not None and (not key or not key.isprintable() or " " in key):
+        problems.append("the API key (--api-key or TEXTGEN_API_KEY) must be non-empty printable "
+                        "characters without spaces")
+    return problems

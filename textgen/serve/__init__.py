@@ -2,6 +2,8 @@
 
     command.py          the entry `textgen serve` calls: load runs, compile, listen (uvicorn)
     app.py              the Starlette application: routes, limits, metrics, streaming
+    guard.py            who may call it: Host, Origin, API key, JSON bodies (ASGI middleware)
+    request_log.py      --log-requests: one line per request
     completions.py      /v1/completions requests and responses in OpenAI's shapes
     batching.py         the engine that batches every open choice into one compiled loop
     batched_sampler.py  that compiled loop: many rows sampled side by side, chunk by chunk

@@ -4,7 +4,9 @@ metrics, on Starlette and uvicorn, with one batching `Engine` per served run.
 Routes: `POST /v1/completions` (JSON, or server-sent events with `"stream": true`), `GET /v1/models`,
 `GET /healthz`, `GET /metrics` (Prometheus text format), `GET /` (the playground) and `/static/`,
 and textgen's own `POST /v1/trace` (one cell's value at every character, `textgen.serve.trace_api`).
-Every error is JSON `{"error": {"message", "type", "param", "code"}}`.
+Every error is JSON `{"error": {"message", "type", "param", "code"}}`. Requests pass the checks of
+`textgen.serve.guard` (Host, Origin, API key, JSON bodies) first; while the runs compile, the API
+answers 503 and /healthz `{"status": "starting"}`.
 
 When the engines close (textgen.serve.command does so on SIGINT/SIGTERM), every open stream gets its
 last text, a final chunk with finish_reason "abort" and `data: [DONE]`.
@@ -18,10 +20,12 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Mount, Route
@@ -39,6 +43,8 @@ from textgen.serve.completions import (
 )
 from textgen.config import ServeConfig
 from textgen.serve.batching import Engine, EngineClosed, Finish, Job, QueueFull
+from textgen.serve.guard import guards
+from textgen.serve.request_log import RequestLog
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -66,7 +72,8 @@ class ServedModel:
 
 @dataclass
 class Counters:
-    """The server's own counters for /metrics (the engines keep theirs), and whether it is closing.
+    """The server's own counters for /metrics (the engines keep theirs), and whether it is ready
+    (its runs compiled) or closing.
 
     Example:
         >>> counters = Counters(); counters.count(200); counters.requests
@@ -76,6 +83,8 @@ class Counters:
     started: float = field(default_factory=time.time)
     requests: dict = field(default_factory=dict)  # HTTP status -> completion requests answered
     streams: int = 0  # streams open now
+    answering: int = 0  # non-streaming completion requests being answered now
+    ready: bool = True  # False while the runs compile
     closing: bool = False
 
     def count(self, status: int) -> None:
@@ -104,8 +113,13 @@ async def read_json(request: Request, limit: int):
         raise RequestError(f"the request body is not valid JSON: {str(e)[:200]}") from None
 
 
-def create_app(models: dict[str, ServedModel], config: ServeConfig, counters: Counters | None = None):
-    """The Starlette application serving `models` (by name) under the limits of `config`."""
+def create_app(models: dict[str, ServedModel], config: ServeConfig, counters: Counters | None = None,
+               port: int | None = None, log: Callable[[str], None] | None = None):
+    """The Starlette application serving `models` (by name) under the limits of `config`.
+
+    `port`: the port it listens on (default config.port; the real one when that is 0), which the
+    Host check needs; `log`: where --log-requests lines go.
+    """
     counters = counters or Counters()
     vocabs = {name: served.vocab for name, served in models.items()}
     shapes = {name: (served.details["layers"], served.details["units"]) for name, served in models.items()}
@@ -124,12 +138,17 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig, counters: Co
         counters.count(200)
         texts = [ChoiceText(i, completion.prompt_of(i), completion.echo, completion.logprobs)
                  for i in range(len(completion.choices))]
+        request.state.characters = lambda: sum(t.generated for t in texts)  # for --log-requests
         if completion.stream:
             # the background task also covers a client gone before the first event was written
             return StreamingResponse(_stream(completion, job, queue, texts, counters),
                                      media_type="text/event-stream", background=BackgroundTask(job.cancel),
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await _respond(request, completion, job, queue, texts)
+        counters.answering += 1
+        try:
+            return await _respond(request, completion, job, queue, texts)
+        finally:
+            counters.answering -= 1
 
     async def trace(request: Request):
         """POST /v1/trace: one cell's values over a text, and the ranked cells (textgen.serve.trace_api)."""
@@ -157,9 +176,9 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig, counters: Co
         return JSONResponse(_model_object(models[name]))
 
     async def healthz(request: Request):
-        """GET /healthz: 200 while serving, 503 once shutting down."""
-        status = "shutting down" if counters.closing else "ok"
-        return JSONResponse({"status": status, "models": list(models)}, 503 if counters.closing else 200)
+        """GET /healthz: 200 while serving, 503 while the runs compile and once shutting down."""
+        status = "shutting down" if counters.closing else "starting" if not counters.ready else "ok"
+        return JSONResponse({"status": status, "models": list(models)}, 200 if status == "ok" else 503)
 
     async def metrics(request: Request):
         """GET /metrics: Prometheus text."""
@@ -189,7 +208,25 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig, counters: Co
         Route("/", page, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, 500: server_error})
+    middleware = [Middleware(RequestLog, log=log)] if config.log_requests and log else []
+    middleware += guards(config, config.port if port is None else port)
+    middleware.append(Middleware(Starting, counters=counters))  # innermost: after the checks
+    return Starlette(routes=routes, middleware=middleware,
+                     exception_handlers={HTTPException: http_error, 500: server_error})
+
+
+class Starting:
+    """ASGI middleware: the API answers 503 while the runs compile (the engines are not running yet)."""
+
+    def __init__(self, app, counters: Counters):
+        self.app, self.counters = app, counters
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and not self.counters.ready and scope["path"].startswith("/v1/"):
+            body = error_body("the server is starting (compiling its runs); GET /healthz answers 200 "
+                              "once it is ready", "server_error", None, "starting")
+            return await JSONResponse(body, 503, headers={"Retry-After": "5"})(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def _submit(engine: Engine, completion: Completion):
@@ -213,10 +250,12 @@ def _submit(engine: Engine, completion: Completion):
 
 
 async def _events(queue: asyncio.Queue, count: int):
-    """Lists of engine events until all `count` choices have finished."""
-    while count:
+    """Lists of engine events until every one of the `count` choices has finished (a choice may be
+    reported finished twice: by the engine, then by `_respond` when the client goes away)."""
+    waiting = set(range(count))
+    while waiting:
         events = await queue.get()
-        count -= sum(isinstance(e, Finish) for e in events)
+        waiting -= {e.index for e in events if isinstance(e, Finish)}
         yield events
 
 
@@ -290,6 +329,8 @@ def render_metrics(models: dict[str, ServedModel], counters: Counters) -> str:
     metric("requests_total", "counter", "Completion requests answered, by HTTP status.",
            [(f'{{status="{status}"}}', n) for status, n in sorted(counters.requests.items())])
     metric("streams_open", "gauge", "Streaming responses in progress.", [("", counters.streams)])
+    metric("responses_waiting", "gauge", "Non-streaming completion requests being answered.",
+           [("", counters.answering)])
     metric("characters_generated_total", "counter", "Characters generated (prompts not counted).",
            [(labels, e.characters) for labels, e in per_model])
     metric("batch_size", "gauge", "Rows (choices) in the batch now.",

@@ -111,7 +111,7 @@ class RowLoop:
     Returns:
         (ids (rows, chunk), logprobs (rows, chunk): the natural-log probability of each id under
         the model's own distribution (temperature 1, no filter), top_ids and top_logprobs
-        (rows, chunk, TOP_LOGPROBS), zeros unless want_top, new flat states).
+        (rows, chunk, min(TOP_LOGPROBS, vocab)), zeros unless want_top, new flat states).
 
     Example:
         >>> loop = RowLoop(model, chunk=64)
@@ -123,6 +123,7 @@ class RowLoop:
         # The step weights, rearranged once: a server's weights never change, so no chunk pays
         # for the (vocab, 4*units) table and the stacked kernels again.
         self.weights = model.step_weights()
+        self.top = min(TOP_LOGPROBS, model.config.vocab_size)  # alternatives a vocabulary can give
         self.jit_compile = jit_compile
         self._functions: dict[tuple, object] = {}  # one traced function per kind and row count
         self._lock = threading.Lock()
@@ -158,7 +159,7 @@ class RowLoop:
         last, forced, forced_len, position, temperature, top_k, top_p, keys = rows
         count = tf.shape(last)[0]
         weights = self.weights
-        no_top = (tf.zeros((count, TOP_LOGPROBS)), tf.zeros((count, TOP_LOGPROBS), tf.int32))
+        no_top = (tf.zeros((count, self.top)), tf.zeros((count, self.top), tf.int32))
 
         def body(t, last, flat, ids, logprobs, top_ids, top_logprobs):
             logits, states = self.model.step(last, unflatten_state(flat), weights)  # (rows, vocab)
@@ -166,7 +167,7 @@ class RowLoop:
             nxt = tf.where(t < forced_len, tf.gather(forced, t, axis=1), sampled)  # (rows,)
             log_probs = tf.nn.log_softmax(logits)  # (rows, vocab)
             chosen = tf.gather(log_probs, nxt[:, None], batch_dims=1)[:, 0]  # (rows,)
-            best, best_ids = tf.cond(want_top, lambda: tuple(tf.math.top_k(log_probs, TOP_LOGPROBS)),
+            best, best_ids = tf.cond(want_top, lambda: tuple(tf.math.top_k(log_probs, self.top)),
                                      lambda: no_top)
             return (t + 1, nxt, flatten_state(states), ids.write(t, nxt), logprobs.write(t, chosen),
                     top_ids.write(t, best_ids), top_logprobs.write(t, best))

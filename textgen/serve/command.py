@@ -1,9 +1,11 @@
-"""The `textgen serve` command: load each run once, compile its engine, listen, stop cleanly.
+"""The `textgen serve` command: load each run once, listen, compile its engine, serve, stop cleanly.
 
-Binds 127.0.0.1 unless told otherwise. On SIGINT or SIGTERM the engines end their rows at the
-next chunk boundary (each open stream gets a final chunk with finish_reason "abort" and
-`data: [DONE]`), uvicorn waits for the responses to finish and closes the connections, and the
-process exits 0.
+Binds 127.0.0.1 unless told otherwise. The socket listens from the start (a busy port fails before
+the compiling does) and the server answers at once: 503 "starting" until every run's loop is
+compiled (in a background thread), then it prints the URL. On SIGINT or SIGTERM the engines end
+their rows at the next chunk boundary (each open stream gets a final chunk with finish_reason
+"abort" and `data: [DONE]`), uvicorn waits for the responses to finish and closes the
+connections, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
+import threading
 from typing import Callable
 
 import uvicorn
@@ -18,6 +21,7 @@ import uvicorn
 from textgen.config import ServeConfig
 from textgen.errors import TextgenError
 from textgen.serve.app import Counters, ServedModel, create_app
+from textgen.serve.guard import is_loopback
 
 
 class GracefulServer(uvicorn.Server):
@@ -77,8 +81,8 @@ def url_of(sock: socket.socket) -> str:
 
 
 def load_models(runs: list[str], runs_dir: str, which: str, config: ServeConfig,
-                log: Callable[[str], None], warn: Callable[[str], None] | None = None) -> dict:
-    """Load each run once and start its engine, compiled for every batch size: {name: ServedModel}."""
+                warn: Callable[[str], None] | None = None) -> dict:
+    """Load each run once and make its engine (not compiled, not started): {name: ServedModel}."""
     from textgen.serve.batching import Engine
     from textgen.inference import load_run
 
@@ -90,11 +94,6 @@ def load_models(runs: list[str], runs_dir: str, which: str, config: ServeConfig,
     models: dict[str, ServedModel] = {}
     for loaded in runs_loaded:
         engine = Engine(loaded.model, loaded.vocab, config.max_batch, config.chunk, config.max_queue)
-        log(f"{loaded.name}: compiling the generation loop for {len(engine.sizes)} batch sizes "
-            f"(up to {config.max_batch})...")
-        seconds = engine.warm_up()
-        log(f"{loaded.name}: ready in {seconds:.1f} s")
-        engine.start()
         meta, shape = loaded.meta, loaded.meta["model"]
         details = {"layers": shape.num_layers, "units": shape.units, "embedding_dim": shape.embedding_dim,
                    "vocab_size": shape.vocab_size, "parameters": shape.parameter_count(),
@@ -105,33 +104,67 @@ def load_models(runs: list[str], runs_dir: str, which: str, config: ServeConfig,
     return models
 
 
+def warm_up(models: dict, counters: Counters, log: Callable[[str], None]) -> None:
+    """Compile every run's loop for every batch size and start its engine; then mark the server
+    ready. Stops early if the server is closing."""
+    for name, served in models.items():
+        if counters.closing:
+            return
+        log(f"{name}: compiling the generation loop for {len(served.engine.sizes)} batch sizes "
+            f"(up to {served.engine.max_batch})...")
+        seconds = served.engine.warm_up()
+        log(f"{name}: ready in {seconds:.1f} s")
+        served.engine.start()
+    counters.ready = True
+
+
 def serve_runs(runs: list[str], runs_dir: str, which: str, config: ServeConfig,
                echo: Callable[[str], None], log: Callable[[str], None],
                warn: Callable[[str], None] | None = None) -> None:
     """Serve `runs` (names, paths or `latest`; none: the latest) until SIGINT/SIGTERM.
 
-    `echo` gets the line with the URL (once ready), `log` progress notes.
+    `echo` gets the line with the URL (once ready), `log` progress notes (and --log-requests).
     """
     config.validate()
+    if not (is_loopback(config.host) or config.api_key):
+        (warn or log)(f"serving on {config.host}, beyond this machine, with no API key: anyone who "
+                      "can reach the port can use it; set TEXTGEN_API_KEY to require a key")
     sock = listen(config.host, config.port)  # a busy port fails before minutes of compiling
-    models = load_models(runs, runs_dir, which, config, log, warn)
-    counters = Counters()
+    models = load_models(runs, runs_dir, which, config, warn)
+    counters = Counters(ready=False)
 
     def closing() -> None:
         counters.closing = True
         for served in models.values():
             served.engine.close(timeout=0)
 
-    uv_config = uvicorn.Config(create_app(models, config, counters), log_level="warning",
-                               access_log=False, lifespan="off",
+    app = create_app(models, config, counters, port=sock.getsockname()[1], log=log)
+    uv_config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                timeout_graceful_shutdown=config.shutdown_timeout)
     server = GracefulServer(uv_config, on_exit=closing)
-    echo(f"serving {', '.join(models)} at {url_of(sock)} (Ctrl-C to stop)")
+    failed: list[BaseException] = []
+
+    def start() -> None:  # in a thread: uvicorn answers (503 "starting") meanwhile
+        try:
+            warm_up(models, counters, log)
+        except BaseException as e:  # noqa: BLE001 (re-raised by the main thread below)
+            failed.append(e)
+            server.should_exit = True
+            return
+        if counters.ready:
+            echo(f"serving {', '.join(models)} at {url_of(sock)} (Ctrl-C to stop)")
+
+    log(f"listening at {url_of(sock)}; the API answers 503 until the runs are compiled")
+    compiling = threading.Thread(target=start, name="textgen-compile", daemon=True)
+    compiling.start()
     try:
         server.run(sockets=[sock])
     finally:
         closing()
+        compiling.join(timeout=config.shutdown_timeout)  # a compile in progress ends first
         for served in models.values():
             served.engine.close(timeout=config.shutdown_timeout)
         sock.close()
+    if failed:
+        raise failed[0]
     log("stopped")

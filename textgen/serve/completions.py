@@ -102,8 +102,14 @@ def request_field(body: dict, name: str, default, check, requirement: str):
 
 
 def model_name(body: dict, models) -> str:
-    """The served model a request names (default: the first served), 404 if none is called so."""
-    name = request_field(body, "model", next(iter(models)), lambda v: isinstance(v, str), "a string")
+    """The served model a request names (may be left out when one is served: 400 when several
+    are), 404 if none is called so."""
+    name = request_field(body, "model", None, lambda v: isinstance(v, str), "a string")
+    if name is None:
+        if len(models) > 1:
+            raise RequestError(f"'model' is required: this server serves {', '.join(models)}",
+                               param="model")
+        name = next(iter(models))
     if name not in models:
         raise RequestError(f"the model '{name}' does not exist; served here: {', '.join(models)} "
                            "(GET /v1/models lists them)", 404, param="model", code="model_not_found")
@@ -128,7 +134,7 @@ def parse_completion(body, models: dict, config: ServeConfig) -> Completion:
     if n * len(prompts) > config.max_n:
         raise RequestError(f"n x prompts is {n * len(prompts)}; at most {config.max_n} choices per "
                            "request", param="n")
-    max_tokens = request_field(body, "max_tokens", config.default_max_tokens,
+    max_tokens = request_field(body, "max_tokens", config.request_max_tokens,
                                lambda v: is_int(v) and 0 <= v <= config.max_tokens,
                                f"an integer from 0 to {config.max_tokens} (characters)")
     temperature = request_field(body, "temperature", 1.0, lambda v: is_number(v) and v >= 0,
