@@ -25,6 +25,8 @@ import pytest
 
 from conftest import describe, invoke, tree_hashes
 
+from textgen.cell import LSTM
+
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = Path(__file__).with_name("export_probe.py")
 FORMATS = ("savedmodel", "litert", "onnx", "keras")
@@ -231,9 +233,9 @@ def test_batched_streams_are_independent(name, exports, reference):
 
     step = open_runner(name, exports[name][0])
     ids = reference["ids"][:3]
-    batched, _ = step(ids, zero_states(2, 128, batch=3))
+    batched, _ = step(ids, zero_states(2, 128, LSTM, batch=3))
     for row, char_id in enumerate(ids):
-        single, _ = step(np.array([char_id], np.int32), zero_states(2, 128))
+        single, _ = step(np.array([char_id], np.int32), zero_states(2, 128, LSTM))
         np.testing.assert_allclose(batched[row], single[0], atol=1e-5)
 
 
@@ -249,7 +251,7 @@ def test_one_layer_run_exports(export_format, trained_run, tmp_path):
     loaded = load_run(trained_run, trained_run.parent)
     ids = loaded.vocab.encode("the cat sat on the mat\n" * 3).astype(np.int32)
     expected = loaded.model.predict_on_batch(ids[None])[0][0]  # (len, vocab) via Keras's own predict
-    got = feed(open_runner(export_format, tmp_path / "out"), ids, num_layers=1, units=16)
+    got = feed(open_runner(export_format, tmp_path / "out"), ids, num_layers=1, units=16, cell=LSTM)
     assert np.abs(got - expected).max() <= 1e-4
     manifest = json.loads((tmp_path / "out" / "export.json").read_text(encoding="utf-8"))
     assert [v["name"] for v in manifest["step"]["inputs"]] == ["ids", "h0", "c0"]
@@ -281,7 +283,7 @@ def test_two_level_head_run_samples_evaluates_and_exports(export_format, corpus_
     assert result.exit_code == 0, describe(result)
     ids = loaded.vocab.encode("the cat sat on the mat\n" * 2).astype(np.int32)
     expected = loaded.model.predict_on_batch(ids[None])[0][0]  # (len, vocab) log-probabilities
-    got = feed(open_runner(export_format, tmp_path / "out"), ids, num_layers=1, units=16)
+    got = feed(open_runner(export_format, tmp_path / "out"), ids, num_layers=1, units=16, cell=LSTM)
     assert np.abs(got - expected).max() <= 1e-4
 
 

@@ -95,7 +95,7 @@ class Sampler:
         self._prime = tf.function(lambda ids, flat: self._prime_eager(ids, flat), reduce_retracing=True)
 
     def _prime_eager(self, ids, flat_states):
-        _, states = self.model(ids, unflatten_state(flat_states))
+        _, states = self.model(ids, unflatten_state(flat_states, self.model.cell_kind))
         return flatten_state(states)
 
     def _run_groups(self, last, flat_states, steps, temperature, top_k, top_p, key, offset):
@@ -127,7 +127,7 @@ class Sampler:
         weights = self.model.step_weights()  # once per chunk, outside the loop
 
         def body(t, last, flat, out):
-            logits, states = self.model.step(last, unflatten_state(flat), weights)  # (batch, vocab)
+            logits, states = self.model.step(last, unflatten_state(flat, self.model.cell_kind), weights)  # (batch, vocab)
             if self._ban is not None:
                 logits = logits + self._ban
             # the position goes into key[1] as a scalar: adding a (2,) vector instead measured

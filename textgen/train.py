@@ -76,7 +76,7 @@ class Trainer:
         self.train_step = compile_train_step(self.training)
         self.eval_step = compile_eval_step(self.model)
         self.progress = Progress()
-        self.carried = self._zero_carry()  # flat [h0, c0, h1, c1, ...], one value per replica
+        self.carried = self._zero_carry()  # flat [h0, c0, h1, c1, ...] (the cell's states), per replica
         self._saved_step: int | None = None  # step of the checkpoint last written or restored
         self._out_of_time = False  # the --minutes budget is spent (agreed between workers)
         self._stopping: str | None = None  # why the loop stops early (agreed between workers)
@@ -90,7 +90,7 @@ class Trainer:
     # ------------------------------------------------------------------ carried state
 
     def _zero_carry(self) -> list:
-        """Zero LSTM states for every row of the training batch, split across the replicas."""
+        """Zero cell states for every row of the training batch, split across the replicas."""
         zeros = self.model.initial_state(self.config.batch_size)
         return self._scatter([t.numpy() for t in flatten_state(zeros)])
 
@@ -121,7 +121,8 @@ class Trainer:
         try:
             for i, v in enumerate(self.optimizer.variables):
                 v.assign(arrays[f"opt_{i}"])
-            flat = [arrays[f"carry_{i}"] for i in range(2 * self.model_config.num_layers)]
+            carried = len(self.model.cell_kind.state_names) * self.model_config.num_layers
+            flat = [arrays[f"carry_{i}"] for i in range(carried)]
             for x in flat:
                 if tuple(x.shape) != (self.config.batch_size, self.model_config.units):
                     raise ValueError(f"carried state of shape {tuple(x.shape)}")

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from textgen.cell import config_cell
 from textgen.config import ExportConfig, SampleConfig
 from textgen.errors import TextgenError, os_reason
 from textgen.export.check import (KERAS_FILE, LITERT_FILE, ONNX_FILE, bits_per_char, feed, open_runner,
@@ -180,7 +181,7 @@ def check_export(model, staging: Path, eval_ids: np.ndarray, report: ExportRepor
     step = open_runner(config.format, staging)
     ids = eval_ids if config.quantize != "none" else eval_ids[: config.check_chars]
     expected = reference_logits(model, ids)
-    got = feed(step, ids, shape.num_layers, shape.units)
+    got = feed(step, ids, shape.num_layers, shape.units, config_cell(shape))
     report.checked_chars = len(ids)
     report.max_difference = float(np.abs(got - expected).max())
     if config.quantize != "none":

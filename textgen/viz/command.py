@@ -190,7 +190,7 @@ def write_page(trace, header: dict, path: Path, max_mb: float, warn=None) -> Non
               "features": FEATURES,
               "c_scale": [cell_scale(layer["c"]).tolist() for layer in trace.layers],
               "saturation": [{gate: [low.round(4).tolist(), high.round(4).tolist()]
-                              for gate, (low, high) in saturation(layer).items()} for layer in trace.layers]}
+                              for gate, (low, high) in saturation(layer, trace.cell).items()} for layer in trace.layers]}
     page = fit_page(trace, int(max_mb * 1e6), header_size(header, template))
     if page.length < len(trace):
         message = (f"the page shows the first {page.length:,} of {len(trace):,} characters traced, to stay "
