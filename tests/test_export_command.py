@@ -394,3 +394,30 @@ def test_export_replaces_an_earlier_export_and_leaves_no_staging(run_dir, tmp_pa
         assert result.exit_code == 0, describe(result)
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "export.json", "model.keras", "vocab.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or replaced copy left
+
+
+def test_a_large_vocabulary_export_is_about_the_size_of_its_weights(tmp_path):
+    """With 3,000 characters the step keeps the embedding apart from the first layer's input
+    projection (a folded (3000, 64) table would hold 8x the embedding's numbers): the ONNX file
+    and the SavedModel's variables are the weights' size, and still compute the model's logits."""
+    from textgen.config import ExportConfig, ModelConfig
+    from textgen.export.check import feed, open_runner, reference_logits
+    from textgen.export.onnx_format import convert_onnx
+    from textgen.export.step_module import save_savedmodel
+    from textgen.model import build_model, count_params
+
+    config = ModelConfig(vocab_size=3000, embedding_dim=8, units=16, num_layers=1)
+    model = build_model(config)
+    weights = 4 * count_params(model)  # float32 bytes: ~0.3 MB (the folded table alone: 0.77 MB)
+    (tmp_path / "onnx").mkdir()
+    convert_onnx(model, tmp_path / "onnx" / "model.onnx", ExportConfig().onnx_opset)
+    save_savedmodel(model, tmp_path / "savedmodel", with_generate=False)
+    onnx_bytes = (tmp_path / "onnx" / "model.onnx").stat().st_size
+    variables = sum(f.stat().st_size for f in (tmp_path / "savedmodel" / "variables").rglob("*") if f.is_file())
+    assert weights <= onnx_bytes <= 1.05 * weights, (onnx_bytes, weights)
+    assert weights <= variables <= 1.05 * weights, (variables, weights)
+    ids = np.random.default_rng(0).integers(0, config.vocab_size, 12).astype(np.int32)
+    expected = reference_logits(model, ids)
+    for export_format in ("onnx", "savedmodel"):
+        got = feed(open_runner(export_format, tmp_path / export_format), ids, 1, 16, LSTM)
+        assert np.abs(got - expected).max() <= 1e-5, export_format
