@@ -60,7 +60,8 @@ def test_state_flattening_round_trip(model):
     states = model.initial_state(2)
     flat = flatten_state(states)
     assert len(flat) == 2 * CONFIG.num_layers
-    assert [tuple(map(id, pair)) for pair in unflatten_state(flat, model.cell_kind)] == [tuple(map(id, p)) for p in states]
+    regrouped = unflatten_state(flat, model.cell_kind)
+    assert [tuple(map(id, pair)) for pair in regrouped] == [tuple(map(id, p)) for p in states]
 
 
 def test_weights_round_trip(model, tmp_path):

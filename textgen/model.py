@@ -334,7 +334,8 @@ def folds_embedding(config: ModelConfig) -> bool:
     kernel apart (vocab*embedding + embedding*blocks*units). Small vocabularies fold (one gather
     a step instead of a gather and a matmul); large ones keep the export near the weights' size."""
     width = config_cell(config).gate_blocks * config.units
-    return config.vocab_size * width <= config.vocab_size * config.embedding_dim + config.embedding_dim * width
+    folded, apart = config.vocab_size * width, (config.vocab_size + width) * config.embedding_dim
+    return folded <= apart
 
 
 def first_projection(weights: dict, ids):

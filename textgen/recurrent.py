@@ -91,9 +91,9 @@ def _forward_loop(proj_tm, h0, c0, recurrent_kernel, mask=None):
     (what the backward pass needs), then the final h and C. `mask`: see `fused_lstm_sequence`.
 
     The LSTM equations written again (as `textgen.cell.LSTM.step`), because the backward pass
-    needs exactly these stored gates. Each gate goes to a TensorArray of its own: storing them side by side would need a concat per
-    step, and storing the pre-activations would make the backward pass recompute every sigmoid
-    and tanh; both measured slower.
+    needs exactly these stored gates. Each gate goes to a TensorArray of its own: storing them
+    side by side would need a concat per step, and storing the pre-activations would make the
+    backward pass recompute every sigmoid and tanh; both measured slower.
     """
     steps = tf.shape(proj_tm)[0]
     stored = [tf.TensorArray(proj_tm.dtype, size=steps) for _ in range(6)]  # h, C, i, f, C~, o
@@ -196,8 +196,30 @@ def _swap_time_batch(x: tf.Tensor) -> tf.Tensor:
 class LSTMLayer(keras.layers.Layer):
     """Sequence layer over our `LSTMCell`: (batch, time, features) -> (batch, time, units).
 
-    `call(inputs, initial_state=None)` returns (outputs, [h_T, C_T]) so that a caller can carry
-    the state into the next window (truncated BPTT) or the next sampling step.
+    Runs one of the three paths of this module's docstring with the cell's weights (`self.cell`),
+    and returns the final state too, so that a caller can carry it into the next window
+    (truncated BPTT) or the next sampling step.
+
+    Args:
+        units: positive integer, the width of h and C.
+        lstm_path: "auto" (cuDNN with a GPU, else fused), "fused", "cudnn" or "rnn".
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: (batch, time, features), or (time, batch, features) with `time_major`.
+        initial_state: [h_0, C_0], each (batch, units), or None for zeros.
+        time_major: whether inputs and outputs are (time, batch, ...).
+        recurrent_mask: training only, (batch, units) multiplying h_{t-1} where it enters the
+            recurrent kernel (variational recurrent dropout), or None.
+
+    Returns:
+        (outputs in the layout of the inputs, (..., units); [h_T, C_T], each (batch, units)).
+
+    Example:
+
+        layer = LSTMLayer(128)
+        outputs, state = layer(tf.random.normal((8, 100, 32)))            # (8, 100, 128)
+        more, state = layer(tf.random.normal((8, 100, 32)), initial_state=state)  # carried on
     """
 
     def __init__(self, units: int, lstm_path: str = "auto", **kwargs):

@@ -4,8 +4,9 @@ The trace runs the model's own code, not a copy of its equations: the first laye
 projections come from the (vocab, blocks*units) table that the model's fused path gathers from
 (`CharLSTM.step_weights(fold=True)`), each later layer's from its own x.W + b, and the recurrence
 is the cell's own step (`CellKind.step`, which also returns the gates) in a loop, keeping what
-the cell computes at every step (for the LSTM: i, f, C~, o, C and h; `cell.quantities`). Long texts run in windows with the state carried
-from one to the next, each window one XLA-compiled call, so memory beyond the result is constant.
+the cell computes at every step (for the LSTM: i, f, C~, o, C and h; `cell.quantities`).
+Long texts run in windows with the state carried from one to the next, each window one
+XLA-compiled call, so memory beyond the result is constant.
 
     trace = trace_text(model, vocab, "def f(x):\\n    return x\\n")
     trace.layers[0]["f"]   # (time, units) forget gate after each character
@@ -191,7 +192,8 @@ def trace_text(model, vocab, text: str, top_k: int = VizConfig.top_k,
                 layer[name][start:end] = value.numpy()[:n]
         top_ids[start:end], top_probs[start:end] = top.numpy()[:n], probs.numpy()[:n]
         surprisal[start:end] = bits.numpy()[:n]
-    return Trace(chars, ids, layers, top_ids, top_probs, surprisal, list(vocab.chars), skipped, model.cell_kind)
+    return Trace(chars, ids, layers, top_ids, top_probs, surprisal, list(vocab.chars), skipped,
+                 model.cell_kind)
 
 
 def gate_batch(model, ids, states=None) -> list[dict[str, tf.Tensor]]:

@@ -62,6 +62,21 @@ class Trainer:
         meta: run.json's contents (updated at every checkpoint).
         chief: whether this process writes the run (False for the other workers of a
             multi-worker run, which train in step with the chief and write nothing).
+
+    `run()` trains and returns why it stopped; `restore(ckpt_dir)` resumes from a checkpoint
+    (weights, optimizer slots, the carried state, progress) before it.
+
+    Example (what `textgen.launch` does for `textgen train`):
+
+        vocab, config = Vocabulary.from_text(text), TrainConfig(steps=500)
+        train_data, val_data = make_batchers(vocab.encode(text), config.batch_size, config.seq_len,
+                                             config.val_fraction)          # textgen.data
+        model_config = ModelConfig(vocab_size=vocab.size)
+        run_dir = Path("runs/demo")
+        run_dir.mkdir(parents=True)
+        trainer = Trainer(run_dir, vocab, train_data, val_data, model_config, config,
+                          meta={"model": model_config, "train": config, "checkpoints": {}})
+        reason = trainer.run()   # "budget", "early stopping" or a signal's name
     """
 
     def __init__(self, run_dir: Path, vocab: Vocabulary, train_data: StreamBatcher,

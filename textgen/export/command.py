@@ -96,7 +96,29 @@ def make_staging(out: Path) -> Path:
 
 def export_run(run: str | None, runs_dir: str, which: str, config: ExportConfig, out: str | Path,
                warn: Callable[[str], None] | None = None) -> ExportReport:
-    """Export the `which` (best/last) checkpoint of `run` to the directory `out`; see the module doc."""
+    """Export a run's checkpoint to the directory `out`: the entry point of `textgen export`.
+
+    Builds the export (`config.format`: savedmodel, litert, onnx or keras) in a staging
+    directory, runs it with its own runtime on the same characters as textgen's model, and
+    renames it into place only if the logits agree (see the module docstring).
+
+    Args:
+        run: a run name, a run directory, "latest", or None for the latest run.
+        runs_dir: where runs are looked up by name.
+        which: the checkpoint, "best" or "last".
+        config: the export's settings (`textgen.config.ExportConfig`).
+        out: the directory to write; it must not exist yet.
+        warn: gets warnings (e.g. a missing "best" checkpoint replaced by "last"), or None.
+
+    Returns:
+        The `ExportReport` (files, sizes, the check's figures); `describe(report)` prints it.
+        Bad input or a failed check raises `TextgenError` (one line); nothing is left at `out`.
+
+    Example:
+
+        report = export_run("my-run", "runs", "best", ExportConfig(format="onnx"), "my-run-onnx")
+        print(describe(report))
+    """
     from textgen.inference import load_run
 
     config.validate()

@@ -31,7 +31,8 @@ class StepModule(tf.Module):
 
     Call arguments of `step` (the SavedModel's `step` signature):
         ids: (batch,) int32 character ids; the states, named by `textgen.export.docs.state_names`
-        (h0, c0, h1, c1, ... for the LSTM): (batch, units) float32 each (zeros to start). Returns {"logits": (batch, vocab), "new_h0": ..., "new_c0": ..., ...}.
+        (h0, c0, h1, c1, ... for the LSTM): (batch, units) float32 each (zeros to start).
+        Returns {"logits": (batch, vocab), "new_h0": ..., "new_c0": ..., ...}.
 
     Call arguments of `generate` (the `generate` signature):
         prime: (n,) int32, n >= 1 (all but the last warm the state up; the last is the first
@@ -80,7 +81,8 @@ class StepModule(tf.Module):
     def _logits_and_states(self, ids, flat_states):
         """One step: ids (batch,) and [h0, c0, ...] -> (logits (batch, vocab), new [h0, c0, ...])."""
         weights = {**self.first, "recurrent": self.recurrent, "stacked": self.stacked}
-        x, states = step_layers(weights, ids, unflatten_state(flat_states, self.cell), self.cell)  # x: (batch, units)
+        states = unflatten_state(flat_states, self.cell)
+        x, states = step_layers(weights, ids, states, self.cell)  # x: (batch, units)
         head = self.output_weights
         logits = tf.matmul(x, head["kernel"]) + head["bias"]  # (batch, vocab), or the head's N + 1
         if "tail_kernel" in head:  # a two-level head: every character's log-probability

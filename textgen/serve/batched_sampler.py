@@ -161,7 +161,8 @@ class RowLoop:
         no_top = (tf.zeros((count, TOP_LOGPROBS)), tf.zeros((count, TOP_LOGPROBS), tf.int32))
 
         def body(t, last, flat, ids, logprobs, top_ids, top_logprobs):
-            logits, states = self.model.step(last, unflatten_state(flat, self.model.cell_kind), weights)  # (rows, vocab)
+            states = unflatten_state(flat, self.model.cell_kind)
+            logits, states = self.model.step(last, states, weights)  # (rows, vocab)
             sampled = choose_next_rows(logits, temperature, top_k, top_p, keys, position + t)
             nxt = tf.where(t < forced_len, tf.gather(forced, t, axis=1), sampled)  # (rows,)
             log_probs = tf.nn.log_softmax(logits)  # (rows, vocab)
