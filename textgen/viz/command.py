@@ -175,10 +175,12 @@ def run_viz(run: str | None, file: str | None, runs_dir: str, checkpoint: str, c
 
 
 def describe_trace(trace, run: str, checkpoint: str, source: str, notices: list[str]) -> dict:
-    """The header every output format carries: where the trace came from and the ranked cells."""
+    """The header every output format carries: where the trace came from, the model's cell kind
+    and the quantities each layer holds (`cell.quantities`), and the ranked cells."""
     from textgen.cell_features import rank_cells
 
     return {"run": run, "checkpoint": checkpoint, "source": source, "notices": list(notices),
+            "cell": trace.cell.name, "quantities": list(trace.quantities),
             "cells": rank_cells(trace.chars, trace.layers)}
 
 
