@@ -352,6 +352,8 @@ def step_layers(weights: dict, ids, states: State, cell: CellKind):
     ids: (batch,) int; states: per layer a tuple in `cell.state_names` order; the equations are
     `cell.step`. Returns (the last layer's output (batch, units), new states). Public so that
     `textgen.export.step_module` traces the very same step into SavedModel and LiteRT graphs.
+    The first layer hands the cell x.W + b and h.U apart; later layers hand it their sum from one
+    stacked matmul, which a cell whose equations need h.U apart (a GRU) cannot use as it is.
     """
     state = states[0]
     recurrent = tf.matmul(cell.output(state), weights["recurrent"])  # (batch, blocks*units)
