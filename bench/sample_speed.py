@@ -71,7 +71,7 @@ class TutorialLoop:
 
         @tf.function
         def one_step(ids, flat_states, temperature):
-            logits, states = model(ids[:, None], unflatten_state(flat_states))  # (b, 1, vocab)
+            logits, states = model(ids[:, None], unflatten_state(flat_states, model.cell_kind))  # (b, 1, vocab)
             logits = logits[:, -1, :] / temperature
             next_ids = tf.random.categorical(logits, num_samples=1, dtype=tf.int32)[:, 0]
             return next_ids, flatten_state(states)

@@ -6,6 +6,8 @@
 3. The cell's Keras contract (state/output sizes, weight names/shapes, forget-bias init,
    config and serialization round trips, `.keras` save/load).
 4. Argument validation.
+5. The cell interface (`cell_kind("lstm")`): state names and shapes, gates, zero state, and its
+   step against the textbook numpy equations on random weights.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import keras
 import numpy as np
 import pytest
 
-from textgen.cell import LSTMCell
+import tensorflow as tf
+
+from textgen.cell import LSTM, LSTMCell, cell_kind, config_cell
+from textgen.config import ModelConfig
 
 UNITS = 5
 INPUT_DIM = 3
@@ -179,3 +184,39 @@ def test_model_with_cell_saves_and_loads(tmp_path):
 def test_non_positive_units_raise(units):
     with pytest.raises(ValueError):
         LSTMCell(units)
+
+
+def test_the_lstm_cell_kind_describes_its_states_and_gates():
+    lstm = cell_kind("lstm")
+    assert lstm is LSTM and lstm.name == "lstm" and LSTMCell.kind is lstm
+    assert lstm.state_names == ("h", "c") and lstm.output_state == "h" and lstm.output_index == 0
+    assert lstm.gate_names == ("i", "f", "c", "o") and lstm.gate_blocks == 4
+    assert lstm.state_shapes(3, UNITS) == ((3, UNITS), (3, UNITS))
+    zeros = lstm.zero_state(3, UNITS, "float16")
+    assert [tuple(z.shape) for z in zeros] == [(3, UNITS)] * 2 and all(z.dtype == tf.float16 for z in zeros)
+    assert not np.any([np.asarray(z) for z in zeros])
+    assert set(lstm.quantities) == set(lstm.quantity_names) and set(lstm.sigmoid_gates) <= set(lstm.quantities)
+    # the model config names the cell in one place (issue 28 adds ModelConfig.cell)
+    assert config_cell(ModelConfig(vocab_size=5)) is lstm
+    with pytest.raises(ValueError, match="unknown cell 'gru'; choose one of lstm"):
+        cell_kind("gru")
+
+
+def test_the_lstm_step_is_the_textbook_step_on_random_weights():
+    x, h0, c0, (kernel, recurrent_kernel, bias) = _random_problem(seed=5)
+    x0 = x[:, 0]
+    want_h, want_c = _textbook_lstm(x[:, :1], h0, c0, kernel, recurrent_kernel, bias)
+    # the whole pre-activation at once, and x.W + b with h.U apart: the same step
+    h, c = LSTM.step(x0 @ kernel + h0 @ recurrent_kernel + bias, (h0, c0))
+    np.testing.assert_allclose(h, want_h[:, 0], atol=TOL)
+    np.testing.assert_allclose(c, want_c, atol=TOL)
+    (h2, c2), gates = LSTM.step(x0 @ kernel + bias, (h0, c0), h0 @ recurrent_kernel, with_gates=True)
+    np.testing.assert_allclose(h2, want_h[:, 0], atol=TOL)
+    np.testing.assert_allclose(c2, want_c, atol=TOL)
+    z = (x0 @ kernel + h0 @ recurrent_kernel + bias).astype(np.float64)
+    blocks = np.split(z, 4, axis=-1)
+    expected = {"i": _sigmoid(blocks[0]), "f": _sigmoid(blocks[1]), "g": np.tanh(blocks[2]),
+                "o": _sigmoid(blocks[3])}
+    assert sorted(gates) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(gates[name], value, atol=TOL, err_msg=name)

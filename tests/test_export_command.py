@@ -25,6 +25,8 @@ import pytest
 
 from conftest import describe, invoke, tree_hashes
 
+from textgen.cell import LSTM
+
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = Path(__file__).with_name("export_probe.py")
 FORMATS = ("savedmodel", "litert", "onnx", "keras")
@@ -231,9 +233,9 @@ def test_batched_streams_are_independent(name, exports, reference):
 
     step = open_runner(name, exports[name][0])
     ids = reference["ids"][:3]
-    batched, _ = step(ids, zero_states(2, 128, batch=3))
+    batched, _ = step(ids, zero_states(2, 128, LSTM, batch=3))
     for row, char_id in enumerate(ids):
-        single, _ = step(np.array([char_id], np.int32), zero_states(2, 128))
+        single, _ = step(np.array([char_id], np.int32), zero_states(2, 128, LSTM))
         np.testing.assert_allclose(batched[row], single[0], atol=1e-5)
 
 
@@ -249,7 +251,7 @@ def test_one_layer_run_exports(export_format, trained_run, tmp_path):
     loaded = load_run(trained_run, trained_run.parent)
     ids = loaded.vocab.encode("the cat sat on the mat\n" * 3).astype(np.int32)
     expected = loaded.model.predict_on_batch(ids[None])[0][0]  # (len, vocab) via Keras's own predict
-    got = feed(open_runner(export_format, tmp_path / "out"), ids, num_layers=1, units=16)
+    got = feed(open_runner(export_format, tmp_path / "out"), ids, num_layers=1, units=16, cell=LSTM)
     assert np.abs(got - expected).max() <= 1e-4
     manifest = json.loads((tmp_path / "out" / "export.json").read_text(encoding="utf-8"))
     assert [v["name"] for v in manifest["step"]["inputs"]] == ["ids", "h0", "c0"]
@@ -281,7 +283,7 @@ def test_two_level_head_run_samples_evaluates_and_exports(export_format, corpus_
     assert result.exit_code == 0, describe(result)
     ids = loaded.vocab.encode("the cat sat on the mat\n" * 2).astype(np.int32)
     expected = loaded.model.predict_on_batch(ids[None])[0][0]  # (len, vocab) log-probabilities
-    got = feed(open_runner(export_format, tmp_path / "out"), ids, num_layers=1, units=16)
+    got = feed(open_runner(export_format, tmp_path / "out"), ids, num_layers=1, units=16, cell=LSTM)
     assert np.abs(got - expected).max() <= 1e-4
 
 
@@ -392,3 +394,30 @@ def test_export_replaces_an_earlier_export_and_leaves_no_staging(run_dir, tmp_pa
         assert result.exit_code == 0, describe(result)
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "export.json", "model.keras", "vocab.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or replaced copy left
+
+
+def test_a_large_vocabulary_export_is_about_the_size_of_its_weights(tmp_path):
+    """With 3,000 characters the step keeps the embedding apart from the first layer's input
+    projection (a folded (3000, 64) table would hold 8x the embedding's numbers): the ONNX file
+    and the SavedModel's variables are the weights' size, and still compute the model's logits."""
+    from textgen.config import ExportConfig, ModelConfig
+    from textgen.export.check import feed, open_runner, reference_logits
+    from textgen.export.onnx_format import convert_onnx
+    from textgen.export.step_module import save_savedmodel
+    from textgen.model import build_model, count_params
+
+    config = ModelConfig(vocab_size=3000, embedding_dim=8, units=16, num_layers=1)
+    model = build_model(config)
+    weights = 4 * count_params(model)  # float32 bytes: ~0.3 MB (the folded table alone: 0.77 MB)
+    (tmp_path / "onnx").mkdir()
+    convert_onnx(model, tmp_path / "onnx" / "model.onnx", ExportConfig().onnx_opset)
+    save_savedmodel(model, tmp_path / "savedmodel", with_generate=False)
+    onnx_bytes = (tmp_path / "onnx" / "model.onnx").stat().st_size
+    variables = sum(f.stat().st_size for f in (tmp_path / "savedmodel" / "variables").rglob("*") if f.is_file())
+    assert weights <= onnx_bytes <= 1.05 * weights, (onnx_bytes, weights)
+    assert weights <= variables <= 1.05 * weights, (variables, weights)
+    ids = np.random.default_rng(0).integers(0, config.vocab_size, 12).astype(np.int32)
+    expected = reference_logits(model, ids)
+    for export_format in ("onnx", "savedmodel"):
+        got = feed(open_runner(export_format, tmp_path / export_format), ids, 1, 16, LSTM)
+        assert np.abs(got - expected).max() <= 1e-5, export_format

@@ -60,7 +60,8 @@ def test_state_flattening_round_trip(model):
     states = model.initial_state(2)
     flat = flatten_state(states)
     assert len(flat) == 2 * CONFIG.num_layers
-    assert [tuple(map(id, pair)) for pair in unflatten_state(flat)] == [tuple(map(id, p)) for p in states]
+    regrouped = unflatten_state(flat, model.cell_kind)
+    assert [tuple(map(id, pair)) for pair in regrouped] == [tuple(map(id, p)) for p in states]
 
 
 def test_weights_round_trip(model, tmp_path):
@@ -219,3 +220,34 @@ def test_a_5000_symbol_zipfian_markov_text_trains_near_its_entropy(tmp_path):
                             tmp_path / "runs", name="zipf", show_progress=False, echo=lambda s: None)
     assert 1.3 < entropy < 1.4
     assert progress.best_val_bpc < entropy + 0.6, (progress.best_val_bpc, entropy)
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_both_step_layouts_give_the_logits_of_call(model, fold):
+    """The inference step with the embedding folded into a (vocab, 4*units) table, and kept apart
+    (gather, then x.W + b): the same logits as the whole-sequence `call`."""
+    ids = random_ids(3, 9, seed=4)
+    expected, _ = model(ids)  # (3, 9, vocab)
+    weights = model.step_weights(fold=fold)
+    assert ("table" in weights) == fold and ("embedding" in weights) == (not fold)
+    states, got = model.initial_state(3), []
+    for t in range(ids.shape[1]):
+        logits, states = model.step(ids[:, t], states, weights)
+        got.append(logits)
+    np.testing.assert_allclose(np.stack(got, axis=1), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("vocab, embedding, units", [(65, 64, 256), (69, 64, 256), (5346, 64, 256),
+                                                     (23, 8, 16), (300, 256, 64)])
+def test_the_step_keeps_the_embedding_apart_where_that_is_smaller(vocab, embedding, units):
+    from textgen.model import folds_embedding
+
+    config = ModelConfig(vocab_size=vocab, embedding_dim=embedding, units=units, num_layers=1)
+    folded = vocab * 4 * units
+    apart = vocab * embedding + embedding * 4 * units
+    assert folds_embedding(config) == (folded <= apart)
+    if vocab < 100:  # built models: the layout step_weights picks holds the fewer numbers
+        built = build_model(config)
+        first = {k: v for k, v in built.step_weights().items() if k in ("table", "embedding", "kernel", "bias")}
+        size = sum(int(tf.size(v)) for k, v in first.items() if k != "bias")
+        assert size == min(folded, apart)

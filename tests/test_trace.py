@@ -16,8 +16,10 @@ import tensorflow as tf
 from textgen.config import ModelConfig
 from textgen.errors import TextgenError
 from textgen.model import build_model
-from textgen.recurrent import fused_lstm_sequence, lstm_sequence_gates
-from textgen.trace import gate_batch, known_text, saturation, trace_text, write_gate_summaries
+from textgen.cell import LSTM
+from textgen.recurrent import fused_lstm_sequence
+from textgen.trace import (gate_batch, known_text, saturation, sequence_quantities, trace_text,
+                           write_gate_summaries)
 from textgen.vocab import Vocabulary
 
 TEXT = 'print("hello, world")\n\tx = [1, 2, (3)]  # 中文 🙂\n' * 3  # 150 characters
@@ -116,12 +118,12 @@ def test_surprisal_and_guesses_equal_a_numpy_softmax_of_the_logits(model_and_voc
     assert trace.vocab_chars == vocab.chars and trace.chars == TEXT
 
 
-def test_lstm_sequence_gates_is_the_fused_forward_pass():
+def test_the_traced_loop_is_the_fused_forward_pass():
     rng = np.random.default_rng(0)
     proj = tf.constant(rng.normal(size=(9, 3, 4 * 5)), tf.float32)  # (time, batch, 4*units)
     h0, c0 = (tf.constant(rng.normal(size=(3, 5)), tf.float32) for _ in range(2))
     kernel = tf.constant(rng.normal(size=(5, 20)), tf.float32)
-    quantities, h, c = lstm_sequence_gates(proj, h0, c0, kernel)
+    quantities, (h, c) = sequence_quantities(LSTM, proj, (h0, c0), kernel)
     outputs, h_ref, c_ref = fused_lstm_sequence(proj, h0, c0, kernel, time_major=True)
     assert sorted(quantities) == sorted("hcifgo") and quantities["f"].shape == (9, 3, 5)
     np.testing.assert_allclose(quantities["h"], outputs, atol=1e-6)
@@ -207,12 +209,12 @@ def test_the_compiled_functions_do_not_keep_a_model_alive():
 
 def test_saturation_counts_values_beyond_the_thresholds():
     f = np.array([[0.05, 0.5], [0.95, 0.5], [0.0, 0.92], [0.1, 0.9]])  # (time, units)
-    result = saturation({"f": f, "c": f * 10})
+    result = saturation({"f": f, "c": f * 10}, LSTM)
     assert list(result) == ["f"]
     left, right = result["f"]
     np.testing.assert_allclose(left, [0.5, 0.0])  # 0.1 itself is not below 0.1
     np.testing.assert_allclose(right, [0.25, 0.25])
-    batched = saturation({"f": np.stack([f, f])}, low=0.5, high=0.5)["f"]
+    batched = saturation({"f": np.stack([f, f])}, LSTM, low=0.5, high=0.5)["f"]
     np.testing.assert_allclose(batched[0], [0.75, 0.0])  # over (2, time) rows, other thresholds
     np.testing.assert_allclose(batched[1], [0.25, 0.5])
 
@@ -224,7 +226,7 @@ def test_gate_summaries_reach_tensorboard(model_and_vocab, trace, tmp_path):
     per_layer = gate_batch(model, trace.ids[None, :100])
     writer = tf.summary.create_file_writer(str(tmp_path))
     with writer.as_default():
-        write_gate_summaries(per_layer, step=7)
+        write_gate_summaries(per_layer, step=7, cell=LSTM)
     writer.close()
     events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
     events.Reload()
@@ -240,7 +242,7 @@ def test_gate_summaries_reach_tensorboard(model_and_vocab, trace, tmp_path):
     assert histogram[:, 2].sum() == forget.size
     writer = tf.summary.create_file_writer(str(tmp_path / "sampled"))
     with writer.as_default():
-        write_gate_summaries(per_layer, step=8, histogram_values=300)  # 700 values: every 3rd
+        write_gate_summaries(per_layer, step=8, cell=LSTM, histogram_values=300)  # 700 values: every 3rd
     writer.close()
     events = EventAccumulator(str(tmp_path / "sampled"), size_guidance={"tensors": 0})
     events.Reload()

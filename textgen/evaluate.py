@@ -119,7 +119,7 @@ def window_step(model):
 
 def _window_loss(model):
     def loss(x, y, flat_states):
-        logits, states = model(x, unflatten_state(flat_states))  # (1, time, vocab)
+        logits, states = model(x, unflatten_state(flat_states, model.cell_kind))  # (1, time, vocab)
         nats = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
         return flatten_state(states), nats
 

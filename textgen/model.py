@@ -1,7 +1,8 @@
 """The character language model: embedding -> stacked LSTM layers -> logits over the vocabulary.
 
-The model is functional in its state: `call` takes the per-layer (h, C) states and returns the new
-ones, instead of hiding them in a stateful layer. The trainer carries them from window to window
+The model is functional in its state: `call` takes the per-layer states (a tuple per layer, in the
+order of its cell kind's `state_names`: (h, C) for the LSTM) and returns the new ones, instead of
+hiding them in a stateful layer. The trainer carries them from window to window
 (truncated BPTT) and the sampler from step to step, and both can save and restore them exactly.
 """
 
@@ -11,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from textgen.cell import lstm_gates, zero_state
+from textgen.cell import CellKind, config_cell
 from textgen.config import ModelConfig, shortlist_for
 from textgen.dropout import recurrent_mask, row_dropout
 from textgen.head import two_level_biases, two_level_log_probs, two_level_loss_sum
@@ -19,7 +20,7 @@ from textgen.parallel import concat_rows, parallel_parts, row_split_sizes, split
 from textgen.recurrent import LSTMLayer, resolve_path
 from textgen.runformat import fields_before
 
-State = list  # [(h, c) per layer], each (batch, units)
+State = list  # [per layer a tuple of states in `cell_kind.state_names` order: (h, c)], each (batch, units)
 
 
 @tf.custom_gradient
@@ -39,17 +40,43 @@ def gather_rows(table, ids):
 
 @keras.saving.register_keras_serializable(package="textgen")
 class CharLSTM(keras.Model):
-    """Char-level LSTM language model built on textgen's own `LSTMCell`."""
+    """Character-level language model: embedding -> `config.num_layers` `LSTMLayer`s -> logits.
+
+    Functional in its state: every call takes the per-layer states and returns the new ones, so
+    the trainer carries them from window to window and the sampler from step to step.
+
+    Args:
+        config: the shape (`textgen.config.ModelConfig`; `vocab_size` set from the vocabulary).
+        lstm_path: "auto", "fused", "cudnn" or "rnn" (see `textgen.recurrent`).
+        **kwargs: base `keras.Model` arguments; `dtype` (a Keras dtype policy such as
+            "mixed_bfloat16") applies to every layer: weights stay float32, the arithmetic runs
+            in the policy's compute dtype, logits are float32.
+
+    Call arguments:
+        ids: (batch, time) int character ids.
+        states: per layer a tuple of (batch, units) states in `cell_kind.state_names` order
+            ((h, C) for the LSTM), or None for zeros (`initial_state`).
+        training: whether dropout applies.
+        dropout_key: training only, the step's `textgen.dropout.dropout_key`.
+
+    Returns:
+        (logits (batch, time, vocab) float32, new states).
+
+    Example:
+
+        model = build_model(ModelConfig(vocab_size=65, embedding_dim=32, units=128, num_layers=2))
+        logits, states = model(tf.constant([[5, 6, 7]]))         # (1, 3, 65)
+        logits, states = model.step(tf.constant([8]), states)    # (1, 65): one more character
+    """
 
     def __init__(self, config: ModelConfig, lstm_path: str = "auto", **kwargs):
-        """`dtype` (a Keras dtype policy such as "mixed_bfloat16") applies to every layer:
-        weights stay float32, the arithmetic runs in the policy's compute dtype, logits are float32."""
         super().__init__(**kwargs)
         policy = self.dtype_policy
         if config.vocab_size <= 0:
             raise ValueError("ModelConfig.vocab_size must be set from the vocabulary")
         self.config = config
         self.lstm_path = lstm_path
+        self.cell_kind: CellKind = config_cell(config)  # state names, gates, the step
         # N(0, 1), as PyTorch's nn.Embedding: Keras's default, uniform(-0.05, 0.05), feeds the first
         # layer an input ~30x weaker than its recurrent one, and characters the model sees rarely
         # stay near zero, indistinct, for thousands of steps (bench/QUALITY.md, issue 13)
@@ -125,9 +152,9 @@ class CharLSTM(keras.Model):
             self.tail.bias.assign(tail_bias)
 
     def initial_state(self, batch_size) -> State:
-        """Zero (h, C) for every layer, each (batch_size, units) in the compute dtype."""
-        zeros = zero_state(batch_size, self.config.units, self.compute_dtype)
-        return [(zeros, zeros) for _ in self.lstm_layers]
+        """The cell's zero states for every layer, each (batch_size, units) in the compute dtype."""
+        zeros = self.cell_kind.zero_state(batch_size, self.config.units, self.compute_dtype)
+        return [zeros for _ in self.lstm_layers]
 
     def call(self, ids, states: State | None = None, training: bool = False, dropout_key=None):
         """ids: (batch, time) int. Returns (logits (batch, time, vocab) float32, new states).
@@ -183,11 +210,12 @@ class CharLSTM(keras.Model):
         for size, group_ids, group_state in zip(sizes, tf.split(ids, sizes),
                                                 split_rows(flatten_state(states), sizes)):
             x, group_state = self._recurrent_stack(
-                group_ids, unflatten_state(group_state), table, (key, first_row + start), time_major)
+                group_ids, unflatten_state(group_state, self.cell_kind), table, (key, first_row + start),
+                time_major)
             kept.append(finish(x, (start, start + size), time_major))
             group_states.append(flatten_state(group_state))
             start += size
-        return kept, unflatten_state(concat_rows(group_states))
+        return kept, unflatten_state(concat_rows(group_states), self.cell_kind)
 
     def _recurrent_stack(self, ids, states: State, table, dropout, time_major: bool):
         """Embedding (or the first layer's projection `table`) -> LSTM layers, for some rows.
@@ -211,20 +239,20 @@ class CharLSTM(keras.Model):
             ids = tf.transpose(ids)  # (time, batch)
         new_states = []
         if table is not None:
-            x, (h, c) = self.lstm_layers[0].run_projected(gather_rows(table, ids), states[0], time_major,
-                                                          recurrent_mask=recurrent(0))
+            x, state = self.lstm_layers[0].run_projected(gather_rows(table, ids), list(states[0]), time_major,
+                                                         recurrent_mask=recurrent(0))
             x = drop(x, self.config.dropout, 1)
-            new_states.append((h, c))
+            new_states.append(tuple(state))
             layers, states = self.lstm_layers[1:], states[1:]
         else:
             x = self.embedding(ids)  # (batch, time, embedding_dim), or time-major
             x = drop(x, self.config.embedding_dropout, 0)
             layers = self.lstm_layers
-        for layer, (h, c) in zip(layers, states):
-            x, (h, c) = layer(x, initial_state=[h, c], time_major=time_major,
-                              recurrent_mask=recurrent(len(new_states)))  # (..., units)
+        for layer, state in zip(layers, states):
+            x, state = layer(x, initial_state=list(state), time_major=time_major,
+                             recurrent_mask=recurrent(len(new_states)))  # (..., units)
             x = drop(x, self.config.dropout, len(new_states) + 1)  # on non-recurrent connections only
-            new_states.append((h, c))
+            new_states.append(tuple(state))
         return x, new_states
 
     @property
@@ -259,26 +287,34 @@ class CharLSTM(keras.Model):
         return (tf.matmul(tf.cast(self.embedding.embeddings, dtype), tf.cast(cell.kernel, dtype))
                 + tf.cast(cell.bias, dtype))
 
-    def step_weights(self) -> dict:
+    def step_weights(self, fold: bool | None = None) -> dict:
         """The weights rearranged for single steps; compute once, outside a sampling loop.
 
-        The first layer's x.W + b becomes a (vocab, 4*units) lookup table, and each later layer's
-        two matmuls x.W + h.U become one [x, h] . [W; U], so a step is one matmul per layer.
+        The first layer's x.W + b is either folded into a (vocab, blocks*units) lookup table
+        ("table": one gather a step, fastest) or kept apart ("embedding", "kernel", "bias": gather
+        the (vocab, embedding) row, then x.W + b), whichever holds fewer numbers
+        (`folds_embedding`; `fold` forces one). Each later layer's two matmuls x.W + h.U become
+        one [x, h] . [W; U], so a step is one matmul per layer.
         """
         first, dtype = self.lstm_layers[0].cell, self.compute_dtype  # 16 bits under mixed precision
-        return {
-            "table": self._input_table(),
+        weights = {
             "recurrent": tf.cast(first.recurrent_kernel, dtype),
             "stacked": [(tf.cast(tf.concat([layer.cell.kernel, layer.cell.recurrent_kernel], axis=0), dtype),
                          tf.cast(layer.cell.bias, dtype)) for layer in self.lstm_layers[1:]],
         }
+        if folds_embedding(self.config) if fold is None else fold:
+            weights["table"] = self._input_table()
+        else:
+            weights.update(embedding=tf.cast(self.embedding.embeddings, dtype),
+                           kernel=tf.cast(first.kernel, dtype), bias=tf.cast(first.bias, dtype))
+        return weights
 
     def step(self, ids, states: State, weights: dict | None = None):
         """One time step through the cell equations (no sequence loop): the sampler's hot path.
 
         ids: (batch,) -> (logits (batch, vocab) float32, new states). Same numbers as `call`.
         """
-        x, new_states = step_layers(weights or self.step_weights(), ids, states)
+        x, new_states = step_layers(weights or self.step_weights(), ids, states, self.cell_kind)
         return self.logits(x), new_states
 
     def get_config(self):
@@ -293,20 +329,41 @@ class CharLSTM(keras.Model):
         return cls(model_config, **config)
 
 
-def step_layers(weights: dict, ids, states: State):
+def folds_embedding(config: ModelConfig) -> bool:
+    """Whether the inference step folds the embedding into the first layer's input projection:
+    only where the (vocab, blocks*units) table holds no more numbers than the embedding and the
+    kernel apart (vocab*embedding + embedding*blocks*units). Small vocabularies fold (one gather
+    a step instead of a gather and a matmul); large ones keep the export near the weights' size."""
+    width = config_cell(config).gate_blocks * config.units
+    folded, apart = config.vocab_size * width, (config.vocab_size + width) * config.embedding_dim
+    return folded <= apart
+
+
+def first_projection(weights: dict, ids):
+    """x.W + b of the first layer for `ids` (batch,): (batch, blocks*units), from either layout
+    of `CharLSTM.step_weights`."""
+    if "table" in weights:
+        return tf.gather(weights["table"], ids)
+    return tf.matmul(tf.gather(weights["embedding"], ids), weights["kernel"]) + weights["bias"]
+
+
+def step_layers(weights: dict, ids, states: State, cell: CellKind):
     """The layer stack of `CharLSTM.step` as a pure function of `step_weights()`'s tensors.
 
-    ids: (batch,) int; returns (the last layer's h (batch, units), new states). Public so that
+    ids: (batch,) int; states: per layer a tuple in `cell.state_names` order; the equations are
+    `cell.step`. Returns (the last layer's output (batch, units), new states). Public so that
     `textgen.export.step_module` traces the very same step into SavedModel and LiteRT graphs.
+    The first layer hands the cell x.W + b and h.U apart; later layers hand it their sum from one
+    stacked matmul, which a cell whose equations need h.U apart (a GRU) cannot use as it is.
     """
-    (h, c), new_states = states[0], []
-    z = tf.gather(weights["table"], ids) + tf.matmul(h, weights["recurrent"])  # (batch, 4*units)
-    x, c = lstm_gates(z, c)
-    new_states.append((x, c))
-    for (kernel, bias), (h, c) in zip(weights["stacked"], states[1:]):
-        z = tf.matmul(tf.concat([x, h], axis=-1), kernel) + bias  # (batch, 4*units)
-        x, c = lstm_gates(z, c)
-        new_states.append((x, c))
+    state = states[0]
+    recurrent = tf.matmul(cell.output(state), weights["recurrent"])  # (batch, blocks*units)
+    new_states = [cell.step(first_projection(weights, ids), state, recurrent)]
+    x = cell.output(new_states[0])
+    for (kernel, bias), state in zip(weights["stacked"], states[1:]):
+        z = tf.matmul(tf.concat([x, cell.output(state)], axis=-1), kernel) + bias  # (batch, blocks*units)
+        new_states.append(cell.step(z, state))
+        x = cell.output(new_states[-1])
     return x, new_states
 
 
@@ -338,10 +395,10 @@ def _replica_first_row(rows):
 
 def flatten_state(states: State) -> list:
     """[(h, c), ...] -> [h0, c0, h1, c1, ...] (for saving and tf.function signatures)."""
-    return [t for pair in states for t in pair]
+    return [t for layer in states for t in layer]
 
 
-def unflatten_state(flat) -> State:
-    """[h0, c0, h1, c1, ...] -> [(h0, c0), (h1, c1), ...]."""
-    flat = list(flat)
-    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+def unflatten_state(flat, cell: CellKind) -> State:
+    """[h0, c0, h1, c1, ...] -> [(h0, c0), (h1, c1), ...]: `len(cell.state_names)` per layer."""
+    flat, per_layer = list(flat), len(cell.state_names)
+    return [tuple(flat[i:i + per_layer]) for i in range(0, len(flat), per_layer)]

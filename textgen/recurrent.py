@@ -4,7 +4,10 @@ Three paths compute the same equations with the same weights (so checkpoints mov
 
 - "fused" (default on CPU): the input projection x.W + b of every time step is one big matmul
   before the loop, so the loop itself does only h.U and the gate arithmetic; the backward pass is
-  written out by hand (see `_lstm_time_major`). Hand-written because the generic
+  written out by hand (see `_lstm_time_major`). With `textgen.cell.LSTM.step` this loop is the
+  one other place the LSTM equations are written; tests/test_recurrent.py's
+  test_fused_and_rnn_paths_agree_forward and test_fused_and_rnn_paths_agree_gradients pin the
+  two together (the "rnn" path runs `LSTMCell`, whose call is `LSTM.step`). Hand-written because the generic
   `keras.layers.RNN` loop recomputes x.W step by step and autodiff of the loop is slow. It runs
   time-major inside (a time-major caller skips the transposes); the model runs one such loop per
   group of batch rows, side by side (see `textgen.parallel`).
@@ -83,29 +86,14 @@ def fused_lstm_sequence(
     return (outputs_tm if time_major else _swap_time_batch(outputs_tm)), h, c
 
 
-SEQUENCE_QUANTITIES = ("h", "c", "i", "f", "g", "o")  # what `lstm_sequence_gates` returns, in order
-
-
-def lstm_sequence_gates(proj_tm: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor,
-                        recurrent_kernel: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
-    """The fused forward recurrence with everything it computes: h, C and the gates of every step.
-
-    The same loop the fused path trains and evaluates with (here without its hand-written
-    backward pass), exposed for inspection (`textgen.trace`). proj_tm: (time, batch, 4*units) =
-    x.W + b; h0, c0: (batch, units); recurrent_kernel: (units, 4*units). Returns ({"h", "c",
-    "i", "f", "g", "o"}: each (time, batch, units), where "g" is the candidate C~; h_T; C_T).
-    """
-    *stacked, h, c = _forward_loop(proj_tm, h0, c0, recurrent_kernel)
-    return dict(zip(SEQUENCE_QUANTITIES, stacked)), h, c
-
-
 def _forward_loop(proj_tm, h0, c0, recurrent_kernel, mask=None):
     """The forward recurrence. Returns the stacked (time, batch, units) h, C and gates i, f, C~, o
     (what the backward pass needs), then the final h and C. `mask`: see `fused_lstm_sequence`.
 
-    Each gate goes to a TensorArray of its own: storing them side by side would need a concat per
-    step, and storing the pre-activations would make the backward pass recompute every sigmoid
-    and tanh; both measured slower.
+    The LSTM equations written again (as `textgen.cell.LSTM.step`), because the backward pass
+    needs exactly these stored gates. Each gate goes to a TensorArray of its own: storing them
+    side by side would need a concat per step, and storing the pre-activations would make the
+    backward pass recompute every sigmoid and tanh; both measured slower.
     """
     steps = tf.shape(proj_tm)[0]
     stored = [tf.TensorArray(proj_tm.dtype, size=steps) for _ in range(6)]  # h, C, i, f, C~, o
@@ -208,8 +196,30 @@ def _swap_time_batch(x: tf.Tensor) -> tf.Tensor:
 class LSTMLayer(keras.layers.Layer):
     """Sequence layer over our `LSTMCell`: (batch, time, features) -> (batch, time, units).
 
-    `call(inputs, initial_state=None)` returns (outputs, [h_T, C_T]) so that a caller can carry
-    the state into the next window (truncated BPTT) or the next sampling step.
+    Runs one of the three paths of this module's docstring with the cell's weights (`self.cell`),
+    and returns the final state too, so that a caller can carry it into the next window
+    (truncated BPTT) or the next sampling step.
+
+    Args:
+        units: positive integer, the width of h and C.
+        lstm_path: "auto" (cuDNN with a GPU, else fused), "fused", "cudnn" or "rnn".
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: (batch, time, features), or (time, batch, features) with `time_major`.
+        initial_state: [h_0, C_0], each (batch, units), or None for zeros.
+        time_major: whether inputs and outputs are (time, batch, ...).
+        recurrent_mask: training only, (batch, units) multiplying h_{t-1} where it enters the
+            recurrent kernel (variational recurrent dropout), or None.
+
+    Returns:
+        (outputs in the layout of the inputs, (..., units); [h_T, C_T], each (batch, units)).
+
+    Example:
+
+        layer = LSTMLayer(128)
+        outputs, state = layer(tf.random.normal((8, 100, 32)))            # (8, 100, 128)
+        more, state = layer(tf.random.normal((8, 100, 32)), initial_state=state)  # carried on
     """
 
     def __init__(self, units: int, lstm_path: str = "auto", **kwargs):

@@ -76,12 +76,30 @@ def choose_next(logits, temperature, top_k, top_p, seed):
 
 
 class Sampler:
-    """Compiled generation for one model: one graph call produces `chunk` characters."""
+    """Compiled generation for one model: one graph call produces `chunk` characters.
+
+    The loop runs the model's one-character step (`CharLSTM.step`, the same step the server and
+    the exports run) and `choose_next` in a `tf.while_loop`, compiled with XLA; `generate`
+    yields the ids chunk by chunk, so text can be written as it is made.
+
+    Args:
+        model: a built `CharLSTM`.
+        chunk: characters per graph call (the states are carried from call to call).
+        jit_compile: compile the loop with XLA (much faster on a CPU; False to debug).
+        banned: ids never generated (the vocabulary's unknown symbol, which stands for the
+            rare characters a `--min-count` run folded together).
+
+    Example:
+
+        loaded = load_run("my-run", "runs")                    # textgen.inference
+        sampler = sampler_for(loaded.model, loaded.vocab)      # a Sampler that bans <unk>
+        ids, _ = start_ids(loaded.vocab, "ROMEO:")
+        for chunk in sampler.generate(ids, SampleConfig(length=200, seed=1)):
+            print(loaded.vocab.decode(chunk[0]), end="")     # chunk: (num_samples, n) ids
+    """
 
     def __init__(self, model, chunk: int = CHUNK, jit_compile: bool = True,
                  banned: tuple[int, ...] = ()):
-        """`banned`: ids never generated (the vocabulary's unknown symbol, which stands for the
-        rare characters a `--min-count` run folded together)."""
         self.model, self.chunk = model, chunk
         self._ban = None
         if banned:
@@ -95,7 +113,7 @@ class Sampler:
         self._prime = tf.function(lambda ids, flat: self._prime_eager(ids, flat), reduce_retracing=True)
 
     def _prime_eager(self, ids, flat_states):
-        _, states = self.model(ids, unflatten_state(flat_states))
+        _, states = self.model(ids, unflatten_state(flat_states, self.model.cell_kind))
         return flatten_state(states)
 
     def _run_groups(self, last, flat_states, steps, temperature, top_k, top_p, key, offset):
@@ -127,7 +145,8 @@ class Sampler:
         weights = self.model.step_weights()  # once per chunk, outside the loop
 
         def body(t, last, flat, out):
-            logits, states = self.model.step(last, unflatten_state(flat), weights)  # (batch, vocab)
+            states = unflatten_state(flat, self.model.cell_kind)
+            logits, states = self.model.step(last, states, weights)  # (batch, vocab)
             if self._ban is not None:
                 logits = logits + self._ban
             # the position goes into key[1] as a scalar: adding a (2,) vector instead measured

@@ -95,7 +95,7 @@ def _replica_train_step(training: Training, x, y, flat_states):
     x, y = replicas.my_rows(x), replicas.my_rows(y)  # (rows, seq_len) each
     with tf.GradientTape() as tape:
         key = dropout_key(training.config.seed, optimizer.iterations)  # masks: (seed, step) only
-        loss, states = model.sequence_loss(x, y, unflatten_state(flat_states), training=True,
+        loss, states = model.sequence_loss(x, y, unflatten_state(flat_states, model.cell_kind), training=True,
                                            dropout_key=key)
         loss = loss / replicas.count  # this replica's share of the batch mean
         scaled = optimizer.scale_loss(loss)  # x the loss scale under mixed_float16
@@ -123,7 +123,7 @@ def train_step(training: Training, x, y, flat_states):
 
 def eval_step(model: CharLSTM, x, y, flat_states):
     """Mean loss in nats of targets y after x (no update, no dropout), and the new states."""
-    loss, states = model.sequence_loss(x, y, unflatten_state(flat_states), training=False)
+    loss, states = model.sequence_loss(x, y, unflatten_state(flat_states, model.cell_kind), training=False)
     return loss, flatten_state(states)
 
 

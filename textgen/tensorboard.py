@@ -61,7 +61,8 @@ class TensorBoardLog:
             tf.summary.scalar("bits_per_char", val_bpc)
             tf.summary.text("sample", self._sample_text(trainer, step))
             window, _ = trainer.val_data.window(0)  # (batch, seq_len)
-            write_gate_summaries(gate_batch(self._sample_model, window[:GATE_ROWS]), step)
+            write_gate_summaries(gate_batch(self._sample_model, window[:GATE_ROWS]), step,
+                                 self._sample_model.cell_kind)
         self.validation.flush()
 
     def _sample_text(self, trainer, step: int) -> str:

@@ -1,11 +1,12 @@
 """Per-character traces of the LSTM: every gate, cell state and hidden state the model computes.
 
 The trace runs the model's own code, not a copy of its equations: the first layer's input
-projections come from the (vocab, 4*units) table that the model's fused path and the sampler
-gather from (`CharLSTM.step_weights`), each later layer's from its own x.W + b, and the
-recurrence is `textgen.recurrent.lstm_sequence_gates`, the fused path's forward loop, which
-keeps i, f, C~, o, C and h of every step. Long texts run in windows with the state carried
-from one to the next, each window one XLA-compiled call, so memory beyond the result is constant.
+projections come from the (vocab, blocks*units) table that the model's fused path gathers from
+(`CharLSTM.step_weights(fold=True)`), each later layer's from its own x.W + b, and the recurrence
+is the cell's own step (`CellKind.step`, which also returns the gates) in a loop, keeping what
+the cell computes at every step (for the LSTM: i, f, C~, o, C and h; `cell.quantities`).
+Long texts run in windows with the state carried from one to the next, each window one
+XLA-compiled call, so memory beyond the result is constant.
 
     trace = trace_text(model, vocab, "def f(x):\\n    return x\\n")
     trace.layers[0]["f"]   # (time, units) forget gate after each character
@@ -22,15 +23,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
+from textgen.cell import LSTM, CellKind
 from textgen.config import VizConfig
 from textgen.errors import TextgenError
 from textgen.model import flatten_state, unflatten_state
-from textgen.recurrent import lstm_sequence_gates
 
-QUANTITIES = ("i", "f", "g", "o", "c", "h")  # input gate, forget gate, candidate C~, output gate, C, h
-NAMES = {"i": "input gate", "f": "forget gate", "g": "candidate", "o": "output gate",
-         "c": "cell", "h": "hidden"}
-GATES = ("i", "f", "o")  # the sigmoid gates, whose saturation is measured
+# The LSTM's (the default cell's) quantities; a model's own are `model.cell_kind.quantities`
+QUANTITIES = LSTM.quantities  # input gate, forget gate, candidate C~, output gate, C, h
+NAMES = LSTM.quantity_names
 MAX_TRACE_BYTES = 4 * 2**30  # a longer trace is refused before its arrays are allocated
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its tf.functions
 
@@ -58,9 +58,15 @@ class Trace:
     surprisal: np.ndarray
     vocab_chars: list[str]
     skipped: Counter = field(default_factory=Counter)
+    cell: CellKind = LSTM  # the model's cell kind: what each layer's dict holds
 
     def __len__(self) -> int:
         return len(self.chars)
+
+    @property
+    def quantities(self) -> tuple[str, ...]:
+        """The names each layer's dict holds, in order (`cell.quantities`)."""
+        return self.cell.quantities
 
 
 def known_text(vocab, text: str) -> tuple[str, Counter]:
@@ -72,27 +78,48 @@ def known_text(vocab, text: str) -> tuple[str, Counter]:
     return "".join(ch for ch in text if ch not in unknown), skipped
 
 
+def sequence_quantities(cell: CellKind, proj_tm, states, recurrent_kernel):
+    """`cell`'s step over time from the input projections, keeping everything it computes.
+
+    proj_tm: (time, batch, blocks*units) = x.W + b; states: the layer's initial states;
+    recurrent_kernel: (units, blocks*units). Returns ({quantity: (time, batch, units)} for
+    `cell.quantities`, the final states). The LSTM's numbers are the fused path's forward loop's
+    (tests/test_trace.py checks them against `textgen.recurrent.fused_lstm_sequence`).
+    """
+    steps = tf.shape(proj_tm)[0]
+    stored = [tf.TensorArray(proj_tm.dtype, size=steps) for _ in cell.quantities]
+
+    def body(t, states, stored):
+        states, gates = cell.step(proj_tm[t], states, tf.matmul(cell.output(states), recurrent_kernel),
+                                  with_gates=True)
+        values = {**gates, **dict(zip(cell.state_names, states))}
+        return t + 1, states, [ta.write(t, values[name]) for ta, name in zip(stored, cell.quantities)]
+
+    _, states, stored = tf.while_loop(lambda t, *_: t < steps, body, (tf.constant(0), tuple(states), stored))
+    return {name: ta.stack() for name, ta in zip(cell.quantities, stored)}, states
+
+
 def run_layers(model, ids_tm, states):
     """The model's layers over ids_tm (time, batch) from `states`, keeping everything.
 
-    Returns (per layer {"i", "f", "g", "o", "c", "h"}: (time, batch, units) in the model's
-    compute dtype, the new states, the last layer's h (time, batch, units)).
+    Returns (per layer {quantity: (time, batch, units)} for `model.cell_kind.quantities`, in the
+    model's compute dtype, the new states, the last layer's output (time, batch, units)).
     """
-    dtype = model.compute_dtype
-    proj = tf.gather(model.step_weights()["table"], ids_tm)  # (time, batch, 4*units)
+    dtype, kind = model.compute_dtype, model.cell_kind
+    proj = tf.gather(model.step_weights(fold=True)["table"], ids_tm)  # (time, batch, blocks*units)
     per_layer, new_states = [], []
-    for depth, (layer, (h0, c0)) in enumerate(zip(model.lstm_layers, states)):
+    for depth, (layer, state) in enumerate(zip(model.lstm_layers, states)):
         cell = layer.cell
         if depth:
-            x = per_layer[-1]["h"]  # (time, batch, units) of the layer below
+            x = per_layer[-1][kind.output_state]  # (time, batch, units) of the layer below
             # as LSTMLayer.call projects: one matmul for all steps, then bias_add
             proj = tf.nn.bias_add(tf.matmul(tf.reshape(x, (-1, tf.shape(x)[-1])),
                                             tf.cast(cell.kernel, dtype)), tf.cast(cell.bias, dtype))
             proj = tf.reshape(proj, tf.concat([tf.shape(x)[:2], [-1]], axis=0))
-        quantities, h, c = lstm_sequence_gates(proj, h0, c0, tf.cast(cell.recurrent_kernel, dtype))
+        quantities, state = sequence_quantities(kind, proj, state, tf.cast(cell.recurrent_kernel, dtype))
         per_layer.append(quantities)
-        new_states.append((h, c))
-    return per_layer, new_states, per_layer[-1]["h"]
+        new_states.append(state)
+    return per_layer, new_states, per_layer[-1][kind.output_state]
 
 
 def _functions(model) -> dict:
@@ -102,19 +129,21 @@ def _functions(model) -> dict:
 
         def window(ids, next_ids, flat, k):
             model = model_ref()
-            per_layer, states, top = run_layers(model, ids[:, None], unflatten_state(flat))
+            per_layer, states, top = run_layers(model, ids[:, None], unflatten_state(flat, model.cell_kind))
             logits = model.logits(top[:, 0])  # (time, vocab)
             log_probs = tf.nn.log_softmax(logits)
             top_log_probs, top_ids = tf.math.top_k(log_probs, k)  # (time, k)
             picked = tf.gather(log_probs, tf.maximum(next_ids, 0), batch_dims=1)  # (time,)
             surprisal = tf.where(next_ids >= 0, -picked / math.log(2.0), np.nan)
-            values = [[tf.cast(q[name][:, 0], tf.float32) for name in QUANTITIES] for q in per_layer]
+            values = [[tf.cast(q[name][:, 0], tf.float32) for name in model.cell_kind.quantities]
+                      for q in per_layer]
             return flatten_state(states), values, top_ids, tf.exp(top_log_probs), surprisal
 
         def batch(ids, flat):
-            per_layer, _, _ = run_layers(model_ref(), tf.transpose(ids), unflatten_state(flat))
-            return [{name: tf.transpose(tf.cast(q[name], tf.float32), [1, 0, 2]) for name in QUANTITIES}
-                    for q in per_layer]
+            model = model_ref()
+            per_layer, _, _ = run_layers(model, tf.transpose(ids), unflatten_state(flat, model.cell_kind))
+            return [{name: tf.transpose(tf.cast(q[name], tf.float32), [1, 0, 2])
+                     for name in model.cell_kind.quantities} for q in per_layer]
 
         # XLA fuses each step's small ops, as in the sampler: on this 2-core CPU a 2 x 256
         # model traced 20,000 characters 1.4 to 3 times faster than the same graph without it
@@ -139,13 +168,13 @@ def trace_text(model, vocab, text: str, top_k: int = VizConfig.top_k,
         raise TextgenError(f"nothing to trace: the text is empty{what}; give text the model was trained on")
     ids = vocab.encode(chars).astype(np.int32)  # (time,)
     steps, width, k = len(ids), min(window, len(ids)), min(top_k, vocab.size)
-    units, depth = model.config.units, len(model.lstm_layers)
-    needed = steps * units * depth * len(QUANTITIES) * 4
+    units, depth, quantities = model.config.units, len(model.lstm_layers), model.cell_kind.quantities
+    needed = steps * units * depth * len(quantities) * 4
     if needed > MAX_TRACE_BYTES:
         most = MAX_TRACE_BYTES * steps // needed
         raise TextgenError(f"tracing {steps:,} characters of this model needs {needed / 2**30:.1f} GiB; "
                            f"trace at most {most:,} characters at a time (--max-chars)")
-    layers = [{name: np.empty((steps, units), np.float32) for name in QUANTITIES} for _ in range(depth)]
+    layers = [{name: np.empty((steps, units), np.float32) for name in quantities} for _ in range(depth)]
     top_ids, top_probs = np.empty((steps, k), np.int32), np.empty((steps, k), np.float32)
     surprisal = np.empty(steps, np.float32)
     run = _functions(model)["window"]
@@ -159,33 +188,36 @@ def trace_text(model, vocab, text: str, top_k: int = VizConfig.top_k,
         flat, values, top, probs, bits = run(tf.constant(inputs), tf.constant(following), flat, k)
         n = end - start
         for layer, layer_values in zip(layers, values):
-            for name, value in zip(QUANTITIES, layer_values):
+            for name, value in zip(quantities, layer_values):
                 layer[name][start:end] = value.numpy()[:n]
         top_ids[start:end], top_probs[start:end] = top.numpy()[:n], probs.numpy()[:n]
         surprisal[start:end] = bits.numpy()[:n]
-    return Trace(chars, ids, layers, top_ids, top_probs, surprisal, list(vocab.chars), skipped)
+    return Trace(chars, ids, layers, top_ids, top_probs, surprisal, list(vocab.chars), skipped,
+                 model.cell_kind)
 
 
 def gate_batch(model, ids, states=None) -> list[dict[str, tf.Tensor]]:
     """Gates, C and h of every step for a batch of windows, per layer, for summaries.
 
-    ids: (batch, time) int; states: the model's [(h, C)] per layer (default zeros).
-    Returns per layer {"i", "f", "g", "o", "c", "h"}: (batch, time, units) float32.
+    ids: (batch, time) int; states: the model's states per layer (default zeros).
+    Returns per layer {quantity: (batch, time, units) float32} for `model.cell_kind.quantities`.
     """
     ids = tf.convert_to_tensor(ids, tf.int32)
     states = states if states is not None else model.initial_state(tf.shape(ids)[0])
     return _functions(model)["batch"](ids, flatten_state(states))
 
 
-def saturation(gates: dict, low: float = 0.1, high: float = 0.9) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def saturation(gates: dict, cell: CellKind, low: float = 0.1,
+               high: float = 0.9) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per unit, the fraction of values below `low` and above `high` of each sigmoid gate.
 
     gates: {"i", "f", "o", ...} arrays or tensors (..., units), e.g. one layer of a Trace or of
-    `gate_batch`. Returns {gate: (left (units,), right (units,))} for the gates present
-    (Karpathy et al. 2015, Fig. 3: a left-saturated forget gate forgets nearly at every step).
+    `gate_batch`; cell: the model's cell kind (its `sigmoid_gates` are measured). Returns
+    {gate: (left (units,), right (units,))} for the gates present (Karpathy et al. 2015, Fig. 3:
+    a left-saturated forget gate forgets nearly at every step).
     """
     result = {}
-    for name in GATES:
+    for name in cell.sigmoid_gates:
         if name in gates:
             values = np.asarray(gates[name])
             values = values.reshape(-1, values.shape[-1])  # (steps, units)
@@ -193,9 +225,10 @@ def saturation(gates: dict, low: float = 0.1, high: float = 0.9) -> dict[str, tu
     return result
 
 
-def write_gate_summaries(per_layer: list[dict], step: int, prefix: str = "gates",
+def write_gate_summaries(per_layer: list[dict], step: int, cell: CellKind, prefix: str = "gates",
                          histogram_values: int = 1 << 16) -> None:
-    """Histograms of i, f, C~, o and C, and the fractions of saturated gates, per layer, to the
+    """Histograms of every quantity of `cell` but its output state (for the LSTM i, f, C~, o and
+    C), and the fractions of saturated gates, per layer, to the
     default `tf.summary` writer (call it inside `writer.as_default()`), e.g. with `gate_batch`'s
     result on validation windows. Tags: `<prefix>/layer_<n>/<quantity>` and
     `<prefix>/layer_<n>/<gate>_below_0.1` / `_above_0.9`. A histogram takes every k-th value, at
@@ -204,11 +237,14 @@ def write_gate_summaries(per_layer: list[dict], step: int, prefix: str = "gates"
     """
     for depth, quantities in enumerate(per_layer):
         tag = f"{prefix}/layer_{depth}"
-        for name in ("i", "f", "g", "o", "c"):
+        for name in cell.quantities:
+            if name == cell.output_state:
+                continue
             values = tf.reshape(quantities[name], [-1])
             stride = -(-int(tf.size(values)) // histogram_values)  # ceil
-            tf.summary.histogram(f"{tag}/{NAMES[name].replace(' ', '_')}", values[::stride], step=step)
-        for gate, (left, right) in saturation(quantities).items():
-            label = NAMES[gate].replace(" ", "_")
+            label = cell.quantity_names[name].replace(" ", "_")
+            tf.summary.histogram(f"{tag}/{label}", values[::stride], step=step)
+        for gate, (left, right) in saturation(quantities, cell).items():
+            label = cell.quantity_names[gate].replace(" ", "_")
             tf.summary.scalar(f"{tag}/{label}_below_0.1", float(left.mean()), step=step)
             tf.summary.scalar(f"{tag}/{label}_above_0.9", float(right.mean()), step=step)

@@ -62,6 +62,21 @@ class Trainer:
         meta: run.json's contents (updated at every checkpoint).
         chief: whether this process writes the run (False for the other workers of a
             multi-worker run, which train in step with the chief and write nothing).
+
+    `run()` trains and returns why it stopped; `restore(ckpt_dir)` resumes from a checkpoint
+    (weights, optimizer slots, the carried state, progress) before it.
+
+    Example (what `textgen.launch` does for `textgen train`):
+
+        vocab, config = Vocabulary.from_text(text), TrainConfig(steps=500)
+        train_data, val_data = make_batchers(vocab.encode(text), config.batch_size, config.seq_len,
+                                             config.val_fraction)          # textgen.data
+        model_config = ModelConfig(vocab_size=vocab.size)
+        run_dir = Path("runs/demo")
+        run_dir.mkdir(parents=True)
+        trainer = Trainer(run_dir, vocab, train_data, val_data, model_config, config,
+                          meta={"model": model_config, "train": config, "checkpoints": {}})
+        reason = trainer.run()   # "budget", "early stopping" or a signal's name
     """
 
     def __init__(self, run_dir: Path, vocab: Vocabulary, train_data: StreamBatcher,
@@ -76,7 +91,7 @@ class Trainer:
         self.train_step = compile_train_step(self.training)
         self.eval_step = compile_eval_step(self.model)
         self.progress = Progress()
-        self.carried = self._zero_carry()  # flat [h0, c0, h1, c1, ...], one value per replica
+        self.carried = self._zero_carry()  # flat [h0, c0, h1, c1, ...] (the cell's states), per replica
         self._saved_step: int | None = None  # step of the checkpoint last written or restored
         self._out_of_time = False  # the --minutes budget is spent (agreed between workers)
         self._stopping: str | None = None  # why the loop stops early (agreed between workers)
@@ -90,7 +105,7 @@ class Trainer:
     # ------------------------------------------------------------------ carried state
 
     def _zero_carry(self) -> list:
-        """Zero LSTM states for every row of the training batch, split across the replicas."""
+        """Zero cell states for every row of the training batch, split across the replicas."""
         zeros = self.model.initial_state(self.config.batch_size)
         return self._scatter([t.numpy() for t in flatten_state(zeros)])
 
@@ -121,7 +136,8 @@ class Trainer:
         try:
             for i, v in enumerate(self.optimizer.variables):
                 v.assign(arrays[runformat.optimizer_key(i)])
-            flat = [arrays[runformat.carry_key(i)] for i in range(2 * self.model_config.num_layers)]
+            carried = len(self.model.cell_kind.state_names) * self.model_config.num_layers
+            flat = [arrays[runformat.carry_key(i)] for i in range(carried)]
             for x in flat:
                 if tuple(x.shape) != (self.config.batch_size, self.model_config.units):
                     raise ValueError(f"carried state of shape {tuple(x.shape)}")

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from textgen.cell import CellKind
 from textgen.export.docs import state_names
 
 KERAS_FILE, LITERT_FILE, ONNX_FILE = "model.keras", "model.tflite", "model.onnx"
@@ -60,29 +61,29 @@ def _keras_runner(path: Path) -> StepRunner:
     import keras
     import tensorflow as tf
 
-    import textgen.model  # noqa: F401  (registers CharLSTM and its layers with Keras)
+    import textgen.model  # registers CharLSTM and its layers with Keras; (un)flattens the states
 
     model = keras.saving.load_model(path)
     call = tf.function(lambda ids, states: model(ids[:, None], states), reduce_retracing=True)
 
     def step(ids, states):
-        names = list(states)
-        pairs = [(states[names[i]], states[names[i + 1]]) for i in range(0, len(names), 2)]
-        logits, new_pairs = call(tf.constant(ids), pairs)  # (batch, 1, vocab)
-        flat = [t.numpy() for pair in new_pairs for t in pair]
+        names = list(states)  # in `state_names` order
+        per_layer = textgen.model.unflatten_state([states[n] for n in names], model.cell_kind)
+        logits, new_states = call(tf.constant(ids), per_layer)  # (batch, 1, vocab)
+        flat = [t.numpy() for t in textgen.model.flatten_state(new_states)]
         return logits.numpy()[:, 0], dict(zip(names, flat))
 
     return step
 
 
-def zero_states(num_layers: int, units: int, batch: int = 1) -> dict:
-    """{"h0": zeros (batch, units), "c0": ..., ...}: the state before the first character."""
-    return {name: np.zeros((batch, units), np.float32) for name in state_names(num_layers)}
+def zero_states(num_layers: int, units: int, cell: CellKind, batch: int = 1) -> dict:
+    """{"h0": zeros (batch, units), "c0": ..., ...}: the `cell`'s states before the first character."""
+    return {name: np.zeros((batch, units), np.float32) for name in state_names(num_layers, cell)}
 
 
-def feed(step: StepRunner, ids: np.ndarray, num_layers: int, units: int) -> np.ndarray:
+def feed(step: StepRunner, ids: np.ndarray, num_layers: int, units: int, cell: CellKind) -> np.ndarray:
     """Logits after each of `ids`, fed one at a time from the zero state: (len(ids), vocab)."""
-    states, rows = zero_states(num_layers, units), []
+    states, rows = zero_states(num_layers, units, cell), []
     for char_id in np.asarray(ids, np.int32):
         logits, states = step(np.array([char_id], np.int32), states)
         rows.append(np.asarray(logits)[0])

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from textgen.cell import config_cell
 from textgen.config import ExportConfig, SampleConfig
 from textgen.errors import TextgenError, os_reason
 from textgen.export.check import (KERAS_FILE, LITERT_FILE, ONNX_FILE, bits_per_char, feed, open_runner,
@@ -95,7 +96,29 @@ def make_staging(out: Path) -> Path:
 
 def export_run(run: str | None, runs_dir: str, which: str, config: ExportConfig, out: str | Path,
                warn: Callable[[str], None] | None = None) -> ExportReport:
-    """Export the `which` (best/last) checkpoint of `run` to the directory `out`; see the module doc."""
+    """Export a run's checkpoint to the directory `out`: the entry point of `textgen export`.
+
+    Builds the export (`config.format`: savedmodel, litert, onnx or keras) in a staging
+    directory, runs it with its own runtime on the same characters as textgen's model, and
+    renames it into place only if the logits agree (see the module docstring).
+
+    Args:
+        run: a run name, a run directory, "latest", or None for the latest run.
+        runs_dir: where runs are looked up by name.
+        which: the checkpoint, "best" or "last".
+        config: the export's settings (`textgen.config.ExportConfig`).
+        out: the directory to write; it must not exist yet.
+        warn: gets warnings (e.g. a missing "best" checkpoint replaced by "last"), or None.
+
+    Returns:
+        The `ExportReport` (files, sizes, the check's figures); `describe(report)` prints it.
+        Bad input or a failed check raises `TextgenError` (one line); nothing is left at `out`.
+
+    Example:
+
+        report = export_run("my-run", "runs", "best", ExportConfig(format="onnx"), "my-run-onnx")
+        print(describe(report))
+    """
     from textgen.inference import load_run
 
     config.validate()
@@ -180,7 +203,7 @@ def check_export(model, staging: Path, eval_ids: np.ndarray, report: ExportRepor
     step = open_runner(config.format, staging)
     ids = eval_ids if config.quantize != "none" else eval_ids[: config.check_chars]
     expected = reference_logits(model, ids)
-    got = feed(step, ids, shape.num_layers, shape.units)
+    got = feed(step, ids, shape.num_layers, shape.units, config_cell(shape))
     report.checked_chars = len(ids)
     report.max_difference = float(np.abs(got - expected).max())
     if config.quantize != "none":

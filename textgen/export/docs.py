@@ -7,6 +7,7 @@ step function's inputs and outputs with their shapes, how to generate, and the c
 from __future__ import annotations
 
 from textgen import __version__
+from textgen.cell import CellKind, config_cell
 from textgen.config import shortlist_for
 
 VOCAB_FILE, README_FILE, MANIFEST_FILE = "vocab.json", "README.md", "export.json"
@@ -45,16 +46,17 @@ or one character at a time with ids of shape (batch, 1). It can also be trained 
 }
 
 
-def state_names(num_layers: int) -> list[str]:
-    """Names of the step function's per-layer state inputs, in order: h0, c0, h1, c1, ..."""
-    return [f"{kind}{layer}" for layer in range(num_layers) for kind in ("h", "c")]
+def state_names(num_layers: int, cell: CellKind) -> list[str]:
+    """Names of the step function's per-layer state inputs, in order: each of the cell's
+    `state_names` followed by the layer number (h0, c0, h1, c1, ... for the LSTM)."""
+    return [f"{name}{layer}" for layer in range(num_layers) for name in cell.state_names]
 
 
 def signature(report) -> dict:
     """The step function's inputs and outputs: {"inputs": [...], "outputs": [...]} of
     {"name", "shape", "dtype"}."""
     shape = report.model_config
-    states = state_names(shape.num_layers)
+    states = state_names(shape.num_layers, config_cell(shape))
     return {
         "inputs": [{"name": "ids", "shape": ["batch"], "dtype": "int32"}]
         + [{"name": n, "shape": ["batch", shape.units], "dtype": "float32"} for n in states],

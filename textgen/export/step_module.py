@@ -2,8 +2,9 @@
 
 The SavedModel export saves this module and the LiteRT export converts its `step`. It holds the
 weights in the form textgen's sampler steps with (`CharLSTM.step_weights`: the first layer's
-(vocab, 4*units) lookup table, each later layer's stacked [W; U] kernel, the output layer) as
-tf.Variables, and its functions are traced from textgen's own step (`textgen.model.step_layers`)
+(vocab, 4*units) lookup table, or for a large vocabulary the embedding and the first layer's
+kernel and bias apart, whichever is smaller; each later layer's stacked [W; U] kernel; the output
+layer) as tf.Variables, and its functions are traced from textgen's own step (`textgen.model.step_layers`)
 and sampling rule (`textgen.sample.choose_next`), so an export computes what `textgen sample`
 computes. Loading it needs TensorFlow alone: no textgen, no Keras objects.
 """
@@ -14,6 +15,7 @@ import tensorflow as tf
 
 from textgen.export.docs import state_names
 from textgen.head import two_level_log_probs
+from textgen.cell import config_cell
 from textgen.model import flatten_state, step_layers, unflatten_state
 from textgen.sample import choose_next
 
@@ -28,8 +30,9 @@ class StepModule(tf.Module):
         with_generate: whether to have `generate` too (a LiteRT conversion needs `step` alone).
 
     Call arguments of `step` (the SavedModel's `step` signature):
-        ids: (batch,) int32 character ids; h0, c0, h1, c1, ...: (batch, units) float32 states
-        (zeros to start). Returns {"logits": (batch, vocab), "new_h0": ..., "new_c0": ..., ...}.
+        ids: (batch,) int32 character ids; the states, named by `textgen.export.docs.state_names`
+        (h0, c0, h1, c1, ... for the LSTM): (batch, units) float32 each (zeros to start).
+        Returns {"logits": (batch, vocab), "new_h0": ..., "new_c0": ..., ...}.
 
     Call arguments of `generate` (the `generate` signature):
         prime: (n,) int32, n >= 1 (all but the last warm the state up; the last is the first
@@ -47,8 +50,11 @@ class StepModule(tf.Module):
         super().__init__(name="textgen_export")
         config = model.config
         self.num_layers, self.units, self.vocab_size = config.num_layers, config.units, config.vocab_size
+        self.cell = config_cell(config)
         weights = model.step_weights()
-        self.table = tf.Variable(weights["table"], trainable=False, name="table")
+        # the first layer's input: "table", or "embedding", "kernel", "bias" (`CharLSTM.step_weights`)
+        self.first = {name: tf.Variable(weights[name], trainable=False, name=name)
+                      for name in ("table", "embedding", "kernel", "bias") if name in weights}
         self.recurrent = tf.Variable(weights["recurrent"], trainable=False, name="recurrent")
         self.stacked = [(tf.Variable(kernel, trainable=False, name=f"kernel{i + 1}"),
                          tf.Variable(bias, trainable=False, name=f"bias{i + 1}"))
@@ -57,7 +63,7 @@ class StepModule(tf.Module):
         self.output_weights = {name: tf.Variable(w, trainable=False, name=f"head_{name}")
                                for name, w in model.output_weights().items()}
         state_spec = [tf.TensorSpec((None, self.units), tf.float32, name=n)
-                      for n in state_names(self.num_layers)]
+                      for n in state_names(self.num_layers, self.cell)]
         self.step = tf.function(self._step, input_signature=[
             tf.TensorSpec((None,), tf.int32, name="ids"), *state_spec])
         if not with_generate:
@@ -74,8 +80,9 @@ class StepModule(tf.Module):
 
     def _logits_and_states(self, ids, flat_states):
         """One step: ids (batch,) and [h0, c0, ...] -> (logits (batch, vocab), new [h0, c0, ...])."""
-        weights = {"table": self.table, "recurrent": self.recurrent, "stacked": self.stacked}
-        x, states = step_layers(weights, ids, unflatten_state(flat_states))  # x: (batch, units)
+        weights = {**self.first, "recurrent": self.recurrent, "stacked": self.stacked}
+        states = unflatten_state(flat_states, self.cell)
+        x, states = step_layers(weights, ids, states, self.cell)  # x: (batch, units)
         head = self.output_weights
         logits = tf.matmul(x, head["kernel"]) + head["bias"]  # (batch, vocab), or the head's N + 1
         if "tail_kernel" in head:  # a two-level head: every character's log-probability
@@ -85,7 +92,7 @@ class StepModule(tf.Module):
 
     def _step(self, ids, *flat_states):
         logits, new_flat = self._logits_and_states(ids, list(flat_states))
-        names = state_names(self.num_layers)
+        names = state_names(self.num_layers, self.cell)
         return {"logits": logits, **{f"new_{n}": t for n, t in zip(names, new_flat)}}
 
     def _generate(self, prime, length, temperature, top_k, top_p, seed):
@@ -101,7 +108,7 @@ class StepModule(tf.Module):
         ]
         with tf.control_dependencies(checks):  # nothing reads the prime before the checks pass
             prime = tf.identity(prime)
-            flat = [tf.zeros((1, self.units)) for _ in range(2 * self.num_layers)]  # (1, units) each
+            flat = flatten_state([self.cell.zero_state(1, self.units)] * self.num_layers)  # (1, units) each
 
         def warm(i, flat):  # the prime, all but its last id, one step at a time
             return i + 1, self._logits_and_states(tf.reshape(prime[i], (1,)), flat)[1]

@@ -105,7 +105,7 @@ class RowLoop:
 
     Call arguments (`run`):
         rows: `RowInputs`, one entry per row (see there).
-        flat_states: the flattened (h, C) per layer, (rows, units) each.
+        flat_states: the flattened states per layer (`model.cell_kind.state_names`), (rows, units) each.
         want_top: scalar bool, whether to compute each step's top alternatives.
 
     Returns:
@@ -162,7 +162,8 @@ class RowLoop:
         no_top = (tf.zeros((count, self.top)), tf.zeros((count, self.top), tf.int32))
 
         def body(t, last, flat, ids, logprobs, top_ids, top_logprobs):
-            logits, states = self.model.step(last, unflatten_state(flat), weights)  # (rows, vocab)
+            states = unflatten_state(flat, self.model.cell_kind)
+            logits, states = self.model.step(last, states, weights)  # (rows, vocab)
             sampled = choose_next_rows(logits, temperature, top_k, top_p, keys, position + t)
             nxt = tf.where(t < forced_len, tf.gather(forced, t, axis=1), sampled)  # (rows,)
             log_probs = tf.nn.log_softmax(logits)  # (rows, vocab)

@@ -148,7 +148,8 @@ class Engine:
         self.vocab, self.max_batch, self.chunk, self.max_queue = vocab, max_batch, chunk, max_queue
         self.loop = RowLoop(model, chunk)
         self.sizes = batch_sizes(max_batch)
-        self._units = [model.config.units] * (2 * model.config.num_layers)  # h, C per layer
+        # one (rows, units) array per state of each layer: h, C per layer for the LSTM
+        self._units = [model.config.units] * (len(model.cell_kind.state_names) * model.config.num_layers)
         self._pending: deque[_Row] = deque()
         self._cond = threading.Condition()
         self._closing = False

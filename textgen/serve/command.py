@@ -121,9 +121,29 @@ def warm_up(models: dict, counters: Counters, log: Callable[[str], None]) -> Non
 def serve_runs(runs: list[str], runs_dir: str, which: str, config: ServeConfig,
                echo: Callable[[str], None], log: Callable[[str], None],
                warn: Callable[[str], None] | None = None) -> None:
-    """Serve `runs` (names, paths or `latest`; none: the latest) until SIGINT/SIGTERM.
+    """Serve `runs` over HTTP until SIGINT/SIGTERM: the entry point of `textgen serve`.
 
-    `echo` gets the line with the URL (once ready), `log` progress notes (and --log-requests).
+    Binds `config.host`:`config.port` (127.0.0.1 by default), loads each run's model, answers
+    503 "starting" while the models compile, then serves the completions and trace API and the
+    playground page (`textgen.serve.app`). On a signal, open requests finish within
+    `config.shutdown_timeout` seconds.
+
+    Args:
+        runs: run names, run directories or "latest"; an empty list serves the latest run.
+        runs_dir: where runs are looked up by name.
+        which: the checkpoint to serve, "best" or "last".
+        config: the server's settings (`textgen.config.ServeConfig`).
+        echo: gets the line with the URL, once the server is ready.
+        log: gets progress notes (loading, compiling, stopping) and, with --log-requests, a
+            line per request.
+        warn: gets warnings (e.g. a missing "best" checkpoint replaced by "last"), or None.
+
+    Returns:
+        None, once the server has stopped. Bad input raises `TextgenError` (one line).
+
+    Example:
+
+        serve_runs(["my-run"], "runs", "best", ServeConfig(port=8000), echo=print, log=print)
     """
     config.validate()
     if not (is_loopback(config.host) or config.api_key):

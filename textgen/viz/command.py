@@ -127,7 +127,31 @@ def run_viz(run: str | None, file: str | None, runs_dir: str, checkpoint: str, c
             out: str | None = None, prime: str | None = None, sample: int | None = None,
             seed: int | None = None, encoding: str = "utf-8",
             warn: Callable[[str], None] | None = None) -> Path:
-    """Trace the text and write `config.format` to `out`; returns the path written."""
+    """Trace a text through a run's model and write it: the entry point of `textgen viz`.
+
+    The text comes from `file` ("-": standard input), `prime`, or `sample` characters the model
+    generates (with `seed`); every gate, C and h of every layer at every character is recorded
+    (`textgen.trace.trace_text`) and written as `config.format`: the self-contained HTML page,
+    JSON or npz.
+
+    Args:
+        run: a run name, a run directory, "latest", or None for the latest run.
+        file: the text file to trace, "-" for standard input, or None (then `prime`/`sample`).
+        runs_dir: where runs are looked up by name.
+        checkpoint: "best" or "last".
+        config: the trace's settings (`textgen.config.VizConfig`: format, max_chars, top_k, ...).
+        out: the path to write, or None for a default name beside the working directory.
+        prime, sample, seed: trace `prime`, or `sample` generated characters after it.
+        encoding: the text file's encoding.
+        warn: gets notices (out-of-vocabulary characters skipped, a page cut to --max-mb).
+
+    Returns:
+        The path written. Bad input raises `TextgenError` (one line).
+
+    Example:
+
+        path = run_viz("my-run", "poem.txt", "runs", "best", VizConfig(format="html"))
+    """
     warn = warn or (lambda _: None)
     config.validate()
     run, file = resolve_positionals(run, file)
@@ -151,10 +175,12 @@ def run_viz(run: str | None, file: str | None, runs_dir: str, checkpoint: str, c
 
 
 def describe_trace(trace, run: str, checkpoint: str, source: str, notices: list[str]) -> dict:
-    """The header every output format carries: where the trace came from and the ranked cells."""
+    """The header every output format carries: where the trace came from, the model's cell kind
+    and the quantities each layer holds (`cell.quantities`), and the ranked cells."""
     from textgen.cell_features import rank_cells
 
     return {"run": run, "checkpoint": checkpoint, "source": source, "notices": list(notices),
+            "cell": trace.cell.name, "quantities": list(trace.quantities),
             "cells": rank_cells(trace.chars, trace.layers)}
 
 
@@ -190,7 +216,7 @@ def write_page(trace, header: dict, path: Path, max_mb: float, warn=None) -> Non
               "features": FEATURES,
               "c_scale": [cell_scale(layer["c"]).tolist() for layer in trace.layers],
               "saturation": [{gate: [low.round(4).tolist(), high.round(4).tolist()]
-                              for gate, (low, high) in saturation(layer).items()} for layer in trace.layers]}
+                              for gate, (low, high) in saturation(layer, trace.cell).items()} for layer in trace.layers]}
     page = fit_page(trace, int(max_mb * 1e6), header_size(header, template))
     if page.length < len(trace):
         message = (f"the page shows the first {page.length:,} of {len(trace):,} characters traced, to stay "

@@ -25,7 +25,7 @@ from importlib import resources
 
 import numpy as np
 
-from textgen.trace import QUANTITIES, Trace
+from textgen.trace import Trace
 
 BITS = (8, 6, 5, 4, 3)  # precisions tried, finest first
 SCALES = {"i": (0.0, 1.0), "f": (0.0, 1.0), "o": (0.0, 1.0), "g": (-1.0, 1.0), "h": (-1.0, 1.0)}
@@ -64,7 +64,7 @@ def unit_values(trace: Trace, length: int, bits: int, units=slice(None)) -> dict
     """The quantised values of the first `length` characters: {"values/<layer>/<q>": (units, length)}."""
     arrays = {}
     for depth, layer in enumerate(trace.layers):
-        for name in QUANTITIES:
+        for name in trace.quantities:
             values = layer[name][:length, units]
             if name == "c":
                 scale = cell_scale(layer["c"])[units]

@@ -18,7 +18,7 @@ from typing import TextIO
 import numpy as np
 
 from textgen.atomic import atomic_write_stream
-from textgen.trace import QUANTITIES, Trace
+from textgen.trace import Trace
 
 FORMAT = "textgen-trace"
 VERSION = 1
@@ -49,7 +49,7 @@ def write_trace_json(trace: Trace, path: str | Path, header: dict) -> None:
         f.write(json.dumps(top)[:-1] + ', "layers": [')  # ASCII: \u escapes survive any text
         for depth, layer in enumerate(trace.layers):
             f.write(", {" if depth else "{")
-            for k, name in enumerate(QUANTITIES):
+            for k, name in enumerate(trace.quantities):
                 f.write(f'{", " if k else ""}"{name}": ')
                 _json_rows(f, layer[name])
             f.write("}")
@@ -72,7 +72,7 @@ def trace_arrays(trace: Trace, header: dict) -> dict[str, np.ndarray]:
         "header": np.array(json.dumps({"format": FORMAT, "version": VERSION, **header})),
     }
     for depth, layer in enumerate(trace.layers):
-        arrays.update({f"layer{depth}_{name}": layer[name] for name in QUANTITIES})
+        arrays.update({f"layer{depth}_{name}": layer[name] for name in trace.quantities})
     return arrays
 
 

@@ -343,7 +343,7 @@ class Page {
     }
     add("div", `layer ${layer} \u00b7 unit ${unit}`, "unit");
     const table = add("table"), heads = table.insertRow(), values = table.insertRow();
-    for (const q of ["i", "f", "g", "o", "c", "h"]) {
+    for (const q of this.header.quantities) {  // what the model's cell computes (textgen.cell)
       heads.appendChild(Object.assign(document.createElement("th"), { textContent: SYMBOL[q] }));
       const cell = values.insertCell();
       cell.dataset.q = q;
