@@ -158,7 +158,8 @@ def page_template() -> str:
     shared = resources.files("textgen") / "page_assets"
     shared_css, shared_script = (shared.joinpath(name).read_text(encoding="utf-8") for name in SHARED_FILES)
     # the shared renderer first: the page's own style and script build on it
-    return html.replace("/*STYLE*/", shared_css + "\n" + css).replace("/*SCRIPT*/", shared_script + "\n" + script)
+    style, script = shared_css + "\n" + css, shared_script + "\n" + script
+    return html.replace("/*STYLE*/", style).replace("/*SCRIPT*/", script)
 
 
 def script_json(value) -> str:

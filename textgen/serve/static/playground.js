@@ -351,11 +351,14 @@ function bindControls() {
   $("model").addEventListener("change", () => { showModelInfo(); forgetTrace(); });
   $("colour-by").addEventListener("change", chooseColouring);
   for (const id of ["cell-layer", "cell-unit", "cell-quantity"]) $(id).addEventListener("change", traceOutput);
+  let hovered = null; // the character under the pointer, whose card is shown
   $("output").addEventListener("mouseover", (event) => {
-    if (event.target.index !== undefined) showCard(event.target);
+    if (event.target.index === undefined) return;
+    hovered = event.target;
+    showCard(hovered);
   });
-  $("output").addEventListener("mouseleave", () => { $("card").hidden = true; });
-  $("output").addEventListener("scroll", () => { $("card").hidden = true; });
+  $("output").addEventListener("mouseleave", () => { $("card").hidden = true; hovered = null; });
+  $("output").addEventListener("scroll", () => { if (hovered) R.placeCard($("card"), hovered); });
   $("legend").querySelector(".scale").style.background = R.gradient("surprisal");
   $("surprisal-max").textContent = R.SURPRISAL_MAX_BITS;
   $("prompt").addEventListener("keydown", (event) => {

@@ -272,9 +272,9 @@ class Page {
       [low, high] = this.range(quantity, layer, unit);
     }
     $("legend-bar").style.background = R.gradient(R.scaleOf(quantity));
-    $("legend-low").textContent = this.format(low);
-    $("legend-high").textContent =
-      quantity === "surprisal" ? `\u2265 ${this.format(high)} bits` : this.format(high);
+    const surprisal = quantity === "surprisal";
+    $("legend-low").textContent = surprisal ? "0" : this.format(low);
+    $("legend-high").textContent = surprisal ? `\u2265 ${high} bits` : this.format(high);
     const where = quantity === "surprisal" ? "" : `, layer ${layer}, unit ${unit}`;
     $("legend-caption").textContent = `${MEANING[quantity]}${where}`;
   }
