@@ -366,7 +366,7 @@ window.fetch = async (input, init) => {
     async pull(controller) {
       while (window.__credit <= 0) {
         if (signal && signal.aborted) {
-          reader.cancel();
+          reader.cancel().catch(() => {});
           controller.error(new DOMException("The user aborted a request.", "AbortError"));
           return;
         }
@@ -422,6 +422,7 @@ def test_the_playground_streams_coloured_text_in_a_browser(url, tmp_path):
             legend = " ".join(page.inner_text("#legend").split())
             assert legend.startswith("surprisal: 0 \u2265 10 bits"), legend  # the viz page's scale
             page.fill("#prompt", "the cat ")
+            page.fill("#seed", "7")  # the same texts, and so the same ranked cells, every time
             page.fill("#length", "20000")
             page.evaluate("window.__credit = 2")  # two network chunks, then the stream waits
             page.click("#generate")
@@ -487,8 +488,16 @@ def test_the_playground_streams_coloured_text_in_a_browser(url, tmp_path):
                 assert value == pytest.approx(reference["unit_values"][q][39], abs=6e-4), q
             assert_card_beside(page, "#card", "#output span:nth-child(40)")
             page.screenshot(path=str(tmp_path / "playground-cell.png"))
+            # the ranked cells as the server ranks them: buttons for those that follow a feature,
+            # "no unit follows it" once for each feature that none does
+            cells = reference["cells"]
+            assert page.locator("#cells button").count() == len([c for c in cells if c["follows"]])
+            weak = {c["feature"] for c in cells if not c["follows"]}
+            assert page.locator("#cells li.none").count() == len(weak)
+            assert all("no unit follows it" in item for item in page.locator("#cells li.none").all_inner_texts())
             page.evaluate("document.querySelector('#status').textContent = ''")
-            page.locator("#cells button:not(.chosen)").first.click()  # another ranked cell
+            page.fill("#cell-unit", str((unit + 1) % 16))  # another cell
+            page.dispatch_event("#cell-unit", "change")
             page.wait_for_function(COLOURED, timeout=60_000)
             second = span_looks(page)
             assert second != first and page.text_content("#output") == text
@@ -497,10 +506,13 @@ def test_the_playground_streams_coloured_text_in_a_browser(url, tmp_path):
             page.dispatch_event("#cell-layer", "change")
             page.wait_for_function("document.querySelector('#status').textContent.startsWith('Error')")
             assert page.locator("#cells li").count() == 0 and page.is_hidden("#cell-legend")
+            refused = "Failed to load resource: the server responded with a status of 400 (Bad Request)"
+            errors.remove(refused)  # the browser logs the refused request itself: the only error allowed
             page.fill("#cell-layer", "0")
             page.select_option("#colour-by", "surprisal")  # back: the surprisal shading returns
             assert page.is_hidden("#cell-controls")
-            assert span_looks(page)[1:2000] == looks[1:2000] or len(text) != len(final)
+            back = span_looks(page)
+            assert back[0][2] == [0, 0, 0] and all(look[2] != [0, 0, 0] for look in back[1:])
         finally:
             browser.close()
     assert errors == []
@@ -510,7 +522,7 @@ def test_the_playground_streams_coloured_text_in_a_browser(url, tmp_path):
 @pytest.fixture(scope="module")
 def two_runs_url(trained_run, chinese_run):
     """A server with two runs: the Chinese one first, then the session's English one."""
-    srv = Server(chinese_run, trained_run, "--max-tokens", 5000)
+    srv = Server(chinese_run, trained_run, "--max-tokens", 5000, "--max-batch", 1)  # one loop to compile
     srv.wait_ready()
     yield srv.url
     srv.stop()
