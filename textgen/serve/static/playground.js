@@ -66,6 +66,7 @@ function addSpans(parent, text, info, className) {
 
 const QUANTITY_NAMES = { c: "C", h: "h", i: "input gate", f: "forget gate", g: "candidate C\u0303", o: "output gate" };
 let cellTrace = null; // the last /v1/trace answer, while it matches the text on the page
+let traceSerial = 0; // the latest trace request's number: only its answer (or failure) is shown
 
 // Where a cell value lies on its scale: gates as they are ([0, 1]), C by the largest |C| shown
 // (its own range, as on the viz page), h and C~ as they are ([-1, 1])
@@ -162,11 +163,13 @@ async function traceOutput() {
     return;
   }
   setStatus("tracing the text\u2026");
+  const serial = ++traceSerial;
   try {
     const response = await fetch("/v1/trace", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
     const answer = await response.json();
+    if (serial !== traceSerial) return; // a later request (another cell, run or text) replaces it
     if (!response.ok) throw new Error((answer.error && answer.error.message) || `HTTP ${response.status}`);
     if ($("output").textContent !== text) return; // a new generation began meanwhile
     cellTrace = answer;
@@ -176,6 +179,7 @@ async function traceOutput() {
     repaint();
     setStatus(`coloured by layer ${answer.layer} unit ${answer.unit}, ${QUANTITY_NAMES[answer.quantity]}`);
   } catch (error) {
+    if (serial !== traceSerial) return;
     forgetTrace(); // a failed request leaves no cells of an earlier text behind
     setStatus(`Error: ${error.message}`, true);
   }
@@ -183,6 +187,7 @@ async function traceOutput() {
 
 // Drops the trace and its ranked cells: they belong to a text or run no longer shown
 function forgetTrace() {
+  traceSerial += 1; // and an answer still on its way is not shown
   cellTrace = null;
   showCells([]);
   repaint();
