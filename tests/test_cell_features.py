@@ -89,3 +89,4 @@ def test_a_feature_no_unit_follows_is_said_to_be_followed_by_none():
     weak = [cell for cell in ranked if not cell["follows"]]
     assert weak and all(abs(cell["r"]) < MIN_R for cell in weak)
     assert len(weak) == len({cell["feature"] for cell in weak})  # one entry each: its best |r|
+    assert {cell["feature"] for cell in weak}.isdisjoint(cell["feature"] for cell in followed)

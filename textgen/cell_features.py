@@ -152,7 +152,8 @@ def rank_cells(text: str, layers: list[dict[str, np.ndarray]], per_feature: int 
     layers: per layer {"c": (time, units), "h": ...} (a `Trace`'s layers). Returns dicts
     {"feature", "layer", "unit", "quantity", "r", "follows"}, the best `per_feature` of each
     feature by |r|, features ordered by their best |r|, strongest first. `follows` is |r| >=
-    `MIN_R`; a feature no unit follows keeps only its best cell, for the pages to say so.
+    `MIN_R`: a followed feature lists only cells that follow it, one that no unit follows only its
+    best cell, for the pages to say so.
     """
     varying = {name: f for name, f in text_features(text).items() if f.std() > 0}
     if not varying:
@@ -165,7 +166,8 @@ def rank_cells(text: str, layers: list[dict[str, np.ndarray]], per_feature: int 
         candidates = [(depth, unit, quantity, float(r[k, unit]))
                       for depth, quantity, r in blocks for unit in range(r.shape[1])]
         candidates.sort(key=lambda c: -abs(c[3]))
-        kept = candidates[:per_feature] if abs(candidates[0][3]) >= MIN_R else candidates[:1]
+        # the cells that follow it; if none does, its best one alone, to say so
+        kept = [c for c in candidates[:per_feature] if abs(c[3]) >= MIN_R] or candidates[:1]
         ranked.append([{"feature": name, "layer": depth, "unit": unit, "quantity": quantity, "r": r,
                         "follows": abs(r) >= MIN_R} for depth, unit, quantity, r in kept])
     ranked.sort(key=lambda cells: -abs(cells[0]["r"]))
