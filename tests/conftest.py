@@ -42,9 +42,88 @@ TINY = [
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+# A fontconfig that hides every font holding a Han character (U+4E2D), as on a machine with no CJK
+# font: Chromium started with it (FONTCONFIG_FILE) must show the pages' missing-font hint.
+NO_CJK_FONTCONFIG = """<?xml version="1.0"?>
+<!DOCTYPE fontconfig SYSTEM "fonts.dtd">
+<fontconfig>
+  <include ignore_missing="yes">/etc/fonts/fonts.conf</include>
+  <selectfont><rejectfont><pattern>
+    <patelt name="charset"><charset><int>0x4e2d</int></charset></patelt>
+  </pattern></rejectfont></selectfont>
+</fontconfig>
+"""
 CORPUS_LINE = "the cat sat on the mat\n"
 CORPUS_TEXT = CORPUS_LINE * 130  # 2,990 characters, vocabulary of 11
 RUN_NAME = "tiny"
+
+
+def chromium_env_without_cjk(folder: Path) -> dict:
+    """The environment for a Chromium that sees no CJK font (NO_CJK_FONTCONFIG written to `folder`)."""
+    config = Path(folder) / "no-cjk-fonts.conf"
+    config.write_text(NO_CJK_FONTCONFIG, encoding="utf-8")
+    return {**os.environ, "FONTCONFIG_FILE": str(config)}
+
+
+# What the browser tests read of a character's span: its width and its line's height (a Han
+# character is two columns of a monospace font wide; the missing-glyph box of one that has no
+# font, one column) and its background colour as [r, g, b].
+SPAN_BOX = """span => { const box = span.getBoundingClientRect();
+  const rgb = getComputedStyle(span).backgroundColor.match(/\\d+/g).slice(0, 3).map(Number);
+  return [box.width, box.height, rgb]; }"""
+HAN = "\u4e00\u4e8c\u4e09\u5927\u5c0f\u4eba\u5929\u5730\u5c71\u6c34\u65e5\u6708\u706b\u6728\u91d1\u571f" \
+      "\u98ce\u96e8\u82b1\u8349\u4e66\u751f\u5b66\u6587\u4e2d\u56fd\u5bb6\u5fc3\u8bf4\u770b"  # 30 in all
+
+
+def assert_card_beside(page, card: str, span: str) -> None:
+    """The hover card `card` shows, keeps each of its likeliest characters on one line, and does not
+    cover the hovered character `span` nor the rest of its line."""
+    box = page.locator(card).bounding_box()
+    under = page.locator(span).bounding_box()
+    assert box and under and box["height"] > 20
+    assert box["y"] >= under["y"] + under["height"] or box["y"] + box["height"] <= under["y"], (box, under)
+    lines = page.eval_on_selector_all(f"{card} .guess", "gs => gs.map(g => g.getClientRects().length)")
+    assert lines and set(lines) == {1}, lines
+
+
+def han_to_latin_width(page, container: str) -> float:
+    """How many Latin characters wide a Han character of the text in `container` is (about 2 where
+    a CJK font draws it, 1 for the missing-glyph box of the Latin monospace font)."""
+    han = page.locator(f"{container} span", has_text="\u4e2d").first.bounding_box()["width"]
+    latin = page.evaluate("""(container) => { const probe = document.createElement("span");
+      probe.textContent = "MMMM"; document.querySelector(container).appendChild(probe);
+      const w = probe.getBoundingClientRect().width / 4; probe.remove(); return w; }""", container)
+    return han / latin
+
+
+def chinese_corpus(chars: int = 4000, seed: int = 0) -> str:
+    """Generated Chinese: sentences of Han characters that end in \u3002 \uff01 or \uff1f, with
+    \u300c\u300d quotes, \u300a\u300b titles and \uff08\uff09 asides, a few per line."""
+    import random
+
+    rng = random.Random(seed)
+
+    def words(low, high):
+        return "".join(rng.choice(HAN) for _ in range(rng.randint(low, high)))
+
+    lines, n = [], 0
+    while n < chars:
+        sentences = []
+        for _ in range(rng.randint(1, 3)):
+            kind = rng.random()
+            if kind < 0.3:
+                body = f"{words(1, 3)}\u8bf4\uff1a\u300c{words(3, 9)}\u300d"
+            elif kind < 0.5:
+                body = f"{words(2, 4)}\u770b\u300a{words(2, 5)}\u300b{words(1, 4)}"
+            elif kind < 0.6:
+                body = f"{words(2, 5)}\uff08{words(1, 4)}\uff09{words(1, 3)}"
+            else:
+                body = f"{words(3, 8)}\uff0c{words(2, 8)}"
+            sentences.append(body + rng.choice("\u3002\u3002\u3002\uff01\uff1f"))
+        line = "".join(sentences) + "\n"
+        lines.append(line)
+        n += len(line)
+    return "".join(lines)
 
 
 def invoke(*args, **kwargs):
@@ -106,6 +185,19 @@ def trained_run(tmp_path_factory, corpus_file) -> Path:
     run_dir = runs / RUN_NAME
     assert (run_dir / "run.json").is_file(), describe(result)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def chinese_run(tmp_path_factory) -> Path:
+    """A tiny run trained once on `chinese_corpus`: `<runs>/han`, for the pages' Chinese tests."""
+    base = tmp_path_factory.mktemp("han-run")
+    corpus = base / "han.txt"
+    corpus.write_text(chinese_corpus(), encoding="utf-8")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(base)
+        result = invoke("train", corpus, "--runs-dir", base / "runs", "--name", "han", *TINY)
+    assert result.exit_code == 0, describe(result)
+    return base / "runs" / "han"
 
 
 @pytest.fixture

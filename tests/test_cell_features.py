@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from textgen.cell_features import FEATURES, correlations, rank_cells, text_features
+from textgen.cell_features import FEATURES, MIN_R, correlations, rank_cells, text_features, uses_spaces
 
 
 def marks(text: str, feature: str) -> str:
@@ -60,3 +60,33 @@ def test_rank_cells_orders_features_by_their_best_cell():
     assert "digit" not in {cell["feature"] for cell in ranked}  # no digits: the feature is constant
     best_r = [abs(ranked[k]["r"]) for k in range(0, len(ranked), 2)]
     assert best_r == sorted(best_r, reverse=True)
+
+
+def test_chinese_text_gets_its_own_features_and_no_word_start():
+    text = "他说：「你好。」《红楼梦》（一）\n她笑了！"
+    features = text_features(text)
+    assert "word start" not in features and "word start" in text_features("the cat sat")
+    assert marks(text, "inside 「」") == "000111100000000000000"  # after 「 up to its 」
+    assert marks(text, "inside 《》") == "000000001111000000000"
+    assert marks(text, "inside brackets") == "000000000000011000000"  # full-width （ ）
+    assert marks(text, "after a full stop") == "000000100000000000001"  # 。 and ！
+    assert features["position in sentence"].tolist()[:8] == [1, 2, 3, 4, 5, 6, 0, 1]
+    assert marks("“a ‘b’ c” d", "inside curly quotes") == "11111111000"
+    assert uses_spaces("naïve café, 中文 inside")
+    assert not uses_spaces("中文里夹着 a few words 的句子很长很长")
+
+
+def test_a_feature_no_unit_follows_is_said_to_be_followed_by_none():
+    text = 'ab "cd" ef "gh" ij\n' * 10
+    quotes = text_features(text)["inside double quotes"]
+    rng = np.random.default_rng(2)
+    c = rng.normal(size=(len(text), 6))
+    c[:, 1] = quotes + 0.01 * rng.normal(size=len(text))  # unit 1 follows the quotes; nothing else does
+    ranked = rank_cells(text, [{"c": c, "h": np.tanh(c)}], per_feature=3)
+    followed = [cell for cell in ranked if cell["follows"]]
+    assert {cell["feature"] for cell in followed} == {"inside double quotes"}
+    assert all(abs(cell["r"]) >= MIN_R for cell in followed)
+    weak = [cell for cell in ranked if not cell["follows"]]
+    assert weak and all(abs(cell["r"]) < MIN_R for cell in weak)
+    assert len(weak) == len({cell["feature"] for cell in weak})  # one entry each: its best |r|
+    assert {cell["feature"] for cell in weak}.isdisjoint(cell["feature"] for cell in followed)

@@ -8,6 +8,7 @@ run whose vocabulary has multi-byte characters, are stopped with SIGTERM and SIG
 from __future__ import annotations
 
 import json
+import math
 import re
 import socket
 import time
@@ -16,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-from conftest import CHROMIUM, CHROMIUM_ARGS
+from conftest import (CHROMIUM, CHROMIUM_ARGS, SPAN_BOX, assert_card_beside, chromium_env_without_cjk,
+                      han_to_latin_width)
 from serve_process import Server
 
 MAX_BATCH = 8
@@ -416,71 +418,220 @@ def stream_or_post(url, body) -> tuple[str, str]:
     return "".join(c["text"] for c in choices), choices[-1]["finish_reason"]
 
 
-SPAN_LOOK = "spans => spans.map(s => [s.style.background, s.title])"
+# The test holds the completion stream: the page's fetch of /v1/completions passes one network chunk
+# per unit of `window.__credit` (Infinity: unpaced) and waits, polling, while it is 0; an abort (Stop)
+# ends the wait. So no step of a browser test races a fast model.
+PACED_FETCH = """
+window.__credit = Infinity;
+const realFetch = window.fetch;
+window.fetch = async (input, init) => {
+  const response = await realFetch(input, init);
+  if (!String(input).endsWith("/v1/completions") || !response.body) return response;
+  const reader = response.body.getReader(), signal = init && init.signal;
+  const body = new ReadableStream({
+    async pull(controller) {
+      while (window.__credit <= 0) {
+        if (signal && signal.aborted) {
+          reader.cancel().catch(() => {});
+          controller.error(new DOMException("The user aborted a request.", "AbortError"));
+          return;
+        }
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      window.__credit -= 1;
+      try {
+        const { value, done } = await reader.read();
+        if (done) controller.close(); else controller.enqueue(value);
+      } catch (error) { controller.error(error); }
+    },
+    cancel(reason) { return reader.cancel(reason); },
+  });
+  return new Response(body, { status: response.status, headers: response.headers });
+};
+"""
+HELD = ("window.__credit === 0 && document.querySelector('#output').textContent.length > 0"
+        " && !document.querySelector('#stop').disabled")
+COLOURED = "document.querySelector('#status').textContent.startsWith('coloured by')"
+CARD_VALUES = "tds => Object.fromEntries(tds.map(td => [td.dataset.q, Number(td.textContent)]))"
+
+
+def open_playground(browser, url, errors, **options):
+    """The playground in a new page of `browser`, its runs listed, its stream held by the test."""
+    page = browser.new_page(viewport={"width": 1200, "height": 760})
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.add_init_script(PACED_FETCH)
+    page.goto(f"{url}/")
+    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    return page
+
+
+def span_looks(page) -> list:
+    return page.eval_on_selector_all("#output span", f"s => s.map({SPAN_BOX})")
 
 
 def test_the_playground_streams_coloured_text_in_a_browser(url, tmp_path):
     from playwright.sync_api import sync_playwright
 
+    from textgen.viz.page import page_template
+
+    # one renderer: the script the playground loads is the one `textgen viz` inlines
+    assert httpx.get(f"{url}/assets/render.js", timeout=10).text in page_template()
     errors: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 760})
-            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"{url}/")
-            page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+            page = open_playground(browser, url, errors)
             assert page.input_value("#model") == "tiny"
             assert "1 \u00d7 16 LSTM" in page.text_content("#model-info")
+            assert page.is_hidden("#cell-controls")  # layer and unit do nothing for surprisal
+            legend = " ".join(page.inner_text("#legend").split())
+            assert legend.startswith("surprisal: 0 \u2265 10 bits"), legend  # the viz page's scale
             page.fill("#prompt", "the cat ")
+            page.fill("#seed", "7")  # the same texts, and so the same ranked cells, every time
             page.fill("#length", "20000")
+            page.evaluate("window.__credit = 2")  # two network chunks, then the stream waits
             page.click("#generate")
-            # the length seen while Stop is enabled, read in one poll (two reads raced the stream's end)
             early = page.wait_for_function(
-                "(() => { const n = document.querySelector('#output').textContent.length;"
-                " return n > 300 && !document.querySelector('#stop').disabled ? n : 0; })()").json_value()
+                f"{HELD} ? document.querySelector('#output').textContent.length : 0").json_value()
+            page.evaluate("window.__credit = Infinity")
             page.wait_for_function("!document.querySelector('#generate').disabled", timeout=60_000)
             final = page.text_content("#output")
             assert early < len(final) == len("the cat ") + 20000  # it grew while running, then stopped
             assert final.startswith("the cat ") and "(finished: length)" in page.text_content("#status")
-            # every character but the first is coloured by its surprisal, in bits, with alternatives
-            titles = page.eval_on_selector_all("#output span[title]", "spans => spans.map(s => s.title)")
-            assert len(titles) == len(final) - 1
-            assert all(re.fullmatch(r'".{1,2}": \d+\.\d\d bits\nlikeliest: (".{1,2}" \d+\.\d\d(, )?){3}', t)
-                       for t in titles[:200]), titles[:3]
+            # every character but the first is coloured by its surprisal: redder for more bits,
+            # white at 0, the darkest red from 10 bits on (the viz page's scale)
+            looks = span_looks(page)[:2000]
+            logprobs = page.eval_on_selector_all(
+                "#output span", "s => s.slice(0, 2000).map(x => x.lp ?? null)")
+            assert logprobs[0] is None and None not in logprobs[1:]
+            greens = sorted((-lp / math.log(2), look[2][1]) for lp, look in zip(logprobs[1:], looks[1:]))
+            assert [g for _, g in greens] == sorted((g for _, g in greens), reverse=True)
+            assert all(look[2] == [215, 48, 39] for lp, look in zip(logprobs[1:], looks[1:])
+                       if -lp / math.log(2) >= 10)
+            # the hover card: surprisal, the likeliest next characters, beside the line, not on it
+            page.hover("#output span:nth-child(12)")
+            card = page.inner_text("#card")
+            bits = -logprobs[11] / math.log(2)
+            assert f"surprise: {bits:.2f} bits" in card and "next character:" in card, card
+            assert page.locator("#card .guess").count() == 3
+            assert_card_beside(page, "#card", "#output span:nth-child(12)")
             page.screenshot(path=str(tmp_path / "playground.png"))
             # Stop ends a long generation, and the server frees its row
             page.fill("#length", str(MAX_TOKENS))
+            page.evaluate("window.__credit = 3")
             page.click("#generate")
-            page.wait_for_function("document.querySelector('#output').textContent.length > 300")
+            page.wait_for_function(HELD)
             page.click("#stop")
             page.wait_for_function("document.querySelector('#status').textContent.startsWith('stopped')")
             wait_idle(url)
+            page.evaluate("window.__credit = Infinity")  # unpaced from here on
             # colouring by a cell: once the text is complete, the page traces it (POST /v1/trace)
             page.select_option("#colour-by", "cell")
+            assert page.is_visible("#cell-controls") and page.is_hidden("#legend")
             page.fill("#length", "1500")
             page.click("#generate")
-            coloured = "document.querySelector('#status').textContent.startsWith('coloured by')"
-            page.wait_for_function(coloured, timeout=60_000)
+            page.wait_for_function(COLOURED, timeout=60_000)
             text = page.text_content("#output")
-            first = page.eval_on_selector_all("#output span", SPAN_LOOK)
+            first = span_looks(page)
             assert len(first) == len(text) == len("the cat ") + 1500
-            assert len({background for background, _ in first}) > 10  # shaded by value, not one colour
-            assert re.fullmatch(r"layer 0 unit \d+ C: -?\d+\.\d{3}", first[0][1]), first[0][1]
-            assert re.fullmatch(r"layer 0 unit \d+ C: -?\d+\.\d{3}\n\".{1,2}\": \d+\.\d\d bits\n.*", first[1][1])
+            assert len({tuple(look[2]) for look in first}) > 10  # shaded by value, not one colour
             assert page.locator("#cells li").count() >= 3 and not page.is_hidden("#cell-legend")
+            unit = int(page.input_value("#cell-unit"))
+            reference = trace(url, {"model": "tiny", "text": text, "layer": 0, "unit": unit}).json()
+            # one convention on both pages: positive values red, negative blue
+            strong = [t for t, v in enumerate(reference["values"]) if abs(v) > 0.25 * reference["scale"]]
+            assert len(strong) > 20
+            for t in strong:
+                red, _, blue = first[t][2]
+                assert (red > blue) == (reference["values"][t] > 0), (t, reference["values"][t], first[t])
+            # the card holds the chosen unit's gates and state at the hovered character
+            page.hover("#output span:nth-child(40)")
+            assert f"layer 0 \u00b7 unit {unit}" in page.inner_text("#card")
+            shown = page.eval_on_selector_all("#card td", CARD_VALUES)
+            assert set(shown) == {"i", "f", "g", "o", "c", "h"}
+            for q, value in shown.items():
+                assert value == pytest.approx(reference["unit_values"][q][39], abs=6e-4), q
+            assert_card_beside(page, "#card", "#output span:nth-child(40)")
             page.screenshot(path=str(tmp_path / "playground-cell.png"))
-            unit = page.input_value("#cell-unit")
+            # the ranked cells as the server ranks them: buttons for those that follow a feature,
+            # "no unit follows it" once for each feature that none does
+            cells = reference["cells"]
+            assert page.locator("#cells button").count() == len([c for c in cells if c["follows"]])
+            weak = {c["feature"] for c in cells if not c["follows"]}
+            assert page.locator("#cells li.none").count() == len(weak)
+            assert all("no unit follows it" in item for item in page.locator("#cells li.none").all_inner_texts())
             page.evaluate("document.querySelector('#status').textContent = ''")
-            page.locator("#cells button:not(.chosen)").first.click()  # another ranked cell
-            page.wait_for_function(coloured, timeout=60_000)
-            second = page.eval_on_selector_all("#output span", SPAN_LOOK)
+            page.fill("#cell-unit", str((unit + 1) % 16))  # another cell
+            page.dispatch_event("#cell-unit", "change")
+            page.wait_for_function(COLOURED, timeout=60_000)
+            second = span_looks(page)
             assert second != first and page.text_content("#output") == text
-            assert page.input_value("#cell-unit") != unit or second[0][1].split(":")[0] != first[0][1].split(":")[0]
+            # a failed trace request (no layer 3 in a 1-layer run) leaves no cells of the last one
+            page.fill("#cell-layer", "3")
+            page.dispatch_event("#cell-layer", "change")
+            page.wait_for_function("document.querySelector('#status').textContent.startsWith('Error')")
+            assert page.locator("#cells li").count() == 0 and page.is_hidden("#cell-legend")
+            refused = "Failed to load resource: the server responded with a status of 400 (Bad Request)"
+            errors.remove(refused)  # the browser logs the refused request itself: the only error allowed
+            page.fill("#cell-layer", "0")
             page.select_option("#colour-by", "surprisal")  # back: the surprisal shading returns
-            assert page.eval_on_selector_all("#output span[title]", "s => s.length") == len(text) - 1
+            assert page.is_hidden("#cell-controls")
+            back = span_looks(page)
+            assert back[0][2] == [0, 0, 0] and all(look[2] != [0, 0, 0] for look in back[1:])
         finally:
             browser.close()
     assert errors == []
     assert (tmp_path / "playground.png").stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def two_runs_url(trained_run, chinese_run):
+    """A server with two runs: the Chinese one first, then the session's English one."""
+    srv = Server(chinese_run, trained_run, "--max-tokens", 5000, "--max-batch", 1)  # one loop to compile
+    srv.wait_ready()
+    yield srv.url
+    srv.stop()
+
+
+def test_the_playground_draws_chinese_and_forgets_cells_of_another_run(two_runs_url, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    prompt = "\u4e2d\u56fd\u4eba\u8bf4\uff1a\u300c"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = open_playground(browser, two_runs_url, errors)
+            assert page.input_value("#model") == "han"
+            page.fill("#prompt", prompt)
+            page.fill("#length", "400")
+            page.select_option("#colour-by", "cell")
+            page.click("#generate")
+            page.wait_for_function(COLOURED, timeout=60_000)
+            assert page.is_hidden("#font-hint")  # tests/setup-browser.sh installed a CJK font
+            assert han_to_latin_width(page, "#output") > 1.4  # glyphs, not boxes
+            cells = page.locator("#cells li").all_inner_texts()
+            assert cells and not any(c.startswith("word start") for c in cells)  # no spaces in Chinese
+            assert all("no unit follows it" in c for c in cells if "r = " not in c)
+            page.hover("#output span:nth-child(20)")
+            assert_card_beside(page, "#card", "#output span:nth-child(20)")
+            # another run: the cells and colours of the last one's trace go
+            page.select_option("#model", "tiny")
+            assert page.locator("#cells li").count() == 0 and page.is_hidden("#cell-legend")
+            browser.close()
+            # a Chromium that sees no CJK font: boxes, and the page says which font to install
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                                 env=chromium_env_without_cjk(tmp_path))
+            page = open_playground(browser, two_runs_url, errors)
+            page.fill("#prompt", prompt)
+            page.fill("#length", "100")
+            page.click("#generate")
+            page.wait_for_function("!document.querySelector('#generate').disabled", timeout=60_000)
+            assert page.is_visible("#font-hint")
+            hint = page.inner_text("#font-hint")
+            assert "Noto Sans CJK" in hint and "apt install fonts-noto-cjk" in hint, hint
+            assert han_to_latin_width(page, "#output") < 1.2
+        finally:
+            browser.close()
+    assert errors == []

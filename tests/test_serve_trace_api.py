@@ -38,6 +38,8 @@ def test_a_chosen_cell_is_the_traces_own_column(model_and_vocab):
         np.testing.assert_allclose(body["values"], want, atol=1e-5)
         assert body["scale"] == pytest.approx(np.abs(want).max(), abs=1e-5)
         assert (body["model"], body["layer"], body["unit"], body["quantity"]) == ("m", layer, unit, quantity)
+        for q in ("i", "f", "g", "o", "c", "h"):  # the unit's six values, for the playground's card
+            np.testing.assert_allclose(body["unit_values"][q], reference.layers[layer][q][:, unit], atol=1e-5)
 
 
 def test_without_a_unit_the_best_ranked_cell_of_the_quantity_is_shown(model_and_vocab):

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CHROMIUM, CHROMIUM_ARGS, describe, invoke
+from conftest import (CHROMIUM, CHROMIUM_ARGS, SPAN_BOX, assert_card_beside, chinese_corpus,
+                      chromium_env_without_cjk, describe, han_to_latin_width, invoke)
 
 pytestmark = pytest.mark.usefixtures("own_cwd")
 
@@ -105,13 +106,24 @@ def test_page_in_headless_chromium(quote_run, tmp_path):
         assert "".join(spans) == text and len(spans) == len(text)  # tabs, newlines, 中文, 🙂 as they are
         colours = lambda: page.eval_on_selector_all("#text span", "s => s.map(x => x.style.backgroundColor)")
         surprisal_colours = colours()
+        assert page.is_hidden("#layer") and page.is_hidden("#unit")  # nothing to choose for surprisal
+        assert page.inner_text("#legend-high") == "\u2265 10 bits"  # the playground's scale too
         page.select_option("#quantity", "c")
+        assert page.is_visible("#layer") and page.is_visible("#unit")
         page.fill("#unit", "3")
         unit3 = colours()
         page.fill("#unit", "4")
         unit4 = colours()
         assert unit3 != unit4 and unit3 != surprisal_colours
         assert len(set(unit4)) > 3
+        # one convention on both pages: positive values red, negative blue
+        looks = page.eval_on_selector_all("#text span", f"s => s.map({SPAN_BOX})")
+        c4, scale = trace["layer0_c"][:, 4], header["c_scale"][0][4]
+        strong = [t for t in range(len(text)) if abs(c4[t]) > 0.25 * scale]
+        assert len(strong) > 20
+        for t in strong:
+            red, _, blue = looks[t][2]
+            assert (red > blue) == (c4[t] > 0), (t, c4[t], looks[t])
         assert page.url.endswith("#q=c&layer=0&unit=4")  # the choice is kept in the URL
         page.click("h1")  # out of the unit box, where [ and ] are typed, not shortcuts
         page.keyboard.press("]")
@@ -130,6 +142,7 @@ def test_page_in_headless_chromium(quote_run, tmp_path):
         page.hover(f"#text span:nth-child({t + 1})")
         tooltip = page.inner_text("#tooltip")
         assert f"layer 0 · unit {best['unit']}" in tooltip and "next character" in tooltip
+        assert_card_beside(page, "#tooltip", f"#text span:nth-child({t + 1})")
         c_step = 2 * header["c_scale"][0][best["unit"]] / 255
         for q, tolerance in (("f", 0.5 / 255), ("o", 0.5 / 255), ("c", 0.5 * c_step)):
             shown = float(page.inner_text(f'#tooltip td[data-q="{q}"]'))
@@ -143,6 +156,51 @@ def test_page_in_headless_chromium(quote_run, tmp_path):
         browser.close()
     assert errors == []
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def open_page(browser, path: Path, errors: list):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(path.as_uri())
+    page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+    return page
+
+
+def test_chinese_page_draws_han_glyphs_and_fits_its_features(chinese_run, tmp_path):
+    from playwright.sync_api import sync_playwright
+    text = chinese_corpus(1200, seed=5)
+    (tmp_path / "han.txt").write_text(text, encoding="utf-8")
+    result = invoke("viz", "han", "han.txt", "--runs-dir", chinese_run.parent, "--out", "han.html")
+    assert result.exit_code == 0, describe(result)
+    header = page_header(tmp_path / "han.html")
+    features = {cell["feature"] for cell in header["cells"]}
+    assert "word start" not in features  # no spaces between Chinese words
+    assert {"inside \u300c\u300d", "inside \u300a\u300b", "after a full stop"} <= features
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = open_page(browser, tmp_path / "han.html", errors)
+        assert page.is_hidden("#font-hint")  # tests/setup-browser.sh installed a CJK font
+        assert han_to_latin_width(page, "#text") > 1.4  # drawn as a glyph, not as a box
+        unfollowed = [cell for cell in header["cells"] if not cell["follows"]]
+        shown = page.locator("#cells tbody tr.none").all_inner_texts()
+        assert len(shown) == len(unfollowed) and all("no unit follows it" in row for row in shown)
+        assert all(abs(cell["r"]) < 0.3 for cell in unfollowed)
+        page.hover("#text span:nth-child(30)")
+        assert_card_beside(page, "#tooltip", "#text span:nth-child(30)")
+        browser.close()
+        # a Chromium that sees no CJK font: the Han characters are boxes, and the page says why
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                    env=chromium_env_without_cjk(tmp_path))
+        page = open_page(browser, tmp_path / "han.html", errors)
+        assert page.is_visible("#font-hint")
+        hint = page.inner_text("#font-hint")
+        assert "Noto Sans CJK" in hint and "apt install fonts-noto-cjk" in hint, hint
+        assert "\u4e2d" in page.get_attribute("#font-hint", "data-missing")
+        assert han_to_latin_width(page, "#text") < 1.2
+        browser.close()
+    assert errors == []
 
 
 def test_json_and_npz_hold_the_same_trace(trained_run, corpus_file):

@@ -3,6 +3,7 @@ metrics, on Starlette and uvicorn, with one batching `Engine` per served run.
 
 Routes: `POST /v1/completions` (JSON, or server-sent events with `"stream": true`), `GET /v1/models`,
 `GET /healthz`, `GET /metrics` (Prometheus text format), `GET /` (the playground) and `/static/`,
+`/assets/` (textgen's shared page renderer, `textgen/page_assets/`, which `textgen viz` inlines),
 and textgen's own `POST /v1/trace` (one cell's value at every character, `textgen.serve.trace_api`).
 Every error is JSON `{"error": {"message", "type", "param", "code"}}`. Requests pass the checks of
 `textgen.serve.guard` (Host, Origin, API key, JSON bodies) first; while the runs compile, the API
@@ -47,6 +48,7 @@ from textgen.serve.guard import guards
 from textgen.serve.request_log import RequestLog
 
 STATIC_DIR = Path(__file__).parent / "static"
+ASSETS_DIR = Path(__file__).parent.parent / "page_assets"  # the core's shared renderer (plain data)
 
 
 @dataclass
@@ -207,6 +209,7 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig, counters: Co
         Route("/metrics", metrics, methods=["GET"]),
         Route("/", page, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+        Mount("/assets", StaticFiles(directory=ASSETS_DIR), name="assets"),
     ]
     middleware = [Middleware(RequestLog, log=log)] if config.log_requests and log else []
     middleware += guards(config, config.port if port is None else port)

@@ -8,7 +8,9 @@ The values come from `textgen.trace.trace_text` (the model's own cell code, the 
 Request: {"model", "text", "layer" (default 0), "unit" (default: the best-ranked cell's),
 "quantity" ("c" default, "h", "i", "f", "g" or "o")}. Answer: {"object": "textgen.trace", "model",
 "layer", "unit", "quantity", "values" (one per character of `text`, the value after reading it),
-"scale" (max |value|, for colouring), "cells" (the ranked cells: feature, layer, unit, quantity, r)}.
+"scale" (max |value|, for colouring), "unit_values" (the chosen unit's i, f, g, o, c and h at every
+character, for the hover card), "cells" (the ranked cells: feature, layer, unit, quantity, r,
+follows; a feature that no unit follows has one entry with follows false)}.
 """
 
 from __future__ import annotations
@@ -73,15 +75,19 @@ def parse_trace(body, shapes: dict, vocabs: dict, max_chars: int) -> TraceReques
 
 def trace_body(model, vocab, request: TraceRequest) -> dict:
     """Trace `request.text` through `model` and answer with the chosen cell's values and the
-    ranked cells. Without a `unit`, the best-ranked cell of the chosen quantity (C or h) is shown."""
+    ranked cells. Without a `unit`, the best-ranked cell of the chosen quantity (C or h) that
+    follows its feature is shown (else the best-ranked one; unit 0 for a gate, which is not ranked)."""
     trace = trace_text(model, vocab, request.text)
     cells = rank_cells(trace.chars, trace.layers, per_feature=CELLS_PER_FEATURE)
     layer, unit = request.layer, request.unit
     if unit is None:
-        best = next((c for c in cells if c["quantity"] == request.quantity), None)
+        of_quantity = [c for c in cells if c["quantity"] == request.quantity]
+        best = next((c for c in of_quantity if c["follows"]), of_quantity[0] if of_quantity else None)
         layer, unit = (best["layer"], best["unit"]) if best else (layer, 0)
     values = trace.layers[layer][request.quantity][:, unit]  # (time,)
     scale = float(np.abs(values).max()) if len(values) else 0.0
+    rounded = lambda column: [round(float(v), 5) for v in column]  # noqa: E731
     return {"object": "textgen.trace", "model": request.model, "layer": layer, "unit": unit,
-            "quantity": request.quantity, "values": [round(float(v), 5) for v in values],
-            "scale": round(scale, 5), "cells": [{**c, "r": round(c["r"], 4)} for c in cells]}
+            "quantity": request.quantity, "values": rounded(values), "scale": round(scale, 5),
+            "unit_values": {q: rounded(trace.layers[layer][q][:, unit]) for q in QUANTITIES},
+            "cells": [{**c, "r": round(c["r"], 4)} for c in cells]}

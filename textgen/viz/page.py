@@ -1,7 +1,9 @@
 """The `textgen viz` page: a trace packed into one self-contained HTML file under a size budget.
 
-The page template, script and style live in `textgen/viz/viz_page/` and are inlined, with the data,
-into one file that opens from disk with no network. The data is two parts: a JSON header (the
+The page template, script and style live in `textgen/viz/viz_page/` and are inlined, with textgen's
+shared renderer (`textgen/page_assets/render.js` and `render.css`: colour scales, hover card, font
+hint, which the playground of `textgen serve` uses too) and the data, into one file that opens from
+disk with no network. The data is two parts: a JSON header (the
 vocabulary, notices, per-unit saturation, the ranked cells) and a binary blob of arrays, each
 deflated on its own and the whole base64-encoded; the browser inflates them with its built-in
 `DecompressionStream`.
@@ -31,6 +33,7 @@ BITS = (8, 6, 5, 4, 3)  # precisions tried, finest first
 SCALES = {"i": (0.0, 1.0), "f": (0.0, 1.0), "o": (0.0, 1.0), "g": (-1.0, 1.0), "h": (-1.0, 1.0)}
 SAMPLED_UNITS = 32  # units per layer compressed to estimate a precision's size
 PAGE_FILES = ("page.html", "page.css", "page.js")
+SHARED_FILES = ("render.css", "render.js")  # in the core's textgen/page_assets/
 
 
 @dataclass
@@ -152,7 +155,11 @@ def page_template() -> str:
     """The page's HTML with its style and script inlined (placeholders for the data remain)."""
     folder = resources.files("textgen.viz") / "viz_page"
     html, css, script = (folder.joinpath(name).read_text(encoding="utf-8") for name in PAGE_FILES)
-    return html.replace("/*STYLE*/", css).replace("/*SCRIPT*/", script)
+    shared = resources.files("textgen") / "page_assets"
+    shared_css, shared_script = (shared.joinpath(name).read_text(encoding="utf-8") for name in SHARED_FILES)
+    # the shared renderer first: the page's own style and script build on it
+    style, script = shared_css + "\n" + css, shared_script + "\n" + script
+    return html.replace("/*STYLE*/", style).replace("/*SCRIPT*/", script)
 
 
 def script_json(value) -> str:

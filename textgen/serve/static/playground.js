@@ -1,18 +1,15 @@
 // textgen playground: streams /v1/completions (server-sent events) into the page, colouring
 // each character by its surprisal (-log2 of the probability the model gave it), or, once the text
 // is complete, by one cell's value at each character (POST /v1/trace, the model's own cell code,
-// as `textgen viz` computes it). No build step, no external requests.
+// as `textgen viz` computes it). The colour scales, the hover card and the font hint are textgen's
+// shared renderer (TextgenRender, /assets/render.js), the same as the viz page's. No build step, no
+// external requests.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const MAX_BITS = 8; // surprisal at which the colour scale saturates
+const R = TextgenRender;
 let controller = null; // AbortController of the running request
-
-function surprisalColour(logprob) {
-  const bits = -logprob / Math.LN2;
-  const t = Math.min(Math.max(bits / MAX_BITS, 0), 1);
-  return `hsl(${60 - 60 * t} 100% ${97 - 47 * t}%)`;
-}
+let spans = []; // one span per character on the page, in order (the trace's values line up with them)
 
 // Text waiting to be drawn: pieces are added to the page once per animation frame, so a fast
 // stream never forces a layout per piece (which made long texts crawl).
@@ -39,7 +36,7 @@ function flush() {
 }
 
 function bits(logprob) {
-  return (-logprob / Math.LN2).toFixed(2);
+  return -logprob / Math.LN2;
 }
 
 function colourBy() {
@@ -47,7 +44,8 @@ function colourBy() {
 }
 
 // One span per character (a code point), so a trace's values line up with the spans. A span keeps
-// its log-probability (data-lp) and its description (data-about) for recolouring later.
+// its log-probability (`lp`) and the likeliest characters at its place (`top`, {character:
+// logprob}) for recolouring and for the hover card.
 // info: per character {logprob, top: {character: logprob}}, or null (not scored)
 function addSpans(parent, text, info, className) {
   const fragment = document.createDocumentFragment();
@@ -56,61 +54,69 @@ function addSpans(parent, text, info, className) {
     if (className) span.className = className;
     span.textContent = ch;
     const { logprob, top } = (info && info[i]) || {};
-    if (logprob !== null && logprob !== undefined) {
-      span.dataset.lp = logprob;
-      const likeliest = top ? Object.entries(top).map(([c, lp]) => `${JSON.stringify(c)} ${bits(lp)}`) : [];
-      span.dataset.about = `${JSON.stringify(ch)}: ${bits(logprob)} bits` +
-        (likeliest.length ? `\nlikeliest: ${likeliest.join(", ")}` : "");
-    }
+    if (logprob !== null && logprob !== undefined) span.lp = logprob;
+    span.top = top || null;
+    span.index = spans.length;
+    spans.push(span);
     paintSpan(span, null);
     fragment.appendChild(span);
   });
   parent.appendChild(fragment);
 }
 
-// A value in [-1, 1] as a colour: blue below 0, white at 0, red above.
-function divergingColour(t) {
-  const x = Math.min(Math.max(t, -1), 1);
-  return `hsl(${x < 0 ? 220 : 0} 80% ${100 - 45 * Math.abs(x)}%)`;
-}
-
-const GATES = new Set(["i", "f", "o"]);
 const QUANTITY_NAMES = { c: "C", h: "h", i: "input gate", f: "forget gate", g: "candidate C\u0303", o: "output gate" };
 let cellTrace = null; // the last /v1/trace answer, while it matches the text on the page
+let traceSerial = 0; // the latest trace request's number: only its answer (or failure) is shown
+
+// Where a cell value lies on its scale: gates as they are ([0, 1]), C by the largest |C| shown
+// (its own range, as on the viz page), h and C~ as they are ([-1, 1])
+function scaled(q, value) {
+  return q === "c" ? value / Math.max(cellTrace.scale, 1e-6) : value;
+}
 
 // Colours one span by the chosen quantity; `value` is its cell value (cell mode) or null.
 function paintSpan(span, value) {
   const mode = colourBy();
   span.style.background = "";
-  span.removeAttribute("title");
-  if (mode === "surprisal" && span.dataset.lp !== undefined) {
-    span.style.background = surprisalColour(parseFloat(span.dataset.lp));
-    span.title = span.dataset.about;
+  if (mode === "surprisal" && span.lp !== undefined) {
+    span.style.background = R.shade("surprisal", bits(span.lp));
   } else if (mode === "cell" && value !== null && value !== undefined) {
-    const q = cellTrace.quantity;
-    // gates live in [0, 1]: 0.5 is white; C, h and C~ are scaled by the largest |value| shown
-    const t = GATES.has(q) ? 2 * value - 1 : value / (q === "c" ? Math.max(cellTrace.scale, 1e-6) : 1);
-    span.style.background = divergingColour(t);
-    span.title = `layer ${cellTrace.layer} unit ${cellTrace.unit} ${QUANTITY_NAMES[q]}: ${value.toFixed(3)}` +
-      (span.dataset.about ? `\n${span.dataset.about}` : "");
-  } else if (span.dataset.about) {
-    span.title = span.dataset.about;
+    span.style.background = R.shade(R.scaleOf(cellTrace.quantity), scaled(cellTrace.quantity, value));
   }
 }
 
+// The values of the trace on the page, while they line up with its characters; else null
+function tracedValues() {
+  return colourBy() === "cell" && cellTrace && cellTrace.values.length === spans.length ? cellTrace.values : null;
+}
+
 function repaint() {
-  const spans = $("output").querySelectorAll("span");
-  const values = colourBy() === "cell" && cellTrace && cellTrace.values.length === spans.length ? cellTrace.values : null;
+  const values = tracedValues();
   spans.forEach((span, i) => paintSpan(span, values && values[i]));
-  const cell = colourBy() === "cell" && values;
   $("legend").hidden = colourBy() !== "surprisal";
-  $("cell-legend").hidden = !cell;
-  if (cell) {
-    const q = cellTrace.quantity;
+  $("cell-legend").hidden = !values;
+  if (values) {
+    const q = cellTrace.quantity, scale = R.scaleOf(q);
     $("cell-name").textContent = `layer ${cellTrace.layer} unit ${cellTrace.unit}, ${QUANTITY_NAMES[q]}`;
-    const max = GATES.has(q) ? "1 (0: white at 0.5)" : (q === "c" ? cellTrace.scale.toFixed(2) : "1");
-    document.querySelectorAll("#cell-legend .cell-max").forEach((el) => { el.textContent = max; });
+    const high = q === "c" ? cellTrace.scale : 1;
+    $("cell-low").textContent = scale === "gate" ? "0" : (-high).toFixed(2);
+    $("cell-high").textContent = high.toFixed(2);
+    $("cell-legend").querySelector(".scale").style.background = R.gradient(scale);
   }
+}
+
+// The hover card of the character `span`: its surprisal, the likeliest next characters (the
+// scores of the next span's place) and, coloured by a cell, that unit's gates and state there.
+function showCard(span) {
+  const next = spans[span.index + 1];
+  const guesses = next && next.top ? Object.entries(next.top).map(([ch, lp]) => [ch, Math.exp(lp)])
+    .sort((a, b) => b[1] - a[1]) : [];
+  const values = tracedValues() && cellTrace.unit_values;
+  const unit = values ? { label: `layer ${cellTrace.layer} \u00b7 unit ${cellTrace.unit}`,
+    values: Object.fromEntries(Object.entries(values).map(([q, column]) => [q, column[span.index]])) } : null;
+  R.fillCard($("card"), { ch: span.textContent, where: `#${span.index + 1}`,
+    bits: span.lp === undefined ? null : bits(span.lp), guesses, unit });
+  R.placeCard($("card"), span);
 }
 
 function showCells(cells) {
@@ -118,6 +124,12 @@ function showCells(cells) {
   list.textContent = "";
   for (const cell of cells) {
     const item = document.createElement("li");
+    if (cell.follows === false) { // noise, not a finding: say so
+      item.className = "none";
+      item.textContent = `${cell.feature}: no unit follows it (best |r| = ${Math.abs(cell.r).toFixed(2)})`;
+      list.appendChild(item);
+      continue;
+    }
     const button = document.createElement("button");
     button.type = "button";
     button.textContent = `layer ${cell.layer} unit ${cell.unit} ${cell.quantity === "c" ? "C" : "h"}`;
@@ -151,11 +163,13 @@ async function traceOutput() {
     return;
   }
   setStatus("tracing the text\u2026");
+  const serial = ++traceSerial;
   try {
     const response = await fetch("/v1/trace", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
     const answer = await response.json();
+    if (serial !== traceSerial) return; // a later request (another cell, run or text) replaces it
     if (!response.ok) throw new Error((answer.error && answer.error.message) || `HTTP ${response.status}`);
     if ($("output").textContent !== text) return; // a new generation began meanwhile
     cellTrace = answer;
@@ -165,8 +179,18 @@ async function traceOutput() {
     repaint();
     setStatus(`coloured by layer ${answer.layer} unit ${answer.unit}, ${QUANTITY_NAMES[answer.quantity]}`);
   } catch (error) {
+    if (serial !== traceSerial) return;
+    forgetTrace(); // a failed request leaves no cells of an earlier text behind
     setStatus(`Error: ${error.message}`, true);
   }
+}
+
+// Drops the trace and its ranked cells: they belong to a text or run no longer shown
+function forgetTrace() {
+  traceSerial += 1; // and an answer still on its way is not shown
+  cellTrace = null;
+  showCells([]);
+  repaint();
 }
 
 function chooseColouring() {
@@ -254,8 +278,9 @@ async function generate() {
   const output = $("output");
   pending = [];
   output.textContent = "";
-  cellTrace = null;
-  repaint();
+  spans = [];
+  $("card").hidden = true;
+  forgetTrace();
   const body = requestBody();
   controller = new AbortController();
   setRunning(true);
@@ -315,6 +340,7 @@ async function generate() {
     flush();
     controller = null;
     setRunning(false);
+    R.fontHint($("font-hint"), output, output.textContent);
   }
   if (colourBy() === "cell") traceOutput();
 }
@@ -327,9 +353,19 @@ function bindControls() {
   }
   $("controls").addEventListener("submit", (event) => { event.preventDefault(); generate(); });
   $("stop").addEventListener("click", () => { if (controller) controller.abort(); });
-  $("model").addEventListener("change", showModelInfo);
+  $("model").addEventListener("change", () => { showModelInfo(); forgetTrace(); });
   $("colour-by").addEventListener("change", chooseColouring);
   for (const id of ["cell-layer", "cell-unit", "cell-quantity"]) $(id).addEventListener("change", traceOutput);
+  let hovered = null; // the character under the pointer, whose card is shown
+  $("output").addEventListener("mouseover", (event) => {
+    if (event.target.index === undefined) return;
+    hovered = event.target;
+    showCard(hovered);
+  });
+  $("output").addEventListener("mouseleave", () => { $("card").hidden = true; hovered = null; });
+  $("output").addEventListener("scroll", () => { if (hovered) R.placeCard($("card"), hovered); });
+  $("legend").querySelector(".scale").style.background = R.gradient("surprisal");
+  $("surprisal-max").textContent = R.SURPRISAL_MAX_BITS;
   $("prompt").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); generate(); }
   });

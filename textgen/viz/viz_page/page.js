@@ -1,9 +1,11 @@
 "use strict";
 // textgen viz page: decodes the embedded trace, renders one span per character once, and
 // recolours the spans (one style write each) when another quantity, layer or unit is chosen.
+// The colour scales, the hover card and the font hint are textgen's shared renderer
+// (TextgenRender, textgen/page_assets/render.js, inlined before this script).
 
 const TYPES = { uint8: Uint8Array, uint16: Uint16Array, uint32: Uint32Array, float32: Float32Array };
-const SYMBOL = { i: "i", f: "f", g: "C\u0303", o: "o", c: "C", h: "h" };
+const R = TextgenRender, SYMBOL = R.SYMBOL;
 const MEANING = {
   surprisal: "bits of surprise at each character",
   i: "input gate: 0 = write nothing, 1 = write C\u0303",
@@ -14,24 +16,8 @@ const MEANING = {
   h: "hidden state h = o \u00b7 tanh(C)",
 };
 const GATES = ["i", "f", "o"];
-const WHITE_BLUE = [[255, 255, 255], [198, 219, 239], [107, 174, 214], [66, 146, 198]];
-const RED_WHITE_BLUE = [[214, 96, 77], [244, 165, 130], [247, 247, 247], [146, 197, 222], [67, 147, 195]];
-const HEAT = [[255, 255, 255], [254, 224, 144], [253, 174, 97], [244, 109, 67], [215, 48, 39]];
-const SURPRISAL_SHADES = 64;
 
 const $ = (id) => document.getElementById(id);
-
-function ramp(stops, count) {
-  // `count` CSS colours evenly along the piecewise-linear colour `stops`
-  const colours = [];
-  for (let k = 0; k < count; k++) {
-    const x = count === 1 ? 0 : (k / (count - 1)) * (stops.length - 1);
-    const j = Math.min(Math.floor(x), stops.length - 2), w = x - j;
-    const rgb = stops[j].map((v, c) => Math.round(v + (stops[j + 1][c] - v) * w));
-    colours.push(`rgb(${rgb[0]},${rgb[1]},${rgb[2]})`);
-  }
-  return colours;
-}
 
 async function decodeArrays(header) {
   // base64 -> bytes once; each array is its own deflate stream, inflated by the browser
@@ -47,18 +33,7 @@ async function decodeArrays(header) {
   return arrays;
 }
 
-function describeChar(ch) {
-  const named = { "\n": "\u21b5 newline", "\t": "\u21e5 tab", " ": "\u2423 space" };
-  const code = "U+" + ch.codePointAt(0).toString(16).toUpperCase().padStart(4, "0");
-  return `${named[ch] || visible(ch)}  ${code}`;
-}
-
-function visible(ch) {
-  // control characters (but tab and newline) as their Unicode control pictures, the rest as itself
-  const code = ch.codePointAt(0);
-  if (code < 32 && ch !== "\t" && ch !== "\n") return String.fromCodePoint(0x2400 + code);
-  return code === 127 ? "\u2421" : ch;
-}
+const visible = R.visible;
 
 class Page {
   constructor(header, arrays) {
@@ -68,10 +43,12 @@ class Page {
     this.levels = (1 << header.bits) - 1;
     this.chars = Array.from(arrays.ids, (id) => header.vocab[id]);
     this.state = { quantity: "surprisal", layer: 0, unit: 0 };
+    // one colour per stored level: level k of a gate is k / levels, of a signed quantity
+    // -1 + 2k / levels (C's levels are of its unit's own range, so also -1 .. 1 here)
+    const steps = Array.from({ length: this.levels + 1 }, (_, k) => k / this.levels);
     this.palettes = {
-      gate: ramp(WHITE_BLUE, this.levels + 1),
-      signed: ramp(RED_WHITE_BLUE, this.levels + 1),
-      surprisal: ramp(HEAT, SURPRISAL_SHADES),
+      gate: steps.map((x) => R.shade("gate", x)),
+      signed: steps.map((x) => R.shade("signed", 2 * x - 1)),
     };
   }
 
@@ -92,6 +69,7 @@ class Page {
       $("notices").appendChild(item);
     }
     this.renderText();
+    R.fontHint($("font-hint"), $("text"), this.chars.join(""));
     this.renderControls();
     this.renderCells();
     this.renderSaturation();
@@ -120,10 +98,9 @@ class Page {
     text.appendChild(fragment);
     text.addEventListener("mouseover", (event) => {
       if (event.target.index === undefined) return;
-      this.hovered = { t: event.target.index, event };
-      this.showTooltip(this.hovered.t, event);
+      this.hovered = event.target.index;
+      this.showTooltip(this.hovered);
     });
-    text.addEventListener("mousemove", (event) => this.placeTooltip(event));
     text.addEventListener("mouseleave", () => { $("tooltip").hidden = true; this.hovered = null; });
   }
 
@@ -162,12 +139,19 @@ class Page {
       previous = cell.feature;
       row.insertCell().textContent = cell.feature;
       row.cells[0].className = "feature";
+      row.title = this.header.features[cell.feature] || "";
+      if (cell.follows === false) { // noise, not a finding: say so, with the best r there was
+        row.classList.add("none");
+        const none = row.insertCell();
+        none.colSpan = 2;
+        none.textContent = `no unit follows it (best |r| = ${Math.abs(cell.r).toFixed(2)})`;
+        continue;
+      }
       row.insertCell().textContent =
         `${SYMBOL[cell.quantity]} \u00b7 layer ${cell.layer} \u00b7 unit ${cell.unit}`;
       const r = row.insertCell();
       r.textContent = cell.r.toFixed(2);
       r.className = "r";
-      row.title = this.header.features[cell.feature] || "";
       row.addEventListener("click",
         () => this.select({ quantity: cell.quantity, layer: cell.layer, unit: cell.unit }));
       this.cellRows.push([row, cell]);
@@ -224,15 +208,9 @@ class Page {
   }
 
   surprisalScale() {
-    // shades from 0 bits to the 99th percentile (at least 4 bits); char t shows surprisal[t - 1]
+    // the shared scale, 0 to R.SURPRISAL_MAX_BITS bits; char t shows surprisal[t - 1]
     const s = this.arrays.surprisal;
-    const sorted = Float32Array.from(s.subarray(0, Math.max(this.n - 1, 0))).sort();
-    this.surprisalMax = Math.max(4, sorted.length ? sorted[Math.floor(0.99 * (sorted.length - 1))] : 0);
-    this.surprisalShade = new Int16Array(this.n).fill(-1);
-    for (let t = 1; t < this.n; t++) {
-      const x = Math.min(s[t - 1] / this.surprisalMax, 1);
-      this.surprisalShade[t] = Math.round(x * (SURPRISAL_SHADES - 1));
-    }
+    this.surprisalColour = Array.from({ length: this.n }, (_, t) => t ? R.shade("surprisal", s[t - 1]) : "");
   }
 
   unitValues(quantity, layer, unit) {
@@ -254,6 +232,7 @@ class Page {
     Object.assign(this.state, change);
     const { quantity, layer, unit } = this.state;
     $("quantity").value = quantity;
+    for (const control of document.querySelectorAll(".unit-control")) control.hidden = quantity === "surprisal";
     $("layer").value = String(layer);
     if (Number($("unit").value) !== unit) $("unit").value = unit;
     this.recolour();
@@ -267,7 +246,7 @@ class Page {
       marker.setAttribute("cy", 8 + (1 - high[unit]) * 100);
     }
     if (updateHash) history.replaceState(null, "", `#q=${quantity}&layer=${layer}&unit=${unit}`);
-    if (this.hovered && !$("tooltip").hidden) this.showTooltip(this.hovered.t, this.hovered.event);
+    if (this.hovered !== null && this.hovered !== undefined && !$("tooltip").hidden) this.showTooltip(this.hovered);
   }
 
   fromHash() {
@@ -282,25 +261,20 @@ class Page {
 
   recolour() {
     const { quantity, layer, unit } = this.state, spans = this.spans;
-    let low, high, palette;
+    let low, high;
     if (quantity === "surprisal") {
-      palette = this.palettes.surprisal;
-      for (let t = 0; t < this.n; t++) {
-        const shade = this.surprisalShade[t];
-        spans[t].style.backgroundColor = shade < 0 ? "" : palette[shade];
-      }
-      [low, high] = [0, this.surprisalMax];
+      for (let t = 0; t < this.n; t++) spans[t].style.backgroundColor = this.surprisalColour[t];
+      [low, high] = [0, R.SURPRISAL_MAX_BITS];
     } else {
-      palette = GATES.includes(quantity) ? this.palettes.gate : this.palettes.signed;
+      const palette = GATES.includes(quantity) ? this.palettes.gate : this.palettes.signed;
       const levels = this.unitValues(quantity, layer, unit);
       for (let t = 0; t < this.n; t++) spans[t].style.backgroundColor = palette[levels[t]];
       [low, high] = this.range(quantity, layer, unit);
     }
-    const stops = [0, 0.25, 0.5, 0.75, 1].map((x) => palette[Math.round(x * (palette.length - 1))]);
-    $("legend-bar").style.background = `linear-gradient(to right, ${stops.join(", ")})`;
-    $("legend-low").textContent = this.format(low);
-    $("legend-high").textContent =
-      quantity === "surprisal" ? `\u2265 ${this.format(high)} bits` : this.format(high);
+    $("legend-bar").style.background = R.gradient(R.scaleOf(quantity));
+    const surprisal = quantity === "surprisal";
+    $("legend-low").textContent = surprisal ? "0" : this.format(low);
+    $("legend-high").textContent = surprisal ? `\u2265 ${high} bits` : this.format(high);
     const where = quantity === "surprisal" ? "" : `, layer ${layer}, unit ${unit}`;
     $("legend-caption").textContent = `${MEANING[quantity]}${where}`;
   }
@@ -310,57 +284,18 @@ class Page {
     return Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(this.header.bits >= 6 ? 3 : 2);
   }
 
-  showTooltip(t, event) {
-    const tip = $("tooltip"), { layer, unit } = this.state, header = this.header;
-    tip.replaceChildren();
-    const add = (tag, text, className) => {
-      const node = document.createElement(tag);
-      if (text !== undefined) node.textContent = text;
-      if (className) node.className = className;
-      tip.appendChild(node);
-      return node;
-    };
-    const title = add("div");
-    title.appendChild(Object.assign(document.createElement("span"),
-      { className: "char", textContent: describeChar(this.chars[t]) }));
-    title.appendChild(Object.assign(document.createElement("span"), { className: "where",
-      textContent: `#${t + 1} \u00b7 line ${this.line[t]}, column ${this.column[t]}` }));
-    if (t > 0) {
-      const bits = this.arrays.surprisal[t - 1];
-      const p = (100 * 2 ** -bits).toFixed(1);
-      add("div", `surprise: ${bits.toFixed(2)} bits (the model gave it p = ${p}%)`, "surprise");
-    }
-    const guesses = add("div", "next character: ", "guesses");
-    const k = header.top_k;
-    for (let j = 0; j < k; j++) {
-      const id = this.arrays.top_ids[t * k + j], p = this.arrays.top_probs[t * k + j] / 65535;
-      const guess = document.createElement("span");
-      guess.className = "guess";
-      const ch = header.vocab[id];
-      const shown = { "\n": "\u21b5", "\t": "\u21e5", " ": "\u2423" }[ch] || visible(ch);
-      guess.textContent = `${j ? " \u00b7 " : ""}${shown} ${(100 * p).toFixed(1)}%`;
-      guesses.appendChild(guess);
-    }
-    add("div", `layer ${layer} \u00b7 unit ${unit}`, "unit");
-    const table = add("table"), heads = table.insertRow(), values = table.insertRow();
-    for (const q of this.header.quantities) {  // what the model's cell computes (textgen.cell)
-      heads.appendChild(Object.assign(document.createElement("th"), { textContent: SYMBOL[q] }));
-      const cell = values.insertCell();
-      cell.dataset.q = q;
-      cell.textContent = this.format(this.value(q, layer, unit, t));
-    }
-    tip.hidden = false;
-    this.placeTooltip(event);
-  }
-
-  placeTooltip(event) {
-    const tip = $("tooltip");
-    if (tip.hidden) return;
-    const x = Math.min(event.clientX + 14, window.innerWidth - tip.offsetWidth - 8);
-    const below = event.clientY + 18 + tip.offsetHeight <= window.innerHeight;
-    const y = below ? event.clientY + 18 : event.clientY - tip.offsetHeight - 10;
-    tip.style.left = `${Math.max(0, x)}px`;
-    tip.style.top = `${Math.max(0, y)}px`;
+  showTooltip(t) {
+    const { layer, unit } = this.state, header = this.header, k = header.top_k;
+    const guesses = Array.from({ length: k }, (_, j) =>
+      [header.vocab[this.arrays.top_ids[t * k + j]], this.arrays.top_probs[t * k + j] / 65535]);
+    // the quantities the model's cell computes (textgen.cell), in its order
+    const values = Object.fromEntries(header.quantities.map((q) => [q, this.value(q, layer, unit, t)]));
+    R.fillCard($("tooltip"), {
+      ch: this.chars[t], where: `#${t + 1} \u00b7 line ${this.line[t]}, column ${this.column[t]}`,
+      bits: t > 0 ? this.arrays.surprisal[t - 1] : null, guesses,
+      unit: { label: `layer ${layer} \u00b7 unit ${unit}`, values }, format: (x) => this.format(x),
+    });
+    R.placeCard($("tooltip"), this.spans[t]);
   }
 }
 
