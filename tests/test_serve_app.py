@@ -589,9 +589,11 @@ def test_the_playground_streams_coloured_text_in_a_browser(url, tmp_path):
 def two_runs_url(trained_run, chinese_run):
     """A server with two runs: the Chinese one first, then the session's English one."""
     srv = Server(chinese_run, trained_run, "--max-tokens", 5000, "--max-batch", 1)  # one loop to compile
-    srv.wait_ready()
-    yield srv.url
-    srv.stop()
+    try:  # stopped even when it does not start in time
+        srv.wait_ready()
+        yield srv.url
+    finally:
+        srv.stop()
 
 
 def test_the_playground_draws_chinese_and_forgets_cells_of_another_run(two_runs_url, tmp_path):
