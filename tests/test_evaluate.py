@@ -79,7 +79,16 @@ def test_eval_and_info_commands(trained_run):
     result = CliRunner().invoke(main, ["eval", "r", "other.txt", "--runs-dir", "runs", "--quiet"])
     assert result.exit_code == 0, result.output
     bpc = float(result.stdout.split("bits per character:")[1].split()[0])
-    assert 0 < bpc < 10
+    # the reference: the run's model over the whole text at once, -log2 p written out in numpy
+    from textgen.inference import load_run
+
+    loaded = load_run("r", trained_run / "runs")
+    ids = loaded.vocab.encode("abra cadabra  abra\n").astype(np.int32)  # the '~'s skipped
+    logits = np.asarray(loaded.model(ids[None])[0][0], np.float64)  # (time, vocab)
+    log_norm = np.logaddexp.reduce(logits, axis=-1)
+    reference = np.mean(log_norm[:-1] - logits[np.arange(len(ids) - 1), ids[1:]]) / np.log(2)
+    assert bpc == pytest.approx(reference, abs=1e-4)
+    assert f"characters scored: {len(ids) - 1}" in result.stdout
     assert "out-of-vocabulary characters skipped: 2 (1 distinct: '~')" in result.stdout
     info = CliRunner().invoke(main, ["info", "--runs-dir", "runs"])
     assert info.exit_code == 0, info.output
