@@ -628,7 +628,7 @@ def test_any_damage_to_a_runs_json_is_one_line_or_harmless_for_serve(name, data,
                                                                      tmp_path):
     """`textgen serve` reads its runs before it listens: a damaged one stops it in one line; an
     intact one loads and compiles, and then the server (stubbed here) would run."""
-    from textgen import serving
+    from textgen.serve import command as serving
 
     class NoServer:  # stands in for uvicorn, whose logging would outlive CliRunner's streams
         def __init__(self, *args, **kwargs):
