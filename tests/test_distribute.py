@@ -40,7 +40,7 @@ MODEL = ["--units", "16", "--embedding-dim", "8", "--num-layers", "2", "--dropou
 # clip-norm 0.5 is below the early gradients' norm, so the clipping is exercised too
 TRAIN = ["--batch-size", "8", "--seq-len", "12", "--eval-every", "3", "--eval-batches", "2",
          "--clip-norm", "0.5", "--seed", "7", "--quiet"]
-PROCESS_TIMEOUT = 120
+PROCESS_TIMEOUT = 300  # a worker imports TensorFlow and trains a few steps: slow on a busy 2-core machine
 
 
 def _weights(run_dir: Path, which: str = "last") -> list[np.ndarray]:

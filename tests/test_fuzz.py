@@ -60,6 +60,8 @@ def _limit(monkeypatch, cls, limit: int):
 
     monkeypatch.setattr(cls, "__init__", init)
     yield
+    print(f"\n{cls.__name__} reached by {min(count[0], limit)} examples of the budget's {limit} "
+          f"({count[0]} tried)")
     assert count[0] >= limit, f"only {count[0]} of the examples reached {cls.__name__} (budget {limit})"
 
 
