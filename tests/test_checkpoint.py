@@ -1,9 +1,11 @@
 """Checkpoint crash windows, interruption, disk-full, locking and safe loading, in-process.
 
-A SIGKILL is simulated by raising `Killed` (a BaseException, which no `except OSError` or
-`except Exception` in textgen catches) at an exact point of a save: the files are left as a
-killed process would leave them. Interruptions use real signals sent to this process. The
-subprocess versions of these faults live in test_faults.py.
+A crash at an exact point of a save is played by raising `CrashHere` there (a BaseException, which
+no `except OSError` or `except Exception` in textgen catches): the files already written stay as
+they are. It is not a SIGKILL: `finally` blocks and context managers (the run lock, the removal of
+temporary files) still run on the way out, so these tests show what a run makes of a crash at
+that point, not what a SIGKILL leaves. Real SIGKILLs, at random moments of real `textgen train`
+processes, are test_faults.py's. Interruptions use real signals sent to this process.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ TRAIN = {"batch_size": 4, "seq_len": 16, "eval_every": 2, "eval_batches": 2, "se
 STEPS = 12
 
 
-class Killed(BaseException):
-    """Stands for SIGKILL: nothing in textgen catches it, so no cleanup runs."""
+class CrashHere(BaseException):
+    """A crash at the point that raises it: nothing in textgen catches it, but cleanup on the way
+    out (`finally`, `with`) still runs, unlike after a SIGKILL."""
 
 
 @pytest.fixture(scope="module")
@@ -95,18 +98,18 @@ def hidden(run_dir: Path) -> list[str]:
 # ---------------------------------------------------------------------------- crash windows
 
 
-def test_kill_after_checkpoint_rename_before_run_json(corpus, tmp_path, monkeypatch, reference):
+def test_crash_after_checkpoint_rename_before_run_json(corpus, tmp_path, monkeypatch, reference):
     """ckpt-6 is complete on disk but run.json still names ckpt-4: the run loads ckpt-4, and the
     resume drops the unrecorded ckpt-6 and replays steps 5-6 exactly."""
     write = runfiles.write_run_meta
 
     def write_run_meta(run_dir, meta):
         if meta.get("step") == 6:
-            raise Killed
+            raise CrashHere
         write(run_dir, meta)
 
     monkeypatch.setattr(runfiles, "write_run_meta", write_run_meta)
-    with pytest.raises(Killed):
+    with pytest.raises(CrashHere):
         train(corpus, tmp_path / "runs", "r")
     monkeypatch.undo()
     run_dir = tmp_path / "runs" / "r"
@@ -119,20 +122,20 @@ def test_kill_after_checkpoint_rename_before_run_json(corpus, tmp_path, monkeypa
     assert hidden(run_dir) == []
 
 
-def test_kill_while_writing_a_checkpoint(corpus, tmp_path, monkeypatch, reference):
+def test_crash_while_writing_a_checkpoint(corpus, tmp_path, monkeypatch, reference):
     """A half-written `.ckpt-*.tmp-<pid>` (this process's, and another dead one's) is ignored by
     loading and removed by the resume."""
     savez = np.savez
     calls = []
 
-    def killed_savez(*args, **kwargs):
+    def crashing_savez(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:  # steps 0 and 2 saved; killed after ckpt-4's weights are written
-            raise Killed
+        if len(calls) == 3:  # steps 0 and 2 saved; crashes after ckpt-4's weights are written
+            raise CrashHere
         savez(*args, **kwargs)
 
-    monkeypatch.setattr(np, "savez", killed_savez)
-    with pytest.raises(Killed):
+    monkeypatch.setattr(np, "savez", crashing_savez)
+    with pytest.raises(CrashHere):
         train(corpus, tmp_path / "runs", "r")
     monkeypatch.undo()
     run_dir = tmp_path / "runs" / "r"
@@ -180,9 +183,9 @@ def test_sigint_and_sigterm_between_validations_resume_exactly(corpus, tmp_path,
     assert_matches(run_dir, reference)
 
 
-def test_kill_while_replacing_an_existing_checkpoint(corpus, tmp_path, monkeypatch, reference):
+def test_crash_while_replacing_an_existing_checkpoint(corpus, tmp_path, monkeypatch, reference):
     """Re-saving step 5 (stopped there by Ctrl-C, then resumed with --steps 5, which validates at
-    the end of its budget) moves the old ckpt-5 aside first; killed before the new one is
+    the end of its budget) moves the old ckpt-5 aside first; crashing before the new one is
     renamed in, run.json names a missing ckpt-5, and its old copy aside serves instead."""
     runs = tmp_path / "runs"
     _self_signal_at(monkeypatch, {5: signal.SIGINT})
@@ -191,13 +194,13 @@ def test_kill_while_replacing_an_existing_checkpoint(corpus, tmp_path, monkeypat
     monkeypatch.undo()
     replace = os.replace
 
-    def killed_replace(src, dst):
+    def crashing_replace(src, dst):
         if ".tmp-" in Path(src).name and Path(src).name.startswith(".ckpt-00000005"):
-            raise Killed
+            raise CrashHere
         replace(src, dst)
 
-    monkeypatch.setattr(ckpt.os, "replace", killed_replace)
-    with pytest.raises(Killed):
+    monkeypatch.setattr(ckpt.os, "replace", crashing_replace)
+    with pytest.raises(CrashHere):
         train(corpus, runs, "r", resume=True, steps=5)
     monkeypatch.undo()
     assert not (run_dir / "ckpt-00000005").exists()
@@ -223,7 +226,11 @@ def test_leftover_staging_of_a_killed_new_run_is_ignored_and_cleaned(corpus, tmp
     run_dir, reason, _ = train(corpus, runs, "r", steps=2)
     assert reason == "budget" and not stale.exists()
     assert sorted(p.name for p in runs.iterdir()) == [CACHE_DIR, "r"]  # the encoded corpus
-    assert ckpt.is_complete(run_dir / "ckpt-00000000") or run_meta(run_dir)["step"] == 2
+    # the run's own checkpoint, complete and recorded: the leftover's empty ckpt-00000000 and its
+    # run.json of "{}" were not taken for the run's
+    meta = run_meta(run_dir)
+    assert meta["step"] == 2 and meta["checkpoints"]["last"] == "ckpt-00000002", meta
+    assert all(ckpt.is_complete(c) for c in run_dir.glob("ckpt-*")), list(run_dir.iterdir())
 
 
 # ---------------------------------------------------------------------------- disk full

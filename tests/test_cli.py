@@ -157,52 +157,60 @@ def test_version():
     assert __version__ in result.stdout
 
 
+# The defaults the README documents (its option tables), written out: --help must show these, and
+# a command given no option must run with them. Compared with the config objects that set them,
+# a changed default would pass unnoticed; here it fails until the README and this list change too.
 TRAIN_DEFAULTS = [
-    ("--embedding-dim", ModelConfig().embedding_dim),
-    ("--units", ModelConfig().units),
-    ("--num-layers", ModelConfig().num_layers),
-    ("--dropout", ModelConfig().dropout),
-    ("--batch-size", TrainConfig().batch_size),
-    ("--seq-len", TrainConfig().seq_len),
-    ("--learning-rate", TrainConfig().learning_rate),
-    ("--clip-norm", TrainConfig().clip_norm),
-    ("--val-fraction", TrainConfig().val_fraction),
-    ("--eval-every", TrainConfig().eval_every),
-    ("--eval-batches", TrainConfig().eval_batches),
-    ("--keep", TrainConfig().keep),
-    ("--seed", TrainConfig().seed),
-    ("--encoding", TrainConfig().encoding),
+    ("--embedding-dim", 64), ("--units", 256), ("--num-layers", 2), ("--dropout", 0.0),
+    ("--batch-size", 64), ("--seq-len", 100), ("--learning-rate", 2e-3), ("--clip-norm", 5.0),
+    ("--val-fraction", 0.1), ("--eval-every", 200), ("--eval-batches", 20), ("--keep", 3),
+    ("--seed", 1234), ("--encoding", "utf-8"),
 ]
-SAMPLE_DEFAULTS = [
-    ("--temp", SampleConfig().temperature),
-    ("--length", SampleConfig().length),
-    ("--top-k", SampleConfig().top_k),
-    ("--top-p", SampleConfig().top_p),
-    ("--num-samples", SampleConfig().num_samples),
-]
+SAMPLE_DEFAULTS = [("--temp", 1.0), ("--length", 500), ("--top-k", 0), ("--top-p", 1.0), ("--num-samples", 1)]
 
 
 @pytest.mark.parametrize("command, option, expected",
                          [("train", o, e) for o, e in TRAIN_DEFAULTS]
                          + [("sample", o, e) for o, e in SAMPLE_DEFAULTS])
-def test_help_defaults_match_config(command, option, expected):
+def test_help_shows_the_documented_defaults(command, option, expected):
     shown = _shown_default(_help(command), option)
     if isinstance(expected, str):
         assert shown == expected
     else:
-        assert float(shown) == pytest.approx(expected), f"{option}: help says {shown}, config {expected}"
+        assert float(shown) == pytest.approx(expected), f"{option}: help says {shown}, README {expected}"
 
 
-def test_unset_budgets_default_to_config():
-    """--epochs/--steps/--minutes show no default; their defaults are the config's (None)."""
-    from textgen.cli import sample, train
+def test_commands_given_no_options_run_with_the_documented_defaults(monkeypatch):
+    """What a command uses when an option is left out is what --help and the README say: the
+    configs `train` and `sample` build from no options, caught before any work starts."""
+    import textgen.launch
+    import textgen.sample
 
-    params = {p.name: p.default for p in train.params}
-    c = TrainConfig()
-    assert (params["epochs"], params["steps"], params["minutes"]) == (c.epochs, c.steps, c.minutes)
-    params = {p.name: p.default for p in sample.params}
-    s = SampleConfig()
-    assert (params["prime"], params["seed"]) == (s.prime, s.seed)
+    made = {}
+
+    def stop(name):
+        def record(*args, **kwargs):
+            made[name] = (args, kwargs)
+            raise SystemExit(0)
+        return record
+
+    monkeypatch.setattr(textgen.launch, "launch", stop("train"))
+    monkeypatch.setattr(textgen.sample, "sample_run", stop("sample"))
+    invoke("train")
+    invoke("sample")
+    (_, model_options, train_options, *_), _ = made["train"]
+    train = TrainConfig(**train_options)
+    model = ModelConfig(**model_options)
+    used = {**{f"--{k.replace('_', '-')}": v for k, v in vars(model).items()},
+            **{f"--{k.replace('_', '-')}": v for k, v in vars(train).items()}}
+    for option, expected in TRAIN_DEFAULTS:
+        assert used[option] == expected, option
+    assert (train.epochs, train.steps, train.minutes, train.epoch_budget()) == (None, None, None, 10)
+    config = made["sample"][0][3]
+    assert isinstance(config, SampleConfig)
+    assert {o: getattr(config, n) for o, n in zip((o for o, _ in SAMPLE_DEFAULTS),
+            ("temperature", "length", "top_k", "top_p", "num_samples"))} == dict(SAMPLE_DEFAULTS)
+    assert (config.prime, config.seed) == ("", None)  # no prime; no seed: a random one
 
 
 def test_help_does_not_import_tensorflow(tmp_path):
@@ -307,9 +315,28 @@ def test_num_samples(trained_run):
     assert len(set(texts)) > 1  # independent samples
 
 
-def test_checkpoint_last(trained_run):
-    result = _sample(trained_run, "--checkpoint", "last", "--length", 20, "--seed", 1)
-    assert len(result.stdout) == 21
+def test_checkpoint_last(copy_run):
+    """--checkpoint last loads the latest checkpoint, in a run whose best is an earlier one (the
+    session run, trained 3 more steps at a high rate, its run.json then naming step 3 the best)."""
+    from textgen.inference import load_run
+    from textgen.sample import generate_text
+
+    run_dir = copy_run()
+    resumed = invoke("train", "--resume", "--name", RUN_NAME, "--runs-dir", run_dir.parent, "--steps", 6,
+                     "--learning-rate", 0.05, "--quiet")
+    assert resumed.exit_code == 0, describe(resumed)
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["checkpoints"]["last"] == "ckpt-00000006" and (run_dir / "ckpt-00000003").is_dir()
+    meta["checkpoints"]["best"] = "ckpt-00000003"
+    (run_dir / "run.json").write_text(json.dumps(meta))
+    expected = {}
+    for which in ("best", "last"):
+        loaded = load_run(str(run_dir), run_dir.parent, which)
+        expected[which] = generate_text(loaded.model, loaded.vocab, SampleConfig(length=200, seed=1))[0]
+    assert expected["best"] != expected["last"]
+    for which in ("best", "last"):
+        printed = _sample(run_dir, "--checkpoint", which, "--length", 200, "--seed", 1).stdout
+        assert printed == expected[which] + "\n", which
 
 
 def test_sample_by_name_path_and_latest(trained_run):

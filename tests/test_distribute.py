@@ -25,6 +25,7 @@ from textgen.distribute import (
     is_chief_task,
     make_strategy,
     resolve_strategy,
+    CANNOT_LISTEN,
     tf_config,
     worker_count,
 )
@@ -39,7 +40,7 @@ MODEL = ["--units", "16", "--embedding-dim", "8", "--num-layers", "2", "--dropou
 # clip-norm 0.5 is below the early gradients' norm, so the clipping is exercised too
 TRAIN = ["--batch-size", "8", "--seq-len", "12", "--eval-every", "3", "--eval-batches", "2",
          "--clip-norm", "0.5", "--seed", "7", "--quiet"]
-PROCESS_TIMEOUT = 120
+PROCESS_TIMEOUT = 300  # a worker imports TensorFlow and trains a few steps: slow on a busy 2-core machine
 
 
 def _weights(run_dir: Path, which: str = "last") -> list[np.ndarray]:
@@ -207,8 +208,40 @@ def _free_ports(count: int) -> list[int]:
 
 
 def _workers(workdir: Path, args: list[str], tag: str) -> list[subprocess.Popen]:
-    """Two `python -m textgen train --strategy multiworker` processes on 127.0.0.1."""
-    hosts = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    """Two `python -m textgen train --strategy multiworker` processes on 127.0.0.1, once both
+    listen. The ports are found free, then closed for the workers to bind (TF_CONFIG must name
+    them beforehand): if another process takes one in between, its worker stops with
+    CANNOT_LISTEN, and both start again on other ports (at most 3 tries)."""
+    for _ in range(3):
+        ports = _free_ports(2)
+        processes = _start_workers(workdir, args, tag, ports)
+        deadline = time.monotonic() + PROCESS_TIMEOUT
+        while time.monotonic() < deadline and all(p.poll() is None for p in processes):
+            if all(_listens(p, port) for p, port in zip(processes, ports)):
+                return processes
+            time.sleep(0.1)
+        for process in processes:  # one stopped before both listened (or neither got there)
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+        if not any(CANNOT_LISTEN in (workdir / f"{tag}-{i}.err").read_text() for i in range(2)):
+            return processes  # another failure: _wait reports it
+    pytest.fail(f"no two free ports in 3 tries: {[(workdir / f'{tag}-{i}.err').read_text() for i in range(2)]}")
+
+
+def _listens(process: subprocess.Popen, port: int) -> bool:
+    """Whether `process` has a listening socket on `port`."""
+    import psutil
+
+    try:
+        return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port
+                   for c in psutil.Process(process.pid).net_connections("tcp"))
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _start_workers(workdir: Path, args: list[str], tag: str, ports: list[int]) -> list[subprocess.Popen]:
+    hosts = [f"127.0.0.1:{p}" for p in ports]
     processes = []
     for index in range(2):
         env = {k: v for k, v in os.environ.items() if k != "TEXTGEN_TF_LOGS"}
@@ -221,6 +254,23 @@ def _workers(workdir: Path, args: list[str], tag: str) -> list[subprocess.Popen]
             cwd=workdir, env=env, stdout=err, stderr=subprocess.STDOUT))
         err.close()
     return processes
+
+
+def test_a_worker_whose_port_is_taken_stops_with_one_line(corpus_file, tmp_path):
+    """What `_workers` retries on: a worker that cannot bind its TF_CONFIG port says so in one
+    line and exits 2, without waiting for the other workers."""
+    (tmp_path / "corpus.txt").write_text(corpus_file.read_text())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = [taken.getsockname()[1], *_free_ports(1)]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": json.dumps(
+            {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": 0}})}
+        result = subprocess.run([sys.executable, "-m", "textgen", "train", "corpus.txt", "--runs-dir", "runs",
+                                 *MODEL, *TRAIN, "--steps", "2", "--strategy", "multiworker", "--quiet"],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=PROCESS_TIMEOUT)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"Error: {CANNOT_LISTEN}") and result.stderr.count("\n") == 1, result.stderr
 
 
 def _wait(processes, workdir: Path, tag: str) -> list[str]:

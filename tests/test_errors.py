@@ -594,8 +594,10 @@ def json_damage(draw, text: str):
     return json.dumps(document)
 
 
-DAMAGE_SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                              HealthCheck.too_slow])
+# derandomized: every run tries the same damage (as test_fuzz.py does), so CI cannot pass one day
+# and fail the next on the same code
+DAMAGE_SETTINGS = dict(deadline=None, derandomize=True, database=None,
+                       suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 @pytest.mark.parametrize("command", list(RUN_COMMANDS))

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from conftest import describe, invoke, tree_hashes
+from textgen.config import SEED_LIMIT
 
 from textgen.cell import LSTM
 
@@ -201,6 +202,29 @@ def test_every_export_has_vocab_readme_and_manifest(exports, reference):
         assert (exports[name][0] / file_name).is_file()
 
 
+@pytest.mark.parametrize("offset, refused", [(5e-5, False), (2e-4, True)], ids=["within", "beyond"])
+def test_an_export_whose_runtime_disagrees_is_refused(offset, refused, run_dir, tmp_path, monkeypatch):
+    """The 1e-4 promise, forced: the export's runtime made to return logits `offset` away from
+    textgen's. Beyond 1e-4 the export is refused in one line and nothing is written; within it,
+    it is published and says how far it was."""
+    import textgen.export.command as export_command
+
+    real = export_command.feed
+    monkeypatch.setattr(export_command, "feed", lambda *args, **kwargs: real(*args, **kwargs) + offset)
+    out = tmp_path / "out"
+    result = invoke("export", run_dir, "--runs-dir", run_dir.parent, "--format", "keras", "--out", out)
+    if refused:
+        assert result.exit_code == 2, describe(result)
+        assert result.stderr.startswith("Error: the keras export's logits differ from textgen's by 0.0002 "
+                                         "(more than 0.0001); nothing was written"), describe(result)
+        assert not out.exists() and not list(tmp_path.glob(".out*")), list(tmp_path.iterdir())
+    else:
+        assert result.exit_code == 0, describe(result)
+        within = re.search(r"logits within ([0-9.e+-]+) of textgen's", result.stdout)
+        assert within and 5e-5 <= float(within.group(1)) < 1e-4, describe(result)  # the offset, and a little
+        assert (out / "model.keras").is_file()
+
+
 def test_savedmodel_generate_signature_samples_reproducibly(exports, reference):
     import tensorflow as tf
 
@@ -217,6 +241,7 @@ def test_savedmodel_generate_signature_samples_reproducibly(exports, reference):
     assert PRIME + reference["vocab"].decode(greedy) == reference["sample"][: len(PRIME) + 200]
     assert ids(0.9, 5) == ids(0.9, 5)  # same seed, same text
     assert ids(0.9, 5) != ids(0.9, 6)
+    assert ids(0.9, SEED_LIMIT + 5) == ids(0.9, 5)  # seeds outside it: reduced, as older exports do
     assert ids(1.0, 3, top_k=1) == greedy  # one candidate left: the likeliest
     assert ids(1.0, 3, top_p=1e-6) == greedy
     assert ids(0.0, 0, length=0) == []

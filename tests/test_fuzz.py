@@ -45,8 +45,10 @@ class OverBudget(Exception):
     """Raised instead of doing TensorFlow work once the test's budget is spent."""
 
 
-def _limit(monkeypatch, cls, limit: int) -> None:
-    """Past `limit` constructions, `cls()` raises OverBudget (before any TensorFlow work)."""
+def _limit(monkeypatch, cls, limit: int):
+    """Past `limit` constructions, `cls()` raises OverBudget (before any TensorFlow work). A
+    generator fixture body: once the test's examples ran, the budget must have been spent, so that
+    the fuzzing reached TensorFlow `limit` times and did not stop at the validation before it."""
     real = cls.__init__
     count = [0]
 
@@ -57,16 +59,20 @@ def _limit(monkeypatch, cls, limit: int) -> None:
         real(self, *args, **kwargs)
 
     monkeypatch.setattr(cls, "__init__", init)
+    yield
+    print(f"\n{cls.__name__} reached by {min(count[0], limit)} examples of the budget's {limit} "
+          f"({count[0]} tried)")
+    assert count[0] >= limit, f"only {count[0]} of the examples reached {cls.__name__} (budget {limit})"
 
 
 @pytest.fixture
 def training_budget(monkeypatch):
-    _limit(monkeypatch, Trainer, TRAINING_BUDGET)
+    yield from _limit(monkeypatch, Trainer, TRAINING_BUDGET)
 
 
 @pytest.fixture
 def sampling_budget(monkeypatch):
-    _limit(monkeypatch, textgen.sample.Sampler, SAMPLING_BUDGET)
+    yield from _limit(monkeypatch, textgen.sample.Sampler, SAMPLING_BUDGET)
 
 
 def check(result) -> None:

@@ -303,7 +303,7 @@ def test_a_size_budget_lowers_precision_first_then_cuts_the_page(trained_run):
     (["tiny", "--prime", "the", "--out", "no/such/dir/v.html"], "directory no/such/dir does not exist"),
     (["tiny", "--prime", "the", "--out", "."], "is a directory"),
     (["tiny", "--prime", "the", "--out", "empty.txt/v.html"], "does not exist"),
-    (["tiny", "--sample", "5", "--seed", "-1"], "--seed must be between"),
+    (["tiny", "--sample", "5", "--seed", "-1"], "--seed must be an integer from 0 to 2147483647, got -1"),
     (["tiny", "keep.html", "--out", "keep.html"], "is the text being traced"),
     (["tiny", "--prime", "the", "--max-mb", "nan"], "--max-mb must be a positive number"),
     (["tiny", "--prime", "the", "--max-mb", "inf"], "--max-mb must be a positive number"),

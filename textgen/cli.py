@@ -207,8 +207,7 @@ def train(ctx, corpus, name, resume, runs_dir, quiet, preset, allow_corpus_chang
 @user_errors
 def sample(run, runs_dir, checkpoint, **options):
     """Generate text from RUN (a name under --runs-dir, a path, or `latest`: the default)."""
-    config = SampleConfig(**options)
-    config.validate()  # before TensorFlow and the model load
+    config = SampleConfig(**options)  # validated here, before TensorFlow and the model load
     from textgen.sample import sample_run
 
     sample_run(run, runs_dir, checkpoint, config, out=sys.stdout, warn=warn)

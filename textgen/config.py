@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import secrets
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -19,7 +20,11 @@ INT32_MAX = 2**31 - 1
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")  # auto: textgen.precision
 STRATEGIES = ("auto", "single", "mirrored", "multiworker")  # auto: textgen.distribute
 MAX_PARAMETERS = 2**31 - 1  # larger models are refused before TensorFlow tries to allocate them
-MAX_SEED = 2**32 - 1  # what numpy's and TensorFlow's seeding accept
+MAX_SEED = 2**32 - 1  # training seeds: what numpy's and TensorFlow's seeding accept
+SEED_LIMIT = 2**31  # sampling seeds are 0 .. SEED_LIMIT - 1 (sample, viz, serve, export); exports
+# already in users' hands reduce theirs modulo SEED_LIMIT in their graph, which keeps these as they are
+TEMPERATURE = 1.0  # sampling temperature when none is given (sample, viz --sample, serve)
+LN2 = math.log(2.0)  # nats per bit: a loss in nats / LN2 is bits per character
 HEAD_BIASES = ("unigram", "zeros")  # how the output layer's bias starts (TrainConfig.head_bias)
 MAX_SAMPLES = 10_000  # --num-samples: samples are generated side by side, one batch row each
 
@@ -149,9 +154,10 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_config(model: ModelConfig, train: TrainConfig) -> None:
+def check_options(model: ModelConfig, train: TrainConfig) -> None:
     """Refuse option values (from the command line or a run.json) that cannot train: NaN or
-    infinite rates, seeds numpy refuses, models too large to allocate. One line each."""
+    infinite rates, seeds numpy refuses, shapes below 1. All in one line. Needs no vocabulary:
+    a new run checks its options before it reads the corpus."""
     problems = []
     for name in ("embedding_dim", "units", "num_layers"):
         if not isinstance(getattr(model, name), int) or getattr(model, name) < 1:
@@ -196,17 +202,40 @@ def check_config(model: ModelConfig, train: TrainConfig) -> None:
         problems.append(f"--seed must be between 0 and {MAX_SEED}, got {train.seed}")
     if problems:
         raise TextgenError("; ".join(problems))
+
+
+def check_size(model: ModelConfig) -> None:
+    """Refuse a model too large to allocate, once its vocabulary (`model.vocab_size`) is known."""
     params = model.parameter_count()
     if params > MAX_PARAMETERS:
         raise TextgenError(f"the model would have {params:,} parameters, more than textgen trains "
                            f"({MAX_PARAMETERS:,}); lower --units, --num-layers or --embedding-dim")
 
 
+def check_seed(seed, name: str = "--seed") -> None:
+    """Refuse a sampling seed outside 0 .. SEED_LIMIT - 1, in one line naming `name`. The one rule
+    of `textgen sample`, `viz --sample`, `serve` (a request's 'seed') and every export's `generate`."""
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < SEED_LIMIT):
+        raise TextgenError(f"{name} must be an integer from 0 to {SEED_LIMIT - 1}, got {seed!r}")
+
+
+def seed_or_random(seed: int | None) -> int:
+    """`seed`, or a random accepted seed when there is none (None)."""
+    return secrets.randbelow(SEED_LIMIT) if seed is None else seed
+
+
+def check_temperature(temperature, name: str = "--temp") -> None:
+    """Refuse a sampling temperature that is not a finite number >= 0 (0 is greedy), in one line."""
+    if not (_finite(temperature) and temperature >= 0):
+        raise TextgenError(f"{name} must be 0 (greedy) or a positive number, got {temperature!r}")
+
+
 @dataclass
 class SampleConfig:
-    """Sampler knobs. temperature 0 means greedy argmax; top_k 0 and top_p 1.0 disable filtering."""
+    """Sampler knobs. temperature 0 means greedy argmax; top_k 0 and top_p 1.0 disable filtering.
+    Validated when made (and when `dataclasses.replace` makes a new one): once per command."""
 
-    temperature: float = 1.0
+    temperature: float = TEMPERATURE
     length: int = 500
     prime: str = ""
     seed: int | None = None
@@ -214,10 +243,14 @@ class SampleConfig:
     top_p: float = 1.0
     num_samples: int = 1
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         """Refuse option values that make no sense, one line each."""
-        if not self.temperature >= 0 or self.temperature == float("inf"):
-            raise TextgenError(f"--temp must be 0 (greedy) or positive, got {self.temperature}")
+        check_temperature(self.temperature)
+        if self.seed is not None:
+            check_seed(self.seed)
         if not 0 < self.top_p <= 1:
             raise TextgenError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
@@ -309,7 +342,7 @@ class VizConfig:
     max_mb: float = 10.0  # the HTML page's size budget: precision, then length, give way to it
     window: int = 512  # characters per compiled trace call; the state is carried across windows
     format: str = "html"  # html (the page), json or npz (the raw trace)
-    temperature: float = 1.0  # for --sample
+    temperature: float = TEMPERATURE  # for --sample
 
     def validate(self) -> None:
         """Refuse option values that make no sense, one line each."""
@@ -319,8 +352,7 @@ class VizConfig:
                 raise TextgenError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if not (_finite(self.max_mb) and self.max_mb > 0):
             raise TextgenError(f"--max-mb must be a positive number, got {self.max_mb}")
-        if not (_finite(self.temperature) and self.temperature >= 0):
-            raise TextgenError(f"--temp must be 0 (greedy) or positive, got {self.temperature}")
+        check_temperature(self.temperature)
         if self.format not in VIZ_FORMATS:
             raise TextgenError(f"--format must be one of {', '.join(VIZ_FORMATS)}, got {self.format!r}")
 

@@ -24,6 +24,8 @@ import os
 from textgen.config import STRATEGIES
 from textgen.errors import TextgenError
 
+CANNOT_LISTEN = "this worker cannot listen at its address in TF_CONFIG"
+
 
 
 def tf_config() -> dict | None:
@@ -93,7 +95,13 @@ def _strategy(kind: str):
     import tensorflow as tf
 
     if kind == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except tf.errors.UnknownError as e:
+            if "Could not start gRPC server" not in str(e):
+                raise
+            raise TextgenError(f"{CANNOT_LISTEN} ({e.message}): another process holds its port, or "
+                               "the address is not this machine's; free the port or change TF_CONFIG") from None
     if kind == "single":
         return tf.distribute.get_strategy()
     if tf.config.list_physical_devices("GPU"):

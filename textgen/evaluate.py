@@ -21,6 +21,7 @@ from typing import Callable, Iterable
 import numpy as np
 import tensorflow as tf
 
+from textgen.config import LN2
 from textgen.errors import TextgenError
 from textgen.model import flatten_state, unflatten_state
 
@@ -39,7 +40,7 @@ class EvalResult:
 
     @property
     def bpc(self) -> float:
-        return self.nats / self.scored / math.log(2)
+        return self.nats / self.scored / LN2
 
     @property
     def perplexity(self) -> float:

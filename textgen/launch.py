@@ -29,7 +29,7 @@ from typing import Callable
 
 from textgen import checkpoint as ckpt
 from textgen import runformat, runs
-from textgen.config import ModelConfig, TrainConfig, check_config, shortlist_for
+from textgen.config import ModelConfig, TrainConfig, check_options, check_size, shortlist_for
 from textgen.corpus_cache import load_corpus
 from textgen.data import make_batchers
 from textgen.distribute import is_chief_task
@@ -214,7 +214,8 @@ def _reopen(run_dir: Path, request: RunRequest, chief: bool = True):
     if resumable.keys() & BUDGET_OPTIONS:  # a new budget replaces the saved one entirely
         resumable = {**dict.fromkeys(BUDGET_OPTIONS), **resumable}
     train_config = dataclasses.replace(meta["train"], **resumable)
-    check_config(meta["model"], train_config)
+    check_options(meta["model"], train_config)
+    check_size(meta["model"])
     meta["train"] = train_config
     saved = meta["corpus"]
     paths = request.corpus or ([] if saved.get("default") else saved.get("paths", []))
@@ -246,7 +247,7 @@ def _prepare_new(request: RunRequest, chief: bool = True):
     directory is the chief's (it may exist already): it is not checked."""
     train_config = TrainConfig(**request.train_options)
     model_options = request.model_options
-    check_config(ModelConfig(vocab_size=1, **model_options), train_config)  # before reading the corpus
+    check_options(ModelConfig(vocab_size=1, **model_options), train_config)  # before reading the corpus
     encoded, summary = load_corpus(request.corpus, train_config.encoding, request.runs_root,
                                    request.corpus_dir, request.show_progress)
     vocab, remap, folded = encoded.model_vocabulary(train_config.min_count)
@@ -255,7 +256,7 @@ def _prepare_new(request: RunRequest, chief: bool = True):
     model_config = ModelConfig(vocab_size=vocab.size, **model_options)
     # the run keeps the head it starts with, whatever a later version would choose
     model_config = dataclasses.replace(model_config, head_shortlist=shortlist_for(model_config))
-    check_config(model_config, train_config)
+    check_size(model_config)  # now that the vocabulary is known
     run_dir = Path(request.runs_root) / (request.name or time.strftime("%Y%m%d-%H%M%S"))
     if chief:
         _refuse_existing(run_dir)

@@ -8,8 +8,9 @@ tested on its own. No TensorFlow here.
   is what a model that knows nothing scores by guessing uniformly; a model doing twice as badly
   puts on average under 1/vocab^2 on the right character: it has blown up.
 * Schedule length under `--minutes`: estimated from the time of the steps taken so far after
-  compilation and of the latest validation, re-estimated at every validation, so the cosine
-  decay ends with the budget and not long before it.
+  compilation and of the latest validation, re-estimated at every read of the losses (every
+  `--log-every` steps), so the cosine decay ends with the budget and not long before it, even when
+  the machine speeds up late in a run.
 """
 
 from __future__ import annotations

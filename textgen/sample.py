@@ -7,17 +7,15 @@ steps per graph call and yields each chunk, so text streams out while it is bein
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
 
-from textgen.config import SampleConfig
-from textgen.errors import TextgenError
+from textgen.config import SampleConfig, seed_or_random
 from textgen.model import flatten_state, unflatten_state
 from textgen.parallel import concat_rows, row_split_sizes, split_rows
-from textgen.vocab import Vocabulary
+from textgen.vocab import Vocabulary, start_ids
 
 CHUNK = 64  # characters generated per graph call before they are streamed out
 ROWS_PER_GROUP = 32  # streams per compiled sampling loop; more run as several loops side by side
@@ -63,16 +61,25 @@ def _top_k_top_p(logits, top_k, top_p):
     return tf.where(logits < threshold, -np.inf, logits)
 
 
+def greedy_or_drawn(logits, temperature, top_k, top_p, draw):
+    """Next ids (batch,) from logits (batch, vocab): greedy argmax where temperature == 0, else
+    `draw(filtered)`, the ids drawn from the filtered, temperature-scaled logits (batch, vocab).
+    The one greedy rule of `textgen sample`, its exports and `textgen serve`'s rows."""
+    greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    safe_temperature = tf.where(temperature > 0, temperature, 1.0)  # greedy rows draw, unused
+    sampled = draw(filter_logits(logits, safe_temperature, top_k, top_p))
+    return tf.where(temperature > 0, sampled, greedy)
+
+
 def choose_next(logits, temperature, top_k, top_p, seed):
     """Next ids (batch,) from logits (batch, vocab); greedy argmax when temperature == 0.
 
     seed: int32 (2,) for the stateless RNG.
     """
-    greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    safe_temperature = tf.where(temperature > 0, temperature, 1.0)
-    filtered = filter_logits(logits, safe_temperature, top_k, top_p)
-    sampled = tf.random.stateless_categorical(filtered, 1, seed=seed, dtype=tf.int32)[:, 0]
-    return tf.where(temperature > 0, sampled, greedy)
+    def draw(filtered):
+        return tf.random.stateless_categorical(filtered, 1, seed=seed, dtype=tf.int32)[:, 0]
+
+    return greedy_or_drawn(logits, temperature, top_k, top_p, draw)
 
 
 class Sampler:
@@ -167,7 +174,7 @@ class Sampler:
         last one is the first input.
         """
         batch = config.num_samples
-        seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(3), "big")
+        seed = seed_or_random(config.seed)
         flat = flatten_state(self.model.initial_state(batch))
         primed = np.tile(np.asarray(prime_ids, np.int32)[None, :], (batch, 1))  # (batch, prime)
         if primed.shape[1] > 1:
@@ -181,29 +188,12 @@ class Sampler:
             ids, flat = run(
                 last, flat, self.chunk, tf.constant(config.temperature, tf.float32),
                 tf.constant(config.top_k), tf.constant(config.top_p, tf.float32),
-                tf.constant([seed % 2**31, 0]), tf.constant(done),
+                tf.constant([seed, 0]), tf.constant(done),
             )
             ids = ids.numpy()[:, : config.length - done]  # (batch, n)
             last = tf.constant(ids[:, -1])
             done += ids.shape[1]
             yield ids
-
-
-def start_ids(vocab: Vocabulary, prime: str) -> tuple[np.ndarray, bool]:
-    """Ids that start generation, and whether to echo them (the prime is echoed; a default start
-    character is not). Characters outside the vocabulary are refused, by name, unless the
-    vocabulary has an unknown symbol (`--min-count`): then they are read as that."""
-    if prime:
-        unknown = vocab.unknown_chars(prime)
-        if unknown and vocab.unknown is None:
-            shown = " ".join(repr(ch) for ch in unknown[:20])
-            raise TextgenError(
-                f"the prime text has characters the model never saw: {shown}; remove them or "
-                "train on a corpus that has them"
-            )
-        return vocab.encode(prime).astype(np.int32), True
-    start = "\n" if "\n" in vocab.chars else vocab.chars[0]
-    return vocab.encode(start).astype(np.int32), False
 
 
 def generate_text(model, vocab: Vocabulary, config: SampleConfig,
@@ -225,7 +215,6 @@ def stream_text(model, vocab: Vocabulary, config: SampleConfig, write: Callable[
                 sampler: Sampler | None = None) -> None:
     """Generate `config.num_samples` texts, handing each piece to `write(sample_index, text)` as
     soon as it exists (the prime first, if there is one), keeping none of it."""
-    config.validate()
     ids, echo = start_ids(vocab, config.prime)
     if echo:
         for i in range(config.num_samples):
@@ -257,7 +246,6 @@ def sample_run(run: str | None, runs_dir: str, which: str, config: SampleConfig,
 
     from textgen.inference import load_run
 
-    config.validate()
     loaded = load_run(run, runs_dir, which, warn=warn)
     start_ids(loaded.vocab, config.prime)  # refuse a bad prime before any output
     several = config.num_samples > 1

@@ -14,7 +14,6 @@ depend on the strategy or the number of cores. Benchmarks call these same functi
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -26,7 +25,6 @@ from textgen.distribute import Replicas, make_strategy, worker_count
 from textgen.dropout import dropout_key
 from textgen.model import CharLSTM, build_model, flatten_state, unflatten_state
 from textgen.parallel import configure_threads
-from textgen.precision import resolve as resolve_precision
 from textgen.schedule import WarmupCosine
 
 
@@ -58,8 +56,8 @@ def build_training(model_config: ModelConfig, train_config: TrainConfig) -> Trai
     the thread pools and a multi-worker strategy must be set up before any other op runs."""
     threads = configure_threads(train_config.batch_size // worker_count(train_config.strategy))
     strategy = make_strategy(train_config.strategy)
-    precision, _ = resolve_precision(train_config.precision)  # a new run resolved "auto" already
-    train_config = dataclasses.replace(train_config, precision=precision)
+    # "auto" is resolved once, when a run starts (textgen.launch), and saved in its run.json
+    assert train_config.precision != "auto", "build_training needs a resolved --precision"
     replicas = Replicas(strategy, train_config.batch_size,
                         multiworker=train_config.strategy == "multiworker")
     keras.utils.set_random_seed(train_config.seed)

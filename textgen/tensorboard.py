@@ -20,7 +20,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from textgen.config import SampleConfig
+from textgen.config import LN2, SampleConfig
 
 TRAIN_DIR, VALIDATION_DIR = "train", "validation"
 SAMPLE_CHARS = 300  # length of the text sample logged at each validation
@@ -48,7 +48,7 @@ class TensorBoardLog:
 
     def on_steps(self, step: int, train_loss: float, chars_per_sec: float, learning_rate: float) -> None:
         with self.train.as_default(step=step):
-            tf.summary.scalar("bits_per_char", train_loss / _LN2)
+            tf.summary.scalar("bits_per_char", train_loss / LN2)
             tf.summary.scalar("learning_rate", learning_rate)
             tf.summary.scalar("chars_per_sec", chars_per_sec)
 
@@ -84,4 +84,3 @@ class TensorBoardLog:
             writer.close()
 
 
-_LN2 = 0.6931471805599453

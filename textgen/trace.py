@@ -15,7 +15,6 @@ XLA-compiled call, so memory beyond the result is constant.
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from textgen.cell import LSTM, CellKind
-from textgen.config import VizConfig
+from textgen.config import LN2, VizConfig
 from textgen.errors import TextgenError
 from textgen.model import flatten_state, unflatten_state
 
@@ -134,7 +133,7 @@ def _functions(model) -> dict:
             log_probs = tf.nn.log_softmax(logits)
             top_log_probs, top_ids = tf.math.top_k(log_probs, k)  # (time, k)
             picked = tf.gather(log_probs, tf.maximum(next_ids, 0), batch_dims=1)  # (time,)
-            surprisal = tf.where(next_ids >= 0, -picked / math.log(2.0), np.nan)
+            surprisal = tf.where(next_ids >= 0, -picked / LN2, np.nan)
             values = [[tf.cast(q[name][:, 0], tf.float32) for name in model.cell_kind.quantities]
                       for q in per_layer]
             return flatten_state(states), values, top_ids, tf.exp(top_log_probs), surprisal

@@ -22,7 +22,6 @@ of an interrupted run is the same as one trained in one go) and `run` returns th
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import tensorflow as tf
 
 from textgen import checkpoint as ckpt
 from textgen import policy, runformat, runs
-from textgen.config import ModelConfig, TrainConfig
+from textgen.config import LN2, ModelConfig, TrainConfig
 from textgen.data import StreamBatcher, log_frequencies
 from textgen.errors import TextgenError
 from textgen.model import flatten_state
@@ -40,7 +39,6 @@ from textgen.signals import StopRequest
 from textgen.steps import build_training, compile_eval_step, compile_train_step
 from textgen.vocab import Vocabulary
 
-LN2 = math.log(2.0)
 
 
 def loss_fn(logits, targets):
@@ -273,6 +271,11 @@ class Trainer:
         pending.clear()
         return mean
 
+    def now(self) -> float:
+        """The clock of a --minutes budget and its schedule (monotonic seconds). A hook: the tests
+        replace it with one that reads the step, to play a machine of known (changing) speed."""
+        return time.monotonic()
+
     def run(self, hooks: list | None = None, stop: StopRequest | None = None) -> str:
         """Train until the budget is spent or a stop is requested; returns why it stopped
         ("budget", "early stopping", or a signal's name after a checkpoint of the current step).
@@ -281,7 +284,7 @@ class Trainer:
         StopRequest already installed by the caller; by default one is installed here."""
         c, p = self.config, self.progress
         hooks = hooks or []
-        clock = _Clock()
+        clock = _Clock(self.now)
         total = policy.total_steps(c.steps, c.epoch_budget(), self.train_data.num_windows)
         if total and not c.minutes:  # a step or epoch budget fixes the schedule's length now
             p.schedule_steps = total
@@ -335,15 +338,16 @@ class _Clock:
     the duration of the latest validation (the session's first one compiles its functions, so it
     counts only until a second one is timed)."""
 
-    def __init__(self):
-        self.start = self.lap_start = time.monotonic()
+    def __init__(self, now=time.monotonic):
+        self.now = now  # () -> seconds
+        self.start = self.lap_start = now()
         self.steps = 0  # taken in this session
         self.steady_steps, self.steady_seconds = 0, 0.0
         self.validations, self.validation_seconds = 0, 0.0
         self.estimated = False  # whether the schedule was sized in this session
     def lap(self, steps: int) -> float:
         """Seconds since the previous lap: the time of the `steps` steps taken since then."""
-        now = time.monotonic()
+        now = self.now()
         seconds, self.lap_start = now - self.lap_start, now
         if self.steps >= policy.COMPILE_STEPS:
             self.steady_steps += steps
@@ -353,7 +357,7 @@ class _Clock:
 
     def validated(self) -> None:
         """A validation (and checkpoint) just ended: time it, and start the next lap."""
-        now = time.monotonic()
+        now = self.now()
         seconds, self.lap_start = now - self.lap_start, now
         self.validations += 1
         if self.validations > 1:  # the first one compiled the validation's functions
@@ -363,4 +367,4 @@ class _Clock:
         return self.steady_seconds / max(self.steady_steps, 1)
 
     def session_seconds(self) -> float:
-        return time.monotonic() - self.start
+        return self.now() - self.start

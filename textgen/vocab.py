@@ -206,3 +206,20 @@ def _damaged(path: Path, why: str) -> TextgenError:
         f"cannot read vocabulary {path}: {why}; the run directory is damaged, "
         "retrain or restore it"
     )
+
+
+def start_ids(vocab: Vocabulary, prime: str) -> tuple[np.ndarray, bool]:
+    """Ids that start generation, and whether to echo them (the prime is echoed; a default start
+    character is not). Characters outside the vocabulary are refused, by name, unless the
+    vocabulary has an unknown symbol (`--min-count`): then they are read as that."""
+    if prime:
+        unknown = vocab.unknown_chars(prime)
+        if unknown and vocab.unknown is None:
+            shown = " ".join(repr(ch) for ch in unknown[:20])
+            raise TextgenError(
+                f"the prime text has characters the model never saw: {shown}; remove them or "
+                "train on a corpus that has them"
+            )
+        return vocab.encode(prime).astype(np.int32), True
+    start = "\n" if "\n" in vocab.chars else vocab.chars[0]
+    return vocab.encode(start).astype(np.int32), False

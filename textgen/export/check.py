@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from textgen.cell import CellKind
+from textgen.config import LN2
 from textgen.export.docs import state_names
 
 KERAS_FILE, LITERT_FILE, ONNX_FILE = "model.keras", "model.tflite", "model.onnx"
@@ -103,4 +104,4 @@ def bits_per_char(logits: np.ndarray, ids: np.ndarray) -> float:
     logits = np.asarray(logits[:-1], np.float64)  # (n - 1, vocab)
     shifted = logits - logits.max(axis=-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    return float(-log_probs[np.arange(len(ids) - 1), ids[1:]].mean() / np.log(2))
+    return float(-log_probs[np.arange(len(ids) - 1), ids[1:]].mean() / LN2)

@@ -27,7 +27,8 @@ Load with TensorFlow alone (textgen is not needed): `model = tf.saved_model.load
 `model.signatures["generate"](prime=..., length=..., temperature=..., top_k=..., top_p=..., seed=...)`
 runs the whole generation loop in the graph and returns {"ids": (length,) int32}: `prime` (n,) int32
 ids (n >= 1; all but the last warm the state up), `length` int32, `temperature` float32 (0: greedy),
-`top_k` int32 (0: off), `top_p` float32 (1: off), `seed` int64 (same seed, same text).
+`top_k` int32 (0: off), `top_p` float32 (1: off), `seed` int64 (same seed, same text: a seed
+from 0 to 2147483647 gives exactly what `textgen sample --seed` gives; others are reduced modulo 2^31).
 With temperature 0 it writes exactly what `textgen sample --temp 0` writes.""",
     "litert": """\
 Run with the LiteRT interpreter (`pip install ai-edge-litert`; no TensorFlow needed):

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from textgen.config import SEED_LIMIT
 from textgen.export.docs import state_names
 from textgen.head import two_level_log_probs
 from textgen.cell import config_cell
 from textgen.model import flatten_state, step_layers, unflatten_state
 from textgen.sample import choose_next
 
-SEED_MODULUS = 2**31  # `textgen sample --seed S` keys its RNG with S % 2**31
 
 
 class StepModule(tf.Module):
@@ -114,7 +114,9 @@ class StepModule(tf.Module):
             return i + 1, self._logits_and_states(tf.reshape(prime[i], (1,)), flat)[1]
 
         _, flat = tf.while_loop(lambda i, _: i < tf.size(prime) - 1, warm, (tf.constant(0), flat))
-        key = tf.cast(tf.math.floormod(seed, SEED_MODULUS), tf.int32)
+        # the seeds `textgen sample` accepts (0 .. SEED_LIMIT - 1) key it as they are; any other is
+        # reduced into that range, as exports already in users' hands do
+        key = tf.cast(tf.math.floormod(seed, SEED_LIMIT), tf.int32)
 
         def body(t, last, flat, out):  # as textgen.sample.Sampler: the RNG key is (seed, position)
             logits, flat = self._logits_and_states(last, flat)  # (1, vocab)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import threading
 from typing import NamedTuple
 
@@ -23,7 +22,9 @@ import tensorflow as tf
 
 from textgen.model import flatten_state, unflatten_state
 from textgen.parallel import concat_rows, parallel_parts, row_split_sizes, split_rows
-from textgen.sample import filter_logits
+from textgen.config import seed_or_random
+from textgen.dropout import fmix32
+from textgen.sample import greedy_or_drawn
 
 TOP_LOGPROBS = 5  # most alternatives a row can ask for per character (OpenAI's limit too)
 _M32 = 0xFFFFFFFF
@@ -32,22 +33,13 @@ _M32 = 0xFFFFFFFF
 def row_key(seed: int | None, index: int) -> tuple[int, int]:
     """The two 32-bit words of a row's RNG key, from a request's seed and the choice's index.
 
-    Any integer seed is accepted (hashed, so nearby seeds give unrelated streams); None draws one.
+    The seed is one `textgen.config.check_seed` accepts (hashed, so nearby seeds give unrelated
+    streams); None draws one.
     """
-    if seed is None:
-        seed = int.from_bytes(os.urandom(8), "big")
+    seed = seed_or_random(seed)
     digest = hashlib.blake2b(f"{seed}/{index}".encode(), digest_size=8).digest()
     word = int.from_bytes(digest, "big")
     return word >> 32, word & _M32
-
-
-def _fmix32(h):
-    """MurmurHash3's 32-bit finaliser: every input bit flips each output bit with p ~ 1/2."""
-    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 16))
-    h = h * tf.constant(0x85EBCA6B, tf.uint32)
-    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 13))
-    h = h * tf.constant(0xC2B2AE35, tf.uint32)
-    return tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 16))
 
 
 def counter_uniform(keys, positions):
@@ -58,8 +50,8 @@ def counter_uniform(keys, positions):
     would tie a row's text to its batch; this counter-based hash is a few fused integer ops.
     """
     counter = tf.cast(positions, tf.uint32) * tf.constant(0x9E3779B9, tf.uint32)
-    h = _fmix32(tf.bitwise.bitwise_xor(keys[:, 1], counter + tf.constant(0x7F4A7C15, tf.uint32)))
-    h = _fmix32(tf.bitwise.bitwise_xor(keys[:, 0], h))
+    h = fmix32(tf.bitwise.bitwise_xor(keys[:, 1], counter + tf.constant(0x7F4A7C15, tf.uint32)))
+    h = fmix32(tf.bitwise.bitwise_xor(keys[:, 0], h))
     # the top 24 bits (a float32 mantissa), centred in their interval: never exactly 0 or 1
     return (tf.cast(tf.bitwise.right_shift(h, 8), tf.float32) + 0.5) / float(1 << 24)
 
@@ -71,15 +63,14 @@ def choose_next_rows(logits, temperature, top_k, top_p, keys, positions):
     filtered distribution's cumulative sum at `counter_uniform(keys, positions)`, one number per
     row, so a row's choice never depends on the other rows.
     """
-    greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    safe_temperature = tf.where(temperature > 0, temperature, 1.0)
-    probs = tf.nn.softmax(filter_logits(logits, safe_temperature, top_k, top_p))  # (rows, vocab)
-    cdf = tf.cumsum(probs, axis=-1)
-    threshold = counter_uniform(keys, positions)[:, None] * cdf[:, -1:]  # (rows, 1)
-    # the first id whose cumulative mass reaches the threshold (> 0, so never a masked id)
-    sampled = tf.reduce_sum(tf.cast(cdf < threshold, tf.int32), axis=-1)
-    sampled = tf.minimum(sampled, tf.shape(logits)[-1] - 1)
-    return tf.where(temperature > 0, sampled, greedy)
+    def draw(filtered):
+        cdf = tf.cumsum(tf.nn.softmax(filtered), axis=-1)  # (rows, vocab)
+        threshold = counter_uniform(keys, positions)[:, None] * cdf[:, -1:]  # (rows, 1)
+        # the first id whose cumulative mass reaches the threshold (> 0, so never a masked id)
+        sampled = tf.reduce_sum(tf.cast(cdf < threshold, tf.int32), axis=-1)
+        return tf.minimum(sampled, tf.shape(logits)[-1] - 1)
+
+    return greedy_or_drawn(logits, temperature, top_k, top_p, draw)
 
 
 class RowInputs(NamedTuple):

@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from textgen.config import TEMPERATURE
 from textgen.errors import TextgenError
 from textgen.parallel import available_cpus
 from textgen.serve.batched_sampler import RowInputs, RowLoop
@@ -44,7 +45,7 @@ class Choice:
     prompt_ids: np.ndarray
     max_chars: int
     key: tuple[int, int]  # `textgen.serve.batched_sampler.row_key`
-    temperature: float = 1.0
+    temperature: float = TEMPERATURE
     top_k: int = 0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()

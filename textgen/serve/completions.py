@@ -14,11 +14,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from textgen.config import INT32_MAX, ServeConfig
+from textgen.config import INT32_MAX, TEMPERATURE, ServeConfig, check_seed, check_temperature
+from textgen.errors import TextgenError
 from textgen.serve.batching import Choice, Finish
 from textgen.serve.batched_sampler import TOP_LOGPROBS, row_key
+from textgen.vocab import start_ids
 
 MAX_STOP = 4  # stop strings per request, as in OpenAI's API
 KNOWN_FIELDS = {
@@ -101,6 +101,19 @@ def request_field(body: dict, name: str, default, check, requirement: str):
     return value
 
 
+def checked_field(body: dict, name: str, default, check):
+    """body[name] (default when absent or null), refused with a 400 when the command line's own
+    rule for it, `check(value, name)` (textgen.config), raises: one rule, two ways to ask."""
+    value = body.get(name)
+    if value is None:
+        return default
+    try:
+        check(value, f"'{name}'")
+    except TextgenError as e:
+        raise RequestError(str(e)[:300], param=name) from None
+    return value
+
+
 def model_name(body: dict, models) -> str:
     """The served model a request names (may be left out when one is served: 400 when several
     are), 404 if none is called so."""
@@ -137,12 +150,11 @@ def parse_completion(body, models: dict, config: ServeConfig) -> Completion:
     max_tokens = request_field(body, "max_tokens", config.request_max_tokens,
                                lambda v: is_int(v) and 0 <= v <= config.max_tokens,
                                f"an integer from 0 to {config.max_tokens} (characters)")
-    temperature = request_field(body, "temperature", 1.0, lambda v: is_number(v) and v >= 0,
-                                "a number of at least 0 (0 is greedy)")
+    temperature = checked_field(body, "temperature", TEMPERATURE, check_temperature)
     top_p = request_field(body, "top_p", 1.0, lambda v: is_number(v) and 0 < v <= 1, "a number in (0, 1]")
     top_k = request_field(body, "top_k", 0, lambda v: is_int(v) and 0 <= v <= INT32_MAX,
                           "an integer of at least 0 (0 is off)")
-    seed = request_field(body, "seed", None, is_int, "an integer")
+    seed = checked_field(body, "seed", None, check_seed)
     stop = _stop(body.get("stop"))
     logprobs = request_field(body, "logprobs", None, lambda v: is_int(v) and 0 <= v <= TOP_LOGPROBS,
                              f"an integer from 0 to {TOP_LOGPROBS}")
@@ -154,7 +166,7 @@ def parse_completion(body, models: dict, config: ServeConfig) -> Completion:
         raise RequestError("'stream_options' is only allowed with 'stream': true", param="stream_options")
     choices = []
     for index in range(len(prompts) * n):
-        ids, _ = start_ids(prompts[index // n], vocab)
+        ids, _ = start_ids(vocab, prompts[index // n])
         choices.append(Choice(index, ids, max_tokens, row_key(seed, index), float(temperature),
                               int(top_k), float(top_p), stop, logprobs or 0,
                               score_prompt=echo and logprobs is not None))
@@ -206,15 +218,6 @@ def _stop(stop) -> tuple[str, ...]:
     if not (isinstance(stops, list) and len(stops) <= MAX_STOP and all(isinstance(s, str) for s in stops)):
         raise RequestError(f"'stop' must be a string or a list of at most {MAX_STOP} strings", param="stop")
     return tuple(s for s in stops if s)
-
-
-def start_ids(prompt: str, vocab) -> tuple[np.ndarray, bool]:
-    """The ids a choice starts from and whether they are the prompt's own (an empty prompt starts
-    from a newline, or the vocabulary's first character, which is not part of the text)."""
-    if prompt:
-        return vocab.encode(prompt).astype(np.int32), True
-    start = "\n" if "\n" in vocab.chars else vocab.chars[0]
-    return vocab.encode(start).astype(np.int32), False
 
 
 class ChoiceText:

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable
 
-from textgen.config import MAX_SEED, SampleConfig, VizConfig
+from textgen.config import SampleConfig, VizConfig, check_seed, seed_or_random
 from textgen.errors import TextgenError, os_reason
 
 
@@ -40,7 +40,7 @@ def output_path(out: str | None, fmt: str) -> Path:
 
 
 def check_source(file: str | None, prime: str | None, sample: int | None, seed: int | None) -> None:
-    """Exactly one text source, and a seed numpy accepts (before the model loads)."""
+    """Exactly one text source, and an accepted sampling seed (before the model loads)."""
     if file is not None and (prime is not None or sample is not None):
         raise TextgenError("give either FILE or --prime/--sample, not both")
     if file is None and prime is None and sample is None:
@@ -49,8 +49,8 @@ def check_source(file: str | None, prime: str | None, sample: int | None, seed: 
         raise TextgenError(f"file not found: {file}")
     if prime == "" and sample is None:
         raise TextgenError("nothing to trace: --prime is empty; give some text")
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise TextgenError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
+    if seed is not None:
+        check_seed(seed)
 
 
 def gather_text(blocks: Iterable[str], vocab, max_chars: int) -> tuple[str, Counter, bool]:
@@ -104,7 +104,7 @@ def source_text(loaded, file, prime, sample, seed, temperature, encoding, max_ch
         text, skipped, cut = gather_text([prime or ""], loaded.vocab, max_chars)
         description = "--prime"
         if sample is not None:
-            seed = seed if seed is not None else int.from_bytes(os.urandom(3), "big")
+            seed = seed_or_random(seed)
             length = max(0, min(sample, max_chars - len(text)))
             config = SampleConfig(temperature=temperature, length=length, prime=text, seed=seed)
             text = generate_text(loaded.model, loaded.vocab, config)[0]
