@@ -136,7 +136,8 @@ def sampler_speed(run: str, length: int, seed: int) -> float:
 
     from textgen.config import SampleConfig
     from textgen.inference import load_run
-    from textgen.sample import Sampler, start_ids
+    from textgen.sample import Sampler
+    from textgen.vocab import start_ids
 
     loaded = load_run(run, Path(run).parent)
     sampler = Sampler(loaded.model)

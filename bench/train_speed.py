@@ -99,7 +99,7 @@ class TextgenContender:
                                    head_shortlist=shape.head_shortlist)
         train_config = TrainConfig(batch_size=shape.batch, seq_len=shape.seq_len,
                                    learning_rate=LEARNING_RATE, clip_norm=CLIP_NORM, seed=seed,
-                                   warmup_steps=0, lr_decay="none")
+                                   warmup_steps=0, lr_decay="none", precision="float32")
         training = build_training(model_config, train_config)
         self.model = training.model
         self._step_fn = compile_train_step(training)
