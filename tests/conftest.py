@@ -172,19 +172,23 @@ def corpus_file(tmp_path_factory) -> Path:
     return path
 
 
+def train_run(base: Path, corpus: Path, name: str, options=TINY) -> Path:
+    """`textgen train CORPUS --runs-dir BASE/runs --name NAME OPTIONS` through the CLI, run in
+    BASE (so no cache lands in the repository); the run directory, asserted trained."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(base)
+        result = invoke("train", corpus, "--runs-dir", base / "runs", "--name", name, *options)
+    assert result.exit_code == 0, describe(result)
+    run_dir = base / "runs" / name
+    assert (run_dir / "run.json").is_file(), describe(result)
+    return run_dir
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, corpus_file) -> Path:
     """A tiny run, trained once through the CLI: `<runs>/tiny`. Read it; never modify it
     (copy it with `copy_run` first)."""
-    base = tmp_path_factory.mktemp("session-run")
-    runs = base / "runs"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(base)
-        result = invoke("train", corpus_file, "--runs-dir", runs, "--name", RUN_NAME, *TINY)
-    assert result.exit_code == 0, describe(result)
-    run_dir = runs / RUN_NAME
-    assert (run_dir / "run.json").is_file(), describe(result)
-    return run_dir
+    return train_run(tmp_path_factory.mktemp("session-run"), corpus_file, RUN_NAME)
 
 
 @pytest.fixture(scope="session")
@@ -193,11 +197,7 @@ def chinese_run(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("han-run")
     corpus = base / "han.txt"
     corpus.write_text(chinese_corpus(), encoding="utf-8")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(base)
-        result = invoke("train", corpus, "--runs-dir", base / "runs", "--name", "han", *TINY)
-    assert result.exit_code == 0, describe(result)
-    return base / "runs" / "han"
+    return train_run(base, corpus, "han")
 
 
 @pytest.fixture

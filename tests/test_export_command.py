@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import describe, invoke, tree_hashes
+from conftest import describe, invoke, train_run, tree_hashes
 from textgen.config import SEED_LIMIT
 
 from textgen.cell import LSTM
@@ -84,12 +84,7 @@ def texts(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory, texts) -> Path:
-    base = tmp_path_factory.mktemp("export-run")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(base)
-        result = invoke("train", texts["corpus"], "--runs-dir", base / "runs", "--name", "words", *SHAPE)
-    assert result.exit_code == 0, describe(result)
-    return base / "runs" / "words"
+    return train_run(tmp_path_factory.mktemp("export-run"), texts["corpus"], "words", SHAPE)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import TINY, describe, invoke
+from conftest import train_run
 from serve_process import Server
 
 KEY = "sk-test-3f9a1c"
@@ -26,11 +26,7 @@ def small_vocab_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("small-vocab")
     corpus = base / "ab.txt"
     corpus.write_text("ab\nba\naab\n" * 200, encoding="utf-8")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(base)
-        result = invoke("train", corpus, "--runs-dir", base / "runs", "--name", "ab", *TINY)
-    assert result.exit_code == 0, describe(result)
-    return base / "runs" / "ab"
+    return train_run(base, corpus, "ab")
 
 
 @pytest.fixture(scope="module")

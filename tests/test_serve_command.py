@@ -9,7 +9,7 @@ import socket
 
 import httpx
 import pytest
-from conftest import TINY, describe, invoke
+from conftest import describe, invoke, train_run
 from serve_process import Server
 
 MULTIBYTE_TEXT = "h\u00e9llo w\u00f6rld, \u6f22\u5b57 \U0001f642 ok\n" * 130  # 2-, 3- and 4-byte characters
@@ -20,11 +20,7 @@ def multibyte_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("multibyte")
     corpus = base / "corpus.txt"
     corpus.write_text(MULTIBYTE_TEXT, encoding="utf-8")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(base)
-        result = invoke("train", corpus, "--runs-dir", base / "runs", "--name", "multi", *TINY)
-    assert result.exit_code == 0, describe(result)
-    return base / "runs" / "multi"
+    return train_run(base, corpus, "multi")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import (CHROMIUM, CHROMIUM_ARGS, SPAN_BOX, assert_card_beside, chinese_corpus,
+from conftest import (train_run, CHROMIUM, CHROMIUM_ARGS, SPAN_BOX, assert_card_beside, chinese_corpus,
                       chromium_env_without_cjk, describe, han_to_latin_width, invoke)
 
 pytestmark = pytest.mark.usefixtures("own_cwd")
@@ -45,13 +45,10 @@ def quote_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("quotes")
     corpus = base / "quotes.txt"
     corpus.write_text(quote_corpus(), encoding="utf-8")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(base)
-        result = invoke("train", corpus, "--runs-dir", base / "runs", "--name", "quotes", "--units", "16",
-                        "--embedding-dim", "8", "--num-layers", "1", "--batch-size", "16", "--seq-len", "64",
-                        "--steps", "60", "--eval-every", "60", "--learning-rate", "0.02",
-                        "--warmup-steps", "0", "--quiet")
-    assert result.exit_code == 0, describe(result)
+    train_run(base, corpus, "quotes", ["--units", "16", "--embedding-dim", "8", "--num-layers", "1",
+                                       "--batch-size", "16", "--seq-len", "64", "--steps", "60",
+                                       "--eval-every", "60", "--learning-rate", "0.02",
+                                       "--warmup-steps", "0", "--quiet"])
     return base / "runs", corpus
 
 
