@@ -15,7 +15,7 @@ import click
 from textgen import __version__
 from textgen.config import (EXPORT_FORMATS, HEAD_BIASES, INT32_MAX, MAX_SAMPLES, PRECISIONS, PRESETS, QUANTIZATIONS,
                             SHORTLIST, STRATEGIES,
-                            VIZ_FORMATS, ExportConfig, ModelConfig, SampleConfig, ServeConfig, TrainConfig, VizConfig, apply_preset)
+                            VIZ_FORMATS, ExportConfig, FinetuneConfig, ModelConfig, SampleConfig, ServeConfig, TrainConfig, VizConfig, apply_preset)
 from textgen.errors import TextgenError, one_line
 
 RUNS_DIR = "checkpoints"
@@ -66,7 +66,7 @@ def checkpoint_option(func):
 # `train --help` lists its options in these groups, in this order (the README's Training table
 # has the same groups); an option in none of them goes under "Other options".
 TRAIN_OPTION_GROUPS = {
-    "Model": ["preset", "units", "num_layers", "embedding_dim", "head_shortlist", "head_bias"],
+    "Model": ["preset", "init_from", "init_checkpoint", "units", "num_layers", "embedding_dim", "head_shortlist", "head_bias"],
     "Regularisation": ["dropout", "embedding_dropout", "recurrent_dropout", "weight_decay"],
     "Optimisation": ["batch_size", "seq_len", "learning_rate", "clip_norm", "warmup_steps", "lr_decay",
                      "min_lr_ratio", "seed"],
@@ -138,13 +138,15 @@ def main():
 @click.option("--units", type=click.IntRange(1), default=_M.units, show_default=True, help="LSTM units per layer.")
 @click.option("--num-layers", type=click.IntRange(1), default=_M.num_layers, show_default=True, help="Stacked LSTM layers.")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), help=preset_help())
+@click.option("--init-from", metavar="RUN", help=f"Fine-tune: start from RUN's model and weights (its shape; a --preset's shape does not apply) with a fresh optimizer and schedule; its vocabulary gains the corpus's new characters. The learning rate defaults to {FinetuneConfig.learning_rate:g} here.")
+@click.option("--checkpoint", "init_checkpoint", type=click.Choice(["best", "last"]), help=f"With --init-from: which checkpoint of RUN to start from (default: {FinetuneConfig.checkpoint}).")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=_M.dropout, show_default=True, help="Dropout between layers.")
 @click.option("--recurrent-dropout", type=click.FloatRange(0, 1, max_open=True), default=_M.recurrent_dropout, show_default=True, help="Dropout on each LSTM's recurrent input h(t-1), one mask for all time steps of a window (variational).")
 @click.option("--head-shortlist", type=click.IntRange(0), default=_M.head_shortlist, help=f"Output layer: 0 = one softmax over the vocabulary; N = a two-level softmax, the N most frequent characters at every position and the rest only where the next character is one of them (exact, faster for thousands of characters). Default: {SHORTLIST} for vocabularies over {2 * SHORTLIST}, else 0.")
 @click.option("--embedding-dropout", type=click.FloatRange(0, 1, max_open=True), default=_M.embedding_dropout, show_default=True, help="Dropout on the embedding output.")
 @click.option("--batch-size", type=click.IntRange(1), default=_T.batch_size, show_default=True, help="Parallel text streams per step.")
 @click.option("--seq-len", type=click.IntRange(1), default=_T.seq_len, show_default=True, help="Characters per window (BPTT length).")
-@click.option("--learning-rate", "--lr", type=click.FloatRange(0, min_open=True), default=_T.learning_rate, show_default=True, help="Adam learning rate.")
+@click.option("--learning-rate", "--lr", type=click.FloatRange(0, min_open=True), default=_T.learning_rate, show_default=True, help=f"Adam learning rate (peak, after warm-up; {FinetuneConfig.learning_rate:g} with --init-from).")
 @click.option("--warmup-steps", type=click.IntRange(0), default=_T.warmup_steps, show_default=True, help="Linear learning-rate warm-up steps.")
 @click.option("--lr-decay", type=click.Choice(["cosine", "none"]), default=_T.lr_decay, show_default=True, help="Learning-rate decay over the budget.")
 @click.option("--min-lr-ratio", type=click.FloatRange(0, 1), default=_T.min_lr_ratio, show_default=True, help="Final learning rate as a fraction of --learning-rate.")
@@ -169,7 +171,8 @@ def main():
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 @user_errors
-def train(ctx, corpus, name, resume, runs_dir, quiet, preset, allow_corpus_change, **_options):
+def train(ctx, corpus, name, resume, runs_dir, quiet, preset, allow_corpus_change, init_from,
+          init_checkpoint, **_options):
     """Train a model on CORPUS files or directories (default: the built-in corpus).
 
     Without --epochs, --steps or --minutes it trains for 10 epochs. Progress goes to a bar,
@@ -179,11 +182,16 @@ def train(ctx, corpus, name, resume, runs_dir, quiet, preset, allow_corpus_chang
 
     model_options = given(ctx, [f.name for f in _fields(ModelConfig) if f.name != "vocab_size"])
     train_options = given(ctx, [f.name for f in _fields(TrainConfig)])
-    model_options, train_options = apply_preset(preset, model_options, train_options)
+    if init_from is None:
+        model_options, train_options = apply_preset(preset, model_options, train_options)
+    else:  # the model's shape is the base run's
+        from textgen.finetune import preset_options
+
+        model_options, train_options = preset_options(preset, model_options, train_options)
     run_dir, reason, progress = launch(
         list(corpus), model_options, train_options, runs_dir, name=name, resume=resume,
         corpus_dir=CORPUS_DIR, show_progress=not quiet, echo=lambda s: click.echo(s, err=True),
-        allow_corpus_change=allow_corpus_change,
+        allow_corpus_change=allow_corpus_change, init_from=init_from, init_checkpoint=init_checkpoint,
     )
     if reason == BUDGET_SPENT:  # launch said so in one line; nothing was trained
         return

@@ -109,6 +109,18 @@ class TrainConfig:
         return self.epochs
 
 
+@dataclass
+class FinetuneConfig:
+    """`textgen train CORPUS --init-from RUN`: what a fine-tuning run uses where no option is given.
+    Its other settings are a `TrainConfig`'s; its model is the base run's (`textgen.finetune`)."""
+
+    learning_rate: float = 1e-3  # peak learning rate when --learning-rate is not given (a fresh
+    # schedule: TrainConfig.warmup_steps of warm-up, then decay over the new budget)
+    checkpoint: str = "best"  # which checkpoint of the base run to start from: best or last
+    calibration_chars: int = 4096  # positions of the new text scored to calibrate the new
+    # characters' output biases against the base model's logits
+
+
 # Named shapes and recipes; explicit options override them. Parameter counts are for a
 # 65-character vocabulary (tinyshakespeare).
 PRESETS: dict[str, dict] = {

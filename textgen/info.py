@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from textgen.config import shortlist_for
+from textgen.finetune import describe_lineage
 from textgen.runs import read_run_meta, resolve_run
 
 
@@ -36,6 +37,8 @@ def describe_run(run: str | None, runs_dir: str | Path) -> str:
         f"last {meta['checkpoints'].get('last', '-')}",
         f"corpus:           {corpus.get('chars', 0):,} characters from {sources}",
     ]
+    if "init_from" in meta:
+        lines.append(f"fine-tuned from:  {describe_lineage(meta['init_from'])}")
     skipped = corpus.get("skipped")
     if skipped:
         more = ", ..." if skipped["count"] > len(skipped["names"]) else ""

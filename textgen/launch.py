@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Callable
 
 from textgen import checkpoint as ckpt
-from textgen import runformat, runs
-from textgen.config import ModelConfig, TrainConfig, check_options, check_size, shortlist_for
+from textgen import finetune, runformat, runs
+from textgen.config import FinetuneConfig, ModelConfig, TrainConfig, check_options, check_size, shortlist_for
 from textgen.corpus_cache import load_corpus
 from textgen.data import make_batchers
 from textgen.distribute import is_chief_task
@@ -58,6 +58,9 @@ class RunRequest:
             the latest run). resume: continue the run. allow_corpus_change: resume even though
             the corpus text changed since the run started.
         corpus_dir: where the built-in corpus is cached. show_progress: draw progress bars.
+        init_from: a run to fine-tune (`textgen.finetune`): the new run starts from its model
+            and weights. init_checkpoint: which of its checkpoints, best or last (default
+            `FinetuneConfig.checkpoint`).
     """
 
     corpus: list[str]
@@ -69,12 +72,15 @@ class RunRequest:
     allow_corpus_change: bool = False
     corpus_dir: str | Path = "corpora"
     show_progress: bool = True
+    init_from: str | None = None
+    init_checkpoint: str | None = None
 
 
 def launch(corpus: list[str], model_options: dict, train_options: dict, runs_root: str | Path,
            name: str | None = None, resume: bool = False, corpus_dir: str | Path = "corpora",
            show_progress: bool = True, echo: Callable[[str], None] = print,
-           allow_corpus_change: bool = False):
+           allow_corpus_change: bool = False, init_from: str | None = None,
+           init_checkpoint: str | None = None):
     """Train a new run, or continue one (arguments: see `RunRequest`). Returns (run_dir, stop
     reason, progress); the reason is BUDGET_SPENT when a resumed run had no budget left (and
     `echo` has said so).
@@ -82,7 +88,13 @@ def launch(corpus: list[str], model_options: dict, train_options: dict, runs_roo
     When the reason is a signal's name, a checkpoint of the step it stopped at was written and
     `echo` has been told where it is."""
     request = RunRequest(list(corpus), model_options, train_options, runs_root, name, resume,
-                         allow_corpus_change, corpus_dir, show_progress)
+                         allow_corpus_change, corpus_dir, show_progress, init_from, init_checkpoint)
+    if init_from is not None and resume:
+        raise TextgenError("--init-from starts a new run and --resume continues one; drop --init-from "
+                           "to continue a fine-tuned run (it keeps its lineage)")
+    if init_checkpoint is not None and init_from is None:
+        raise TextgenError("--checkpoint chooses the base run's checkpoint for --init-from; drop it, or "
+                           "add --init-from RUN")
     if request.name is not None:
         runs.check_run_name(request.name)
     try:
@@ -122,7 +134,7 @@ def _launch(request: RunRequest, echo):
             trainer.save()  # the chief's step-0 checkpoint gathers from every worker; writes nothing
             echo(f"training with the chief worker, which writes {run_dir}")
         else:
-            trainer, run_dir = _prepare_new(request, chief=True)
+            trainer, run_dir = _prepare_new(request, chief=True, echo=echo)
             stop = _create_run(trainer, run_dir, stack)
             summary = trainer.meta["corpus"]
             _tell_skipped(summary, echo)
@@ -222,7 +234,11 @@ def _reopen(run_dir: Path, request: RunRequest, chief: bool = True):
     encoded, summary = load_corpus(paths, train_config.encoding, run_dir.parent, request.corpus_dir,
                                    request.show_progress)
     vocab = runs.load_vocab(run_dir, meta)
-    current, remap, _ = encoded.model_vocabulary(train_config.min_count)
+    if "init_from" in meta:  # fine-tuned: its vocabulary is its base's characters and the corpus's
+        current, remap, _ = finetune.merge_vocabulary(vocab, encoded.chars, encoded.counts,
+                                                      train_config.min_count)
+    else:
+        current, remap, _ = encoded.model_vocabulary(train_config.min_count)
     difference = _vocab_difference(vocab.chars, current.chars)
     if difference:
         raise TextgenError(f"the corpus's characters differ from run {run_dir.name}'s vocabulary "
@@ -242,20 +258,32 @@ def _reopen(run_dir: Path, request: RunRequest, chief: bool = True):
     return Trainer(run_dir, vocab, train_data, val_data, meta["model"], train_config, meta, chief), meta
 
 
-def _prepare_new(request: RunRequest, chief: bool = True):
-    """(trainer, run_dir) of a new run; nothing is written yet. A non-chief worker's run
-    directory is the chief's (it may exist already): it is not checked."""
-    train_config = TrainConfig(**request.train_options)
-    model_options = request.model_options
-    check_options(ModelConfig(vocab_size=1, **model_options), train_config)  # before reading the corpus
+def _prepare_new(request: RunRequest, chief: bool = True, echo=lambda line: None):
+    """(trainer, run_dir) of a new run, or with `request.init_from` a fine-tuning run
+    (`textgen.finetune`); nothing is written yet. A non-chief worker's run directory is the
+    chief's (it may exist already): it is not checked."""
+    base = finetune.open_base(request.init_from, request.runs_root, request.init_checkpoint) \
+        if request.init_from is not None else None
+    train_options, model_options = request.train_options, request.model_options
+    if base:  # a fine-tuning run's own default learning rate
+        train_options = {"learning_rate": FinetuneConfig.learning_rate, **train_options}
+        base_model = finetune.model_config(base.meta["model"], model_options, base.meta["model"].vocab_size,
+                                           base.run_dir.name)  # contradicting shapes: refused now
+    train_config = TrainConfig(**train_options)
+    check_options(base_model if base else ModelConfig(vocab_size=1, **model_options), train_config)
     encoded, summary = load_corpus(request.corpus, train_config.encoding, request.runs_root,
                                    request.corpus_dir, request.show_progress)
-    vocab, remap, folded = encoded.model_vocabulary(train_config.min_count)
+    if base:
+        vocab, remap, folded = finetune.merge_vocabulary(base.vocab, encoded.chars, encoded.counts,
+                                                         train_config.min_count)
+        model_config = dataclasses.replace(base_model, vocab_size=vocab.size)
+    else:
+        vocab, remap, folded = encoded.model_vocabulary(train_config.min_count)
+        model_config = ModelConfig(vocab_size=vocab.size, **model_options)
+        # the run keeps the head it starts with, whatever a later version would choose
+        model_config = dataclasses.replace(model_config, head_shortlist=shortlist_for(model_config))
     if folded:
         summary["folded"] = folded
-    model_config = ModelConfig(vocab_size=vocab.size, **model_options)
-    # the run keeps the head it starts with, whatever a later version would choose
-    model_config = dataclasses.replace(model_config, head_shortlist=shortlist_for(model_config))
     check_size(model_config)  # now that the vocabulary is known
     run_dir = Path(request.runs_root) / (request.name or time.strftime("%Y%m%d-%H%M%S"))
     if chief:
@@ -269,6 +297,8 @@ def _prepare_new(request: RunRequest, chief: bool = True):
             "model": model_config, "train": train_config, "corpus": summary,
             "precision_reason": why, "vocab_sha256": runs.vocab_fingerprint(vocab),
             "checkpoints": {}}
+    if base:
+        meta["init_from"] = finetune.lineage_record(base.run_dir, base.meta, base.checkpoint)
     train_data, val_data = make_batchers(encoded.ids, train_config.batch_size, train_config.seq_len,
                                          train_config.val_fraction, remap)
     summary.update(train_chars=int(train_data.streams.size), vocab_size=vocab.size)
@@ -277,11 +307,30 @@ def _prepare_new(request: RunRequest, chief: bool = True):
 
     trainer = Trainer(run_dir, vocab, train_data, val_data, model_config, train_config, meta, chief)
     unigram = train_config.head_bias == "unigram"
-    if unigram or trainer.model.shortlist:  # every worker counts the same text: same start
+    if base:
+        finetune.start_from_base(trainer, base)
+        _tell_finetuning(base, vocab, echo)
+    elif unigram or trainer.model.shortlist:  # every worker counts the same text: same start
         trainer.start_output_layer(train_data.char_counts(vocab.size), unigram)
     if chief:
         _refuse_existing(run_dir)  # again: building the trainer took a while
     return trainer, run_dir
+
+
+def _tell_finetuning(base: finetune.Base, vocab, echo) -> None:
+    """Say what a fine-tuning run starts from and which characters it adds (one line), and
+    (one more) that the base folded rare characters into the unknown symbol, if it did."""
+    added = sorted(set(vocab.chars) - set(base.vocab.chars))
+    shown = " ".join(repr(c) for c in added[:10]) + (" ..." if len(added) > 10 else "")
+    echo(f"fine-tuning from run {base.run_dir.name} ({base.checkpoint.name}): vocabulary "
+         f"{base.vocab.size} -> {vocab.size}" + (f", {len(added)} new: {shown}" if added else ", no new characters"))
+    if base.vocab.unknown is not None:
+        folded = base.meta["corpus"].get("folded") or {}
+        rare = folded.get("rare_chars")
+        what = f"{rare} rare character{'s' if rare != 1 else ''}" if rare is not None else "the rare characters"
+        echo(f"run {base.run_dir.name} folded {what} of its corpus into U+{ord(base.vocab.unknown):04X} "
+             f"(--min-count {folded.get('min_count', '?')}); the new text's characters outside its "
+             "vocabulary get rows of their own (unless rarer than --min-count here)")
 
 
 def _refuse_existing(run_dir: Path) -> None:

@@ -65,6 +65,7 @@ ADDED: dict[str, Added] = {
     "train.warmup_steps": Added(0),  # the first runs had a constant learning rate ...
     "train.lr_decay": Added("none"),  # ... without warm-up or decay
     "corpus.skipped": Added(ABSENT),  # undecodable files skipped: {"count", "names" (the first few)}
+    "init_from": Added(ABSENT, version=2),  # a fine-tuned run's lineage (LINEAGE_FIELDS)
 }
 VERSION = max([OLDEST_VERSION] + [a.version for a in ADDED.values()])  # what this textgen writes
 
@@ -193,7 +194,18 @@ TOP_FIELDS: dict[str, Check] = {
     "checkpoints": (_is_checkpoints, "a map of 'last'/'best' to names ckpt-<8 digits>"),
     "corpus": (lambda v: isinstance(v, dict), "an object"),
     "history": (lambda v: isinstance(v, list), "a list"),
+    "init_from": (lambda v: isinstance(v, dict), "an object"),
 }
+# a fine-tuned run's base (`textgen.finetune.lineage_record`): the run, the checkpoint it started
+# from and that checkpoint's step, and the base's corpus fingerprint
+LINEAGE_FIELDS: dict[str, Check] = {
+    "run": (lambda v: isinstance(v, str), "a path"),
+    "name": (lambda v: isinstance(v, str), "a run name"),
+    "checkpoint": (lambda v: isinstance(v, str) and bool(CHECKPOINT_RE.fullmatch(v)), "a name ckpt-<8 digits>"),
+    "step": (_is_count, "a step number"),
+    "corpus_fingerprint": (lambda v: isinstance(v, str), "a string"),
+}
+LINEAGE_REQUIRED = ("run", "name", "checkpoint", "step")
 CORPUS_FIELDS: dict[str, Check] = {
     "default": (lambda v: isinstance(v, bool), "true or false"),
     "paths": (_is_text_list, "a list of paths"),
@@ -244,6 +256,8 @@ def meta_problem(meta: dict) -> str | None:
         return "train.precision is 'auto', which a run resolves when it starts"
     meta.setdefault("checkpoints", {})
     problem = _fields_problem(meta.setdefault("corpus", {}), CORPUS_FIELDS, "corpus")
+    if not problem and "init_from" in meta:
+        problem = _fields_problem(meta["init_from"], LINEAGE_FIELDS, "init_from", LINEAGE_REQUIRED)
     for i, record in enumerate(meta.setdefault("history", [])):
         if problem:
             break
