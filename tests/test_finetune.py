@@ -1,8 +1,8 @@
 """Fine-tuning (`textgen train CORPUS --init-from RUN`, textgen.finetune): base characters keep
 their weights bit for bit under their new ids (one softmax and two-level head, new characters
 sorting between old ones), new characters are trained and sampled, the lineage survives resume
-and shows in `info`, a fine-tuned run serves as a base and loads everywhere, and each misuse is
-one line."""
+and shows in `info`, a fine-tuned run serves as a base and loads in `sample`, `eval`,
+`export` and `viz`, and each misuse is one line."""
 
 import json
 import shutil
@@ -161,6 +161,9 @@ def test_a_finetuned_run_is_a_base_and_loads_everywhere(place, tmp_path):
     assert scored.exit_code == 0 and "\ntotal " in scored.stdout, describe(scored)
     exported = invoke("export", second, "--runs-dir", runs, "--format", "keras", "--out", tmp_path / "out")
     assert exported.exit_code == 0, describe(exported)
+    traced = invoke("viz", second, "--runs-dir", runs, "--prime", "DEB face q", "--format", "json",
+                    "--out", tmp_path / "trace.json")
+    assert traced.exit_code == 0 and (tmp_path / "trace.json").stat().st_size > 0, describe(traced)
 
 
 def test_misuse_is_one_line_and_writes_nothing(place):
