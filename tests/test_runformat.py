@@ -143,14 +143,33 @@ def test_skipped_files_are_a_field_of_the_current_format(copy_run):
 
 
 def test_a_field_newer_than_the_runs_own_format_is_damage(copy_run, monkeypatch):
-    """Adding a field is one table entry: with `corpus.skipped` moved to format 2 (VERSION
-    follows), a format-1 run that carries it is damaged, one that lacks it loads."""
+    """Adding a field is one table entry: with `corpus.skipped` moved to the next format (VERSION
+    follows), a run of today's format that carries it is damaged, one that lacks it loads."""
     run_dir = copy_run()
-    monkeypatch.setitem(runformat.ADDED, "corpus.skipped", runformat.Added(runformat.ABSENT, version=2))
-    monkeypatch.setattr(runformat, "VERSION", 2)
-    assert read_run_meta(run_dir)["version"] == 1
+    today = runformat.VERSION
+    monkeypatch.setitem(runformat.ADDED, "corpus.skipped", runformat.Added(runformat.ABSENT, version=today + 1))
+    monkeypatch.setattr(runformat, "VERSION", today + 1)
+    assert read_run_meta(run_dir)["version"] == today
     rewrite(run_dir, lambda d: d["corpus"].update(skipped={"count": 1, "names": ["a"]}))
-    with pytest.raises(TextgenError, match=r"damaged \(corpus.skipped is newer than the run's format 1\)"):
+    with pytest.raises(TextgenError, match=rf"damaged \(corpus.skipped is newer than the run's format {today}\)"):
+        read_run_meta(run_dir)
+
+
+def test_a_format_1_run_with_a_lineage_is_damage_and_a_damaged_lineage_is_named(copy_run):
+    """`init_from` (a fine-tuned run's lineage) came with format 2: a format-1 run carrying it is
+    damaged; a lineage missing a field or with a wrong one is named in one line."""
+    run_dir = copy_run()
+    lineage = {"run": "/runs/base", "name": "base", "checkpoint": "ckpt-00000006", "step": 6}
+    rewrite(run_dir, lambda d: d.update(init_from=lineage))
+    assert read_run_meta(run_dir)["init_from"] == lineage
+    rewrite(run_dir, lambda d: d.update(version=1))
+    with pytest.raises(TextgenError, match=r"damaged \(init_from is newer than the run's format 1\)"):
+        read_run_meta(run_dir)
+    rewrite(run_dir, lambda d: d.update(version=2, init_from={**lineage, "step": -1}))
+    with pytest.raises(TextgenError, match=r"damaged \(init_from.step is not a step number\)"):
+        read_run_meta(run_dir)
+    rewrite(run_dir, lambda d: d["init_from"].pop("checkpoint"))
+    with pytest.raises(TextgenError, match=r"damaged \(init_from has no checkpoint\)"):
         read_run_meta(run_dir)
 
 
