@@ -8,8 +8,11 @@ random rows), except their output biases, which are calibrated on the new text a
 model's logits (`calibrated_biases`). A two-level head keeps the base's frequency order and
 shortlist; new characters join the tail. run.json records the lineage (`lineage_record`).
 
-The pure functions (vocabulary merge, id moves, weight moves, bias calibration) need no
-TensorFlow; `start_from_base` applies them to a Trainer's freshly built model.
+The corpus cache (`textgen.corpus_cache`) keeps holding the corpus's own ids, keyed by its
+files: the merged vocabulary applies through the remap `merge_vocabulary` returns (as
+`--min-count`'s folding does), both when the run starts and when it resumes, so the cache needs
+no key for the base. The pure functions (vocabulary merge, id moves, weight moves, bias
+calibration) need no TensorFlow; `start_from_base` applies them to a Trainer's freshly built model.
 """
 
 from __future__ import annotations
@@ -185,6 +188,23 @@ def describe_lineage(record: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- applying it
+
+
+def describe_start(base, vocab: Vocabulary) -> list[str]:
+    """What a fine-tuning run tells as it starts: its base and the characters it adds (one line),
+    and (one more) that the base folded rare characters into the unknown symbol, if it did."""
+    added = sorted(set(vocab.chars) - set(base.vocab.chars))
+    shown = " ".join(repr(c) for c in added[:10]) + (" ..." if len(added) > 10 else "")
+    lines = [f"fine-tuning from run {base.run_dir.name} ({base.checkpoint.name}): vocabulary "
+             f"{base.vocab.size} -> {vocab.size}" + (f", {len(added)} new: {shown}" if added else ", no new characters")]
+    if base.vocab.unknown is not None:
+        folded = base.meta["corpus"].get("folded") or {}
+        rare = folded.get("rare_chars")
+        what = f"{rare} rare character{'s' if rare != 1 else ''}" if rare is not None else "the rare characters"
+        lines.append(f"run {base.run_dir.name} folded {what} of its corpus into U+{ord(base.vocab.unknown):04X} "
+                     f"(--min-count {folded.get('min_count', '?')}); the new text's characters outside its "
+                     "vocabulary get rows of their own (unless rarer than --min-count here)")
+    return lines
 
 
 @dataclasses.dataclass

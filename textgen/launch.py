@@ -309,28 +309,13 @@ def _prepare_new(request: RunRequest, chief: bool = True, echo=lambda line: None
     unigram = train_config.head_bias == "unigram"
     if base:
         finetune.start_from_base(trainer, base)
-        _tell_finetuning(base, vocab, echo)
+        for line in finetune.describe_start(base, vocab):
+            echo(line)
     elif unigram or trainer.model.shortlist:  # every worker counts the same text: same start
         trainer.start_output_layer(train_data.char_counts(vocab.size), unigram)
     if chief:
         _refuse_existing(run_dir)  # again: building the trainer took a while
     return trainer, run_dir
-
-
-def _tell_finetuning(base: finetune.Base, vocab, echo) -> None:
-    """Say what a fine-tuning run starts from and which characters it adds (one line), and
-    (one more) that the base folded rare characters into the unknown symbol, if it did."""
-    added = sorted(set(vocab.chars) - set(base.vocab.chars))
-    shown = " ".join(repr(c) for c in added[:10]) + (" ..." if len(added) > 10 else "")
-    echo(f"fine-tuning from run {base.run_dir.name} ({base.checkpoint.name}): vocabulary "
-         f"{base.vocab.size} -> {vocab.size}" + (f", {len(added)} new: {shown}" if added else ", no new characters"))
-    if base.vocab.unknown is not None:
-        folded = base.meta["corpus"].get("folded") or {}
-        rare = folded.get("rare_chars")
-        what = f"{rare} rare character{'s' if rare != 1 else ''}" if rare is not None else "the rare characters"
-        echo(f"run {base.run_dir.name} folded {what} of its corpus into U+{ord(base.vocab.unknown):04X} "
-             f"(--min-count {folded.get('min_count', '?')}); the new text's characters outside its "
-             "vocabulary get rows of their own (unless rarer than --min-count here)")
 
 
 def _refuse_existing(run_dir: Path) -> None:
