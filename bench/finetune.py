@@ -15,7 +15,7 @@ with the state carried through. Both vocabularies include every character of the
 so characters that occur only in the held-out part count alike.
 
     python bench/finetune.py --base-minutes 15 --minutes 1 2 5
-    python bench/finetune.py --minutes 2 --lr 3e-4 1e-3 3e-3        # fine-tuning learning rates
+    python bench/finetune.py --minutes 2 --lr 3e-4 1e-3 3e-3   # fine-tuned only, one per rate
     python bench/finetune.py --pairs songci:wudai --minutes 2 --shortlist-only
 
 The two-level output layer of a large-vocabulary base keeps the base's frequency order when it
@@ -49,11 +49,11 @@ def train_command(corpus: Path, minutes: float, runs: Path, name: str, extra: li
             "--val-fraction", str(HELD_OUT), "--runs-dir", str(runs), "--name", name, "--quiet", *extra]
 
 
-def ensure_base(base: str, minutes: float, runs: Path) -> Path:
+def ensure_base(corpora: Path, base: str, minutes: float, runs: Path) -> Path:
     """The base run of `base` under `runs`, trained now unless its folder is already there."""
     run = runs / f"base-{base}"
     if not (run / "run.json").is_file():
-        command = train_command(CORPORA / f"{base}.txt", minutes, runs, run.name, [])
+        command = train_command(corpora / f"{base}.txt", minutes, runs, run.name, [])
         print("+", " ".join(command), flush=True)
         subprocess.run(command, check=True)
     return run
@@ -81,36 +81,36 @@ def score(runs: Path, name: str, held_out: Path) -> dict:
             "curve": [(h["step"], h["val_bpc"]) for h in history]}
 
 
-def held_out_file(target: str, workdir: Path) -> Path:
+def held_out_file(corpora: Path, target: str, workdir: Path) -> Path:
     """The last 10% of the target text, written once under `workdir`."""
-    text = (CORPORA / f"{target}.txt").read_text(encoding="utf-8")
+    text = (corpora / f"{target}.txt").read_text(encoding="utf-8")
     path = workdir / f"{target}-held-out.txt"
     path.write_text(text[len(text) - int(len(text) * HELD_OUT):], encoding="utf-8")
     return path
 
 
-def compare(base_run: Path, target: str, minutes: float, runs: Path, held_out: Path,
-            tag: str, extra: list[str]) -> tuple[dict, dict]:
+def compare(corpora: Path, base_run: Path, target: str, minutes: float, runs: Path, held_out: Path,
+            tag: str) -> tuple[dict, dict]:
     """Scratch and fine-tuned runs of `minutes` on `target`, side by side; their scores."""
-    corpus = CORPORA / f"{target}.txt"
+    corpus = corpora / f"{target}.txt"
     scratch, tuned = f"{target}-scratch-{tag}", f"{target}-tuned-{tag}"
     for name in (scratch, tuned):
         if (runs / name).exists():
             raise SystemExit(f"{runs / name} exists: pass a fresh --workdir")
     side_by_side([train_command(corpus, minutes, runs, scratch, []),
-                  train_command(corpus, minutes, runs, tuned, ["--init-from", str(base_run), *extra])])
+                  train_command(corpus, minutes, runs, tuned, ["--init-from", str(base_run)])])
     return score(runs, scratch, held_out), score(runs, tuned, held_out)
 
 
-def shortlist_share(base_run: Path, target: str) -> str:
+def shortlist_share(corpora: Path, base_run: Path, target: str) -> str:
     """Share of the target's characters inside the base's shortlist and inside one recomputed on
     the target (the same size), for a base with the two-level output layer."""
     meta = json.loads((base_run / "run.json").read_text(encoding="utf-8"))
     size = meta["model"].get("head_shortlist", 0)
     if not size:
         return f"{base_run.name}: one softmax over the vocabulary (no shortlist)"
-    base_text = (CORPORA / f"{base_run.name.removeprefix('base-')}.txt").read_text(encoding="utf-8")
-    text = (CORPORA / f"{target}.txt").read_text(encoding="utf-8")
+    base_text = (corpora / f"{base_run.name.removeprefix('base-')}.txt").read_text(encoding="utf-8")
+    text = (corpora / f"{target}.txt").read_text(encoding="utf-8")
     counts = Counter(text)
     kept = {c for c, _ in Counter(base_text).most_common(size)}
     recomputed = {c for c, _ in counts.most_common(size)}
@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, nargs="+", default=[1.0, 2.0, 5.0],
                         help="target budgets, each a scratch/fine-tuned pair side by side")
     parser.add_argument("--lr", type=float, nargs="*", default=[],
-                        help="fine-tuning learning rates to try (default: textgen's own)")
+                        help="instead: fine-tuned runs only, one per learning rate, side by side")
+    parser.add_argument("--corpora", type=Path, default=CORPORA, help="where the corpora are")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/textgen-finetune"))
     parser.add_argument("--shortlist-only", action="store_true",
                         help="only the two-level head's shortlist shares, no training")
@@ -140,27 +141,37 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for pair in args.pairs:
         base, target = pair.split(":")
-        base_run = ensure_base(base, args.base_minutes, runs)
-        print(shortlist_share(base_run, target), flush=True)
+        base_run = ensure_base(args.corpora, base, args.base_minutes, runs)
+        print(shortlist_share(args.corpora, base_run, target), flush=True)
         if args.shortlist_only:
             continue
-        held_out = held_out_file(target, args.workdir)
+        held_out = held_out_file(args.corpora, target, args.workdir)
         for minutes in args.minutes:
-            for lr in args.lr or [None]:
-                extra = ["--learning-rate", f"{lr:g}"] if lr else []
-                tag = f"{minutes:g}m" + (f"-lr{lr:g}" if lr else "")
-                scratch, tuned = compare(base_run, target, minutes, runs, held_out, tag, extra)
-                rows.append((pair, minutes, lr, scratch, tuned))
-                print(f"{pair} {minutes:g} min lr {lr or 'default'}: scratch {scratch['bpc']:.4f} "
-                      f"({scratch['steps']} steps), fine-tuned {tuned['bpc']:.4f} ({tuned['steps']} "
-                      f"steps), difference {tuned['bpc'] - scratch['bpc']:+.4f}", flush=True)
-    print("\n| pair | minutes | fine-tune lr | scratch bpc | fine-tuned bpc | fine-tuned - scratch |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for pair, minutes, lr, scratch, tuned in rows:
-        print(f"| {pair} | {minutes:g} | {lr or 'default'} | {scratch['bpc']:.3f} ({scratch['steps']:,} steps) "
+            if args.lr:  # fine-tuned runs only, one per learning rate, all side by side
+                names = [f"{target}-tuned-{minutes:g}m-lr{lr:g}".replace(".", "_") for lr in args.lr]
+                side_by_side([train_command(args.corpora / f"{target}.txt", minutes, runs, name,
+                                            ["--init-from", str(base_run), "--learning-rate", f"{lr:g}"])
+                              for name, lr in zip(names, args.lr)])
+                for name, lr in zip(names, args.lr):
+                    tuned = score(runs, name, held_out)
+                    print(f"{pair} {minutes:g} min fine-tuned with lr {lr:g}: {tuned['bpc']:.4f} "
+                          f"({tuned['steps']} steps)", flush=True)
+                continue
+            scratch, tuned = compare(args.corpora, base_run, target, minutes, runs, held_out,
+                                     f"{minutes:g}m".replace(".", "_"), [])  # run names: no dots
+            rows.append((pair, minutes, scratch, tuned))
+            print(f"{pair} {minutes:g} min: scratch {scratch['bpc']:.4f} ({scratch['steps']} steps), "
+                  f"fine-tuned {tuned['bpc']:.4f} ({tuned['steps']} steps), difference "
+                  f"{tuned['bpc'] - scratch['bpc']:+.4f}", flush=True)
+    if not rows:
+        return 0
+    print("\n| pair | minutes | scratch bpc | fine-tuned bpc | fine-tuned - scratch |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for pair, minutes, scratch, tuned in rows:
+        print(f"| {pair} | {minutes:g} | {scratch['bpc']:.3f} ({scratch['steps']:,} steps) "
               f"| {tuned['bpc']:.3f} ({tuned['steps']:,} steps) | {tuned['bpc'] - scratch['bpc']:+.3f} |")
-    for pair, minutes, lr, scratch, tuned in rows:
-        if minutes == max(args.minutes) and lr is None:
+    for pair, minutes, scratch, tuned in rows:
+        if minutes == max(args.minutes):
             print(f"\nvalidation curves, {pair}, {minutes:g} min (step: bpc)")
             print("scratch:    " + " ".join(f"{s}:{b:.3f}" for s, b in scratch["curve"]))
             print("fine-tuned: " + " ".join(f"{s}:{b:.3f}" for s, b in tuned["curve"]))
