@@ -83,7 +83,7 @@ def test_choose_next_inverts_each_rows_filtered_distribution():
     keys = np.array([row_key(i, 5) for i in range(rows)], np.uint32)
     positions = rng.integers(0, 10_000, rows).astype(np.int32)
     got = choose_next(tf.constant(logits), tf.constant(temperature), tf.constant(top_k),
-                           tf.constant(top_p), tf.constant(keys), tf.constant(positions)).numpy()
+                      tf.constant(top_p), tf.constant(keys), tf.constant(positions)).numpy()
     u = counter_uniform(keys, positions).numpy()
     for i in range(rows):
         if temperature[i] == 0:
@@ -99,8 +99,7 @@ def test_choose_next_inverts_each_rows_filtered_distribution():
 def test_draw_frequencies_follow_the_softmax():
     logits = np.log(np.array([[0.5, 0.3, 0.2]], np.float32)).repeat(4000, axis=0)
     ids = choose_next(tf.constant(logits), tf.ones(4000), tf.zeros(4000, tf.int32), tf.ones(4000),
-                           tf.constant([row_key(9, 0)] * 4000, tf.uint32),
-                           tf.range(4000)).numpy()
+                      tf.constant([row_key(9, 0)] * 4000, tf.uint32), tf.range(4000)).numpy()
     np.testing.assert_allclose(np.bincount(ids, minlength=3) / 4000, [0.5, 0.3, 0.2], atol=0.03)
 
 

@@ -1,8 +1,9 @@
 """Sampling: temperature, top-k and top-p, with the whole generation loop in one compiled graph.
 
 `filter_logits` and `choose_next` are pure functions of their inputs (the draw is keyed by seed,
-row and position: `textgen.draws`), so the same seed always gives the same text. `Sampler.generate` runs a `tf.while_loop` of `chunk`
-steps per graph call and yields each chunk, so text streams out while it is being generated.
+row and position: `textgen.draws`), so the same seed always gives the same text. `Sampler.generate`
+runs a `tf.while_loop` of `chunk` steps per graph call and yields each chunk, so text streams out
+while it is being generated.
 """
 
 from __future__ import annotations
