@@ -12,11 +12,17 @@ logits, random init) and sample at temperature 1.0:
             collected as tensors and fetched once at the end (the tutorial also maps ids to
             strings inside the step; neither contender decodes here)
 
+  baseline  with `--baseline DIR`: textgen's Sampler as another checkout (DIR, e.g. a `git
+            worktree` of an earlier commit) has it, the same model and weights, in a worker
+            process of this script run with PYTHONPATH=DIR; it times its own calls, as here
+
 For 1 stream and for 64 streams, the contenders alternate over `--repeats` repeats; reported are
-the median chars/s (streams x length / seconds) and the median per-repeat ratio.
+the median chars/s (streams x length / seconds) and the median per-repeat ratios of textgen to
+each other contender.
 
     python bench/sample_speed.py                      # length 2000, 3 repeats
     python bench/sample_speed.py --length 500 --repeats 2
+    python bench/sample_speed.py --baseline /path/to/older/checkout --streams 1,64
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -91,6 +98,42 @@ class TutorialLoop:
         return tf.stack(out, axis=1).numpy()  # (streams, length)
 
 
+class BaselineSampler:
+    """textgen's Sampler of another checkout, in a worker process (`--worker`) that reads one
+    "streams length seed" line per call and answers "characters seconds"."""
+
+    name = "textgen@baseline"
+
+    def __init__(self, directory: str, seed: int):
+        import numpy as np
+
+        self.np = np
+        env = {**os.environ, "PYTHONPATH": os.path.abspath(directory), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        self.process = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", "--seed", str(seed)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                                        cwd=os.path.abspath(directory))
+        self.seconds = 0.0
+
+    def generate(self, streams: int, length: int, seed: int):
+        self.process.stdin.write(f"{streams} {length} {seed}\n")
+        self.process.stdin.flush()
+        size, self.seconds = self.process.stdout.readline().split()
+        self.seconds = float(self.seconds)
+        assert int(size) == streams * length
+        return self.np.zeros((streams, length), self.np.int32)  # its ids stay in the worker
+
+
+def worker(seed: int) -> int:
+    """The `--worker` loop: time this PYTHONPATH's Sampler on request (see BaselineSampler)."""
+    sampler = TextgenSampler(build(seed))
+    for line in sys.stdin:
+        streams, length, call_seed = map(int, line.split())
+        t0 = time.perf_counter()
+        ids = sampler.generate(streams, length, call_seed)
+        print(ids.size, time.perf_counter() - t0, flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--length", type=int, default=2000, help="characters per stream")
@@ -98,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", default=",".join(map(str, STREAMS)),
                         help="comma-separated stream counts (default 1,64)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baseline", metavar="DIR", help="also time the Sampler of the checkout DIR")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        return worker(args.seed)
     if args.length < 1 or args.repeats < 1:
         parser.error("--length and --repeats must be >= 1")
     streams_list = [int(s) for s in args.streams.split(",") if s.strip()]
@@ -115,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     model = build(args.seed)
     contenders = [TextgenSampler(model), TutorialLoop(model)]
+    if args.baseline:
+        contenders.insert(1, BaselineSampler(args.baseline, args.seed))
     for streams in streams_list:
         for c in contenders:  # warm-up: traces the graphs for this batch size
             t0 = time.perf_counter()
@@ -128,17 +177,18 @@ def main(argv: list[str] | None = None) -> int:
             for c in order:
                 t0 = time.perf_counter()
                 ids = c.generate(streams, args.length, args.seed + rep + 1)
-                rates[c.name].append(ids.size / (time.perf_counter() - t0))
+                seconds = getattr(c, "seconds", None) or time.perf_counter() - t0  # the worker's own
+                rates[c.name].append(ids.size / seconds)
         print(f"\n{streams} stream(s) x {args.length} characters")
         print(f"  {'contender':18s} {'median chars/s':>15s} {'min':>10s} {'max':>10s} {'warmup s':>9s}")
         for c in contenders:
             r = rates[c.name]
             print(f"  {c.name:18s} {statistics.median(r):15,.0f} {min(r):10,.0f} {max(r):10,.0f} "
                   f"{c.warmup_s:9.1f}")
-        a, b = (rates[c.name] for c in contenders)
-        ratios = [x / y for x, y in zip(a, b)]
-        print(f"  ratio textgen/tutorial: median {statistics.median(ratios):.2f} "
-              f"(per repeat: {', '.join(f'{q:.2f}' for q in ratios)})")
+        for other in contenders[1:]:
+            ratios = [x / y for x, y in zip(rates[contenders[0].name], rates[other.name])]
+            print(f"  ratio textgen/{other.name.split()[0]}: median {statistics.median(ratios):.2f} "
+                  f"(per repeat: {', '.join(f'{q:.2f}' for q in ratios)})")
     print(f"\nload average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
 

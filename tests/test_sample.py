@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from textgen.config import ModelConfig, SampleConfig
+from textgen.draws import draw_keys
 from textgen.errors import TextgenError
 from textgen.model import build_model
 from textgen.sample import Sampler, choose_next, filter_logits, generate_text, start_ids
@@ -45,9 +46,9 @@ def test_filter_logits_matches_reference(temperature, top_k, top_p):
 def test_choose_next_greedy_and_top_k_one_pick_argmax():
     logits = tf.constant(np.random.default_rng(1).normal(size=(6, 9)).astype(np.float32))
     argmax = np.argmax(logits.numpy(), axis=-1)
-    seed = tf.constant([1, 2])
-    greedy = choose_next(logits, tf.constant(0.0), tf.constant(0), tf.constant(1.0), seed)
-    top1 = choose_next(logits, tf.constant(1.0), tf.constant(1), tf.constant(1.0), seed)
+    keys = draw_keys(1, tf.range(6))
+    greedy = choose_next(logits, tf.constant(0.0), tf.constant(0), tf.constant(1.0), keys, 2)
+    top1 = choose_next(logits, tf.constant(1.0), tf.constant(1), tf.constant(1.0), keys, 2)
     np.testing.assert_array_equal(greedy.numpy(), argmax)
     np.testing.assert_array_equal(top1.numpy(), argmax)
 
@@ -55,7 +56,7 @@ def test_choose_next_greedy_and_top_k_one_pick_argmax():
 def test_sampling_frequencies_follow_the_softmax():
     logits = np.log(np.array([[0.5, 0.3, 0.2]], np.float32))
     draws = [int(choose_next(tf.constant(logits), tf.constant(1.0), tf.constant(0),
-                             tf.constant(1.0), tf.constant([7, i]))[0]) for i in range(2000)]
+                             tf.constant(1.0), draw_keys(7, tf.range(1)), i)[0]) for i in range(2000)]
     freq = np.bincount(draws, minlength=3) / len(draws)
     np.testing.assert_allclose(freq, [0.5, 0.3, 0.2], atol=0.04)
 
@@ -101,10 +102,10 @@ def test_greedy_matches_a_python_loop_over_model_steps(model_and_vocab):
     assert text == expected
 
 
-def test_many_streams_run_as_groups_that_draw_independently(model_and_vocab):
-    """More than ROWS_PER_GROUP streams run as several compiled loops: the first group draws
-    what a run of just those streams draws, the other groups differ from it (their own keys),
-    the greedy streams agree with a single loop, and a seed still fixes every stream."""
+def test_many_streams_run_as_groups_whose_texts_do_not_depend_on_the_grouping(model_and_vocab):
+    """More than ROWS_PER_GROUP streams run as several compiled loops; each stream draws with its
+    own key (seed, stream index), so stream i's text is the same however many streams ran beside
+    it, and streams with the same prime and state still differ."""
     from textgen.parallel import row_split_sizes
     from textgen.sample import ROWS_PER_GROUP
 
@@ -114,7 +115,8 @@ def test_many_streams_run_as_groups_that_draw_independently(model_and_vocab):
     assert texts == generate_text(model, vocab, many)
     first = row_split_sizes(ROWS_PER_GROUP + 3, 2)[0]  # 18 streams in group 0, 17 in group 1
     few = SampleConfig(length=40, seed=5, num_samples=ROWS_PER_GROUP, prime="ab")
-    assert texts[:first] == generate_text(model, vocab, few)[:first]
+    assert texts[:ROWS_PER_GROUP] == generate_text(model, vocab, few)  # across both groups
+    assert generate_text(model, vocab, SampleConfig(length=40, seed=5, prime="ab")) == texts[:1]
     assert texts[first:first + 3] != texts[:3]  # same prime and state: only the keys differ
     greedy = SampleConfig(temperature=0, length=30, num_samples=ROWS_PER_GROUP + 3, prime="ab")
     one = generate_text(model, vocab, SampleConfig(temperature=0, length=30, prime="ab"))[0]

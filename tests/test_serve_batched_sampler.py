@@ -7,8 +7,9 @@ import tensorflow as tf
 
 from textgen.config import ModelConfig
 from textgen.model import build_model, flatten_state
-from textgen.serve.batched_sampler import TOP_LOGPROBS, RowInputs, RowLoop, choose_next_rows, counter_uniform, row_key
-from textgen.sample import filter_logits
+from textgen.draws import counter_uniform
+from textgen.serve.batched_sampler import TOP_LOGPROBS, RowInputs, RowLoop, row_key
+from textgen.sample import choose_next, filter_logits
 
 VOCAB = 12
 CHUNK = 8
@@ -74,15 +75,15 @@ def test_per_row_filter_equals_each_row_filtered_with_its_own_settings():
         np.testing.assert_allclose(got[i][~np.isinf(want)], want[~np.isinf(want)], rtol=1e-6)
 
 
-def test_choose_next_rows_inverts_each_rows_filtered_distribution():
+def test_choose_next_inverts_each_rows_filtered_distribution():
     rng = np.random.default_rng(1)
     rows = 64
     logits = rng.normal(size=(rows, VOCAB)).astype(np.float32) * 2
     temperature, top_k, top_p = settings(rng, rows)
     keys = np.array([row_key(i, 5) for i in range(rows)], np.uint32)
     positions = rng.integers(0, 10_000, rows).astype(np.int32)
-    got = choose_next_rows(tf.constant(logits), tf.constant(temperature), tf.constant(top_k),
-                           tf.constant(top_p), tf.constant(keys), tf.constant(positions)).numpy()
+    got = choose_next(tf.constant(logits), tf.constant(temperature), tf.constant(top_k),
+                      tf.constant(top_p), tf.constant(keys), tf.constant(positions)).numpy()
     u = counter_uniform(keys, positions).numpy()
     for i in range(rows):
         if temperature[i] == 0:
@@ -97,9 +98,8 @@ def test_choose_next_rows_inverts_each_rows_filtered_distribution():
 
 def test_draw_frequencies_follow_the_softmax():
     logits = np.log(np.array([[0.5, 0.3, 0.2]], np.float32)).repeat(4000, axis=0)
-    ids = choose_next_rows(tf.constant(logits), tf.ones(4000), tf.zeros(4000, tf.int32), tf.ones(4000),
-                           tf.constant([row_key(9, 0)] * 4000, tf.uint32),
-                           tf.range(4000)).numpy()
+    ids = choose_next(tf.constant(logits), tf.ones(4000), tf.zeros(4000, tf.int32), tf.ones(4000),
+                      tf.constant([row_key(9, 0)] * 4000, tf.uint32), tf.range(4000)).numpy()
     np.testing.assert_allclose(np.bincount(ids, minlength=3) / 4000, [0.5, 0.3, 0.2], atol=0.03)
 
 
@@ -159,3 +159,18 @@ def test_a_row_generates_the_same_alone_and_in_a_batch(model, loop):
     np.testing.assert_array_equal(runs["alone"][0], runs["mixed"][0])
     np.testing.assert_allclose(runs["alone"][1], runs["mixed"][1], atol=1e-6)
     assert len(set(runs["alone"][0][3:].tolist())) > 2  # it really sampled
+
+
+def test_row_keys_are_the_samplers_keys_computed_in_any_graph():
+    """`row_key` (the server's, in Python) is `draw_keys` as textgen sample's XLA loop and an
+    export's graph compute it, and no two (seed, index) pairs share a key."""
+    from textgen.draws import draw_keys
+
+    seeds = tf.constant([0, 7, 2**31 - 1], tf.int64)
+    compiled = tf.function(lambda s, i: draw_keys(s, i), jit_compile=True)
+    for seed in seeds:
+        want = [row_key(int(seed), i) for i in range(5)]
+        assert compiled(seed, tf.range(5)).numpy().tolist() == [list(k) for k in want]
+        assert draw_keys(seed, tf.range(5)).numpy().tolist() == [list(k) for k in want]
+    keys = {row_key(seed, i) for seed in (0, 1, 2, 7, 2**31 - 1) for i in range(50)}
+    assert len(keys) == 250

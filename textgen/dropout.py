@@ -26,7 +26,7 @@ _RECURRENT = 0x7FEB352D  # salts the recurrent masks' key: they never coincide w
 
 def fmix32(h):
     """MurmurHash3's 32-bit finaliser, on uint32 tensors: a bijection in which every input bit
-    flips each output bit with p ~ 1/2 (here and in `textgen serve`'s per-row draws)."""
+    flips each output bit with p ~ 1/2 (here and in the samplers' draws, `textgen.draws`)."""
     shift = tf.bitwise.right_shift
     h = tf.bitwise.bitwise_xor(h, shift(h, tf.constant(16, tf.uint32)))
     h = h * tf.constant(0x85EBCA6B, tf.uint32)

@@ -1,8 +1,9 @@
 """Sampling: temperature, top-k and top-p, with the whole generation loop in one compiled graph.
 
-`filter_logits` and `choose_next` are pure functions of their inputs (seeded, stateless RNG), so
-the same seed always gives the same text. `Sampler.generate` runs a `tf.while_loop` of `chunk`
-steps per graph call and yields each chunk, so text streams out while it is being generated.
+`filter_logits` and `choose_next` are pure functions of their inputs (the draw is keyed by seed,
+row and position: `textgen.draws`), so the same seed always gives the same text. `Sampler.generate`
+runs a `tf.while_loop` of `chunk` steps per graph call and yields each chunk, so text streams out
+while it is being generated.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from textgen.config import SampleConfig, seed_or_random
+from textgen.draws import draw_keys, inverse_cdf_draw
 from textgen.model import flatten_state, unflatten_state
 from textgen.parallel import concat_rows, row_split_sizes, split_rows
 from textgen.vocab import Vocabulary, start_ids
@@ -71,15 +73,15 @@ def greedy_or_drawn(logits, temperature, top_k, top_p, draw):
     return tf.where(temperature > 0, sampled, greedy)
 
 
-def choose_next(logits, temperature, top_k, top_p, seed):
-    """Next ids (batch,) from logits (batch, vocab); greedy argmax when temperature == 0.
+def choose_next(logits, temperature, top_k, top_p, keys, positions):
+    """Next ids (batch,) from logits (batch, vocab); greedy argmax where temperature == 0.
 
-    seed: int32 (2,) for the stateless RNG.
+    keys: (batch, 2) uint32 (`textgen.draws.draw_keys`); positions: int32, (batch,) or a scalar:
+    each row's position in its generated text. The one draw of `textgen sample`, the exports'
+    `generate` and `textgen serve` (`textgen.draws.inverse_cdf_draw`).
     """
-    def draw(filtered):
-        return tf.random.stateless_categorical(filtered, 1, seed=seed, dtype=tf.int32)[:, 0]
-
-    return greedy_or_drawn(logits, temperature, top_k, top_p, draw)
+    return greedy_or_drawn(logits, temperature, top_k, top_p,
+                           lambda filtered: inverse_cdf_draw(filtered, keys, positions))
 
 
 class Sampler:
@@ -123,30 +125,27 @@ class Sampler:
         _, states = self.model(ids, unflatten_state(flat_states, self.model.cell_kind))
         return flatten_state(states)
 
-    def _run_groups(self, last, flat_states, steps, temperature, top_k, top_p, key, offset):
+    def _run_groups(self, last, flat_states, steps, temperature, top_k, top_p, keys, offset):
         """Generate `steps` ids after `last` (batch,); returns (ids (batch, steps), new state).
 
         Streams run in groups of up to ROWS_PER_GROUP, each group its own compiled loop, and
         TensorFlow runs the loops side by side: a step's matmuls are too small to use a second
-        core, a second loop does (64 streams on 2 cores: 1.4x). The grouping depends only on the
-        number of streams, never on the machine, so a seed gives the same text everywhere. Group
-        0 keeps the run's key (up to ROWS_PER_GROUP streams sample as before grouping existed);
-        later groups fold their index into it, so no two groups draw alike.
+        core, a second loop does (64 streams on 2 cores: 1.4x). Each stream draws with its own
+        key (`keys`, (batch, 2)), so the grouping never changes a text.
         """
         batch = last.shape[0]
         sizes = row_split_sizes(batch, -(-batch // ROWS_PER_GROUP))
         ids, new_flats = [], []
-        for k, (group_last, *group_flat) in enumerate(split_rows([last, *flat_states], sizes)):
-            group_key = key if k == 0 else tf.random.experimental.stateless_fold_in(key, k)
+        for group_last, group_keys, *group_flat in split_rows([last, keys, *flat_states], sizes):
             group_ids, group_flat = self._run_group(
-                group_last, group_flat, steps, temperature, top_k, top_p, group_key, offset)
+                group_last, group_flat, steps, temperature, top_k, top_p, group_keys, offset)
             ids.append(group_ids)
             new_flats.append(group_flat)
         return tf.concat(ids, axis=0), concat_rows(new_flats)
 
-    def _run_eager(self, last, flat_states, steps, temperature, top_k, top_p, key, offset):
-        """One group's compiled loop: `steps` ids after `last` (rows,), drawn with the stateless
-        RNG at key + (0, position); returns (ids (rows, steps), new state)."""
+    def _run_eager(self, last, flat_states, steps, temperature, top_k, top_p, keys, offset):
+        """One group's compiled loop: `steps` ids after `last` (rows,), the one at step t drawn
+        with the rows' keys (rows, 2) at position offset + t; returns (ids (rows, steps), new state)."""
         batch = tf.shape(last)[0]
         out = tf.TensorArray(tf.int32, size=steps)
         weights = self.model.step_weights()  # once per chunk, outside the loop
@@ -156,9 +155,7 @@ class Sampler:
             logits, states = self.model.step(last, states, weights)  # (batch, vocab)
             if self._ban is not None:
                 logits = logits + self._ban
-            # the position goes into key[1] as a scalar: adding a (2,) vector instead measured
-            # 20% slower per step under XLA
-            nxt = choose_next(logits, temperature, top_k, top_p, tf.stack([key[0], key[1] + offset + t]))
+            nxt = choose_next(logits, temperature, top_k, top_p, keys, offset + t)
             return t + 1, nxt, flatten_state(states), out.write(t, nxt)
 
         _, last, flat, out = tf.while_loop(
@@ -174,7 +171,7 @@ class Sampler:
         last one is the first input.
         """
         batch = config.num_samples
-        seed = seed_or_random(config.seed)
+        keys = draw_keys(seed_or_random(config.seed), tf.range(batch))  # (batch, 2): row i is choice i
         flat = flatten_state(self.model.initial_state(batch))
         primed = np.tile(np.asarray(prime_ids, np.int32)[None, :], (batch, 1))  # (batch, prime)
         if primed.shape[1] > 1:
@@ -188,7 +185,7 @@ class Sampler:
             ids, flat = run(
                 last, flat, self.chunk, tf.constant(config.temperature, tf.float32),
                 tf.constant(config.top_k), tf.constant(config.top_p, tf.float32),
-                tf.constant([seed, 0]), tf.constant(done),
+                keys, tf.constant(done),
             )
             ids = ids.numpy()[:, : config.length - done]  # (batch, n)
             last = tf.constant(ids[:, -1])

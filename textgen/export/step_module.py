@@ -14,6 +14,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from textgen.config import SEED_LIMIT
+from textgen.draws import draw_keys
 from textgen.export.docs import state_names
 from textgen.head import two_level_log_probs
 from textgen.cell import config_cell
@@ -115,12 +116,12 @@ class StepModule(tf.Module):
 
         _, flat = tf.while_loop(lambda i, _: i < tf.size(prime) - 1, warm, (tf.constant(0), flat))
         # the seeds `textgen sample` accepts (0 .. SEED_LIMIT - 1) key it as they are; any other is
-        # reduced into that range, as exports already in users' hands do
-        key = tf.cast(tf.math.floormod(seed, SEED_LIMIT), tf.int32)
+        # reduced into that range, as exports already in users' hands do. One row: choice 0.
+        keys = draw_keys(tf.math.floormod(seed, SEED_LIMIT), tf.zeros((1,), tf.int32))  # (1, 2)
 
-        def body(t, last, flat, out):  # as textgen.sample.Sampler: the RNG key is (seed, position)
+        def body(t, last, flat, out):  # as textgen.sample.Sampler: drawn at (key, position t)
             logits, flat = self._logits_and_states(last, flat)  # (1, vocab)
-            nxt = choose_next(logits, temperature, top_k, top_p, tf.stack([key, t]))  # (1,)
+            nxt = choose_next(logits, temperature, top_k, top_p, keys, t)  # (1,)
             return t + 1, nxt, flat, out.write(t, nxt[0])
 
         out = tf.TensorArray(tf.int32, size=length, element_shape=())

@@ -6,15 +6,15 @@ and position, and may still be reading its prompt: at the steps where a row has 
 left, its next input is the prompt's character instead of a sampled one (and that character's
 log-probability is recorded, which scores the prompt).
 
-Every random draw of a row depends only on its key and its position in its own text
-(`counter_uniform`), never on the other rows of the batch, so a fixed seed gives the same text
-whether the row ran alone or among others.
+Every random draw of a row depends only on its key and its position in its own generated text
+(`textgen.draws`, the draw of `textgen sample` too), never on the other rows of the batch, so a
+fixed seed gives the same text whether the row ran alone or among others, and choice i of a seed
+is `textgen sample`'s sample i for that seed.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import threading
 from typing import NamedTuple
 
@@ -23,54 +23,18 @@ import tensorflow as tf
 from textgen.model import flatten_state, unflatten_state
 from textgen.parallel import concat_rows, parallel_parts, row_split_sizes, split_rows
 from textgen.config import seed_or_random
-from textgen.dropout import fmix32
-from textgen.sample import greedy_or_drawn
+from textgen.draws import draw_keys
+from textgen.sample import choose_next
 
 TOP_LOGPROBS = 5  # most alternatives a row can ask for per character (OpenAI's limit too)
-_M32 = 0xFFFFFFFF
 
 
 def row_key(seed: int | None, index: int) -> tuple[int, int]:
-    """The two 32-bit words of a row's RNG key, from a request's seed and the choice's index.
-
-    The seed is one `textgen.config.check_seed` accepts (hashed, so nearby seeds give unrelated
-    streams); None draws one.
-    """
-    seed = seed_or_random(seed)
-    digest = hashlib.blake2b(f"{seed}/{index}".encode(), digest_size=8).digest()
-    word = int.from_bytes(digest, "big")
-    return word >> 32, word & _M32
-
-
-def counter_uniform(keys, positions):
-    """One uniform number in (0, 1) per row, a pure function of (the row's key, its position).
-
-    keys: (rows, 2) uint32; positions: (rows,) int32 -> (rows,) float32. Written by hand because
-    TensorFlow's stateless RNGs take one seed per call and draw for the whole batch at once, which
-    would tie a row's text to its batch; this counter-based hash is a few fused integer ops.
-    """
-    counter = tf.cast(positions, tf.uint32) * tf.constant(0x9E3779B9, tf.uint32)
-    h = fmix32(tf.bitwise.bitwise_xor(keys[:, 1], counter + tf.constant(0x7F4A7C15, tf.uint32)))
-    h = fmix32(tf.bitwise.bitwise_xor(keys[:, 0], h))
-    # the top 24 bits (a float32 mantissa), centred in their interval: never exactly 0 or 1
-    return (tf.cast(tf.bitwise.right_shift(h, 8), tf.float32) + 0.5) / float(1 << 24)
-
-
-def choose_next_rows(logits, temperature, top_k, top_p, keys, positions):
-    """Next ids (rows,) from logits (rows, vocab), each row with its own settings and draw.
-
-    temperature, top_k, top_p: (rows,); temperature 0 is greedy argmax. The draw inverts the
-    filtered distribution's cumulative sum at `counter_uniform(keys, positions)`, one number per
-    row, so a row's choice never depends on the other rows.
-    """
-    def draw(filtered):
-        cdf = tf.cumsum(tf.nn.softmax(filtered), axis=-1)  # (rows, vocab)
-        threshold = counter_uniform(keys, positions)[:, None] * cdf[:, -1:]  # (rows, 1)
-        # the first id whose cumulative mass reaches the threshold (> 0, so never a masked id)
-        sampled = tf.reduce_sum(tf.cast(cdf < threshold, tf.int32), axis=-1)
-        return tf.minimum(sampled, tf.shape(logits)[-1] - 1)
-
-    return greedy_or_drawn(logits, temperature, top_k, top_p, draw)
+    """The two 32-bit words of a row's key (`textgen.draws.draw_keys`), from a request's seed and
+    the choice's index: choice i of seed S draws what `textgen sample --seed S` draws for its
+    sample i. The seed is one `textgen.config.check_seed` accepts; None draws one."""
+    word0, word1 = draw_keys(tf.constant(seed_or_random(seed), tf.int64), tf.constant(index)).numpy()
+    return int(word0), int(word1)
 
 
 class RowInputs(NamedTuple):
@@ -79,7 +43,8 @@ class RowInputs(NamedTuple):
     last: object  # (rows,) int32: the next input id
     forced: object  # (rows, chunk) int32: prompt ids that replace the sampled ones ...
     forced_len: object  # (rows,) int32: ... at the steps t < forced_len
-    position: object  # (rows,) int32: steps the row has taken so far (its RNG counter)
+    position: object  # (rows,) int32: the row's generated characters so far (its draw counter;
+    # below 0 while it reads its prompt: the prompt's length - 1 fewer than its steps)
     temperature: object  # (rows,) float32; 0 is greedy
     top_k: object  # (rows,) int32; 0 is off
     top_p: object  # (rows,) float32; 1 is off
@@ -155,7 +120,7 @@ class RowLoop:
         def body(t, last, flat, ids, logprobs, top_ids, top_logprobs):
             states = unflatten_state(flat, self.model.cell_kind)
             logits, states = self.model.step(last, states, weights)  # (rows, vocab)
-            sampled = choose_next_rows(logits, temperature, top_k, top_p, keys, position + t)
+            sampled = choose_next(logits, temperature, top_k, top_p, keys, position + t)
             nxt = tf.where(t < forced_len, tf.gather(forced, t, axis=1), sampled)  # (rows,)
             log_probs = tf.nn.log_softmax(logits)  # (rows, vocab)
             chosen = tf.gather(log_probs, nxt[:, None], batch_dims=1)[:, 0]  # (rows,)

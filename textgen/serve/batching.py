@@ -272,7 +272,10 @@ class Engine:
         top_k, keys = np.zeros(size, np.int32), np.zeros((size, 2), np.uint32)
         for i, row in enumerate(rows):
             choice, feed = row.choice, row.prompt_left[:chunk]
-            last[i], position[i], forced_len[i] = row.last, row.steps, len(feed)
+            # the draw's position counts generated characters only, as `textgen sample`'s does:
+            # the prompt's first id is the first input, its other ids are read in steps of their own
+            position[i] = row.steps - (len(choice.prompt_ids) - 1)
+            last[i], forced_len[i] = row.last, len(feed)
             forced[i, :len(feed)] = feed
             temperature[i], top_k[i], top_p[i], keys[i] = (choice.temperature, choice.top_k,
                                                            choice.top_p, choice.key)
