@@ -60,6 +60,7 @@ class Added:
 # filled in for any run that lacks them, whatever today's default would choose.
 ADDED: dict[str, Added] = {
     "model.head_shortlist": Added(0),  # one softmax over the vocabulary
+    "model.cell": Added("lstm"),  # before --cell, every run was the LSTM
     "train.head_bias": Added("zeros"),  # the output bias started at zeros
     "train.precision": Added("float32"),  # before --precision, everything trained in float32
     "train.warmup_steps": Added(0),  # the first runs had a constant learning rate ...
