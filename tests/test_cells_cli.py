@@ -81,6 +81,10 @@ def test_a_cell_trains_samples_evaluates_and_resumes_exactly(cell, corpus_file, 
     assert result.exit_code == 0, describe(result)
     for a, b in zip(_weights(whole), _weights(halves)):
         np.testing.assert_array_equal(a, b)
+    other = "lstm"
+    result = invoke("train", "--resume", "--name", "halves", "--runs-dir", halves.parent, "--cell", other,
+                    "--steps", 7, "--quiet")  # a run keeps its cell
+    assert result.exit_code != 0 and f"cell: '{cell}' -> '{other}'" in result.output, describe(result)
 
     # sample --temp 0 is greedy decoding through the model's sequence path (`call`)
     result = invoke("sample", whole, "--checkpoint", "last", "--prime", "the ", "--temp", 0,

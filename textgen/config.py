@@ -27,7 +27,7 @@ TEMPERATURE = 1.0  # sampling temperature when none is given (sample, viz --samp
 LN2 = math.log(2.0)  # nats per bit: a loss in nats / LN2 is bits per character
 HEAD_BIASES = ("unigram", "zeros")  # how the output layer's bias starts (TrainConfig.head_bias)
 MAX_SAMPLES = 10_000  # --num-samples: samples are generated side by side, one batch row each
-# the cells `--cell` offers (textgen.cell.CELLS registers the same names; tests/test_cell.py holds
+# the cells `--cell` offers (textgen.cell.CELLS registers the same names; tests/test_cells_cli.py holds
 # them equal): name -> (gate blocks side by side in the kernels, per-unit weight vectors beside them)
 CELL_SHAPES = {"lstm": (4, 0), "peephole": (4, 3), "cifg": (3, 0)}
 CELL_NAMES = tuple(CELL_SHAPES)

@@ -39,13 +39,15 @@ LSTM_QUANTITY_NAMES = {"i": "input gate", "f": "forget gate", "g": "candidate", 
 
 def peephole_step(z, c_prev, peephole):
     """The peephole equations from z = x.W + h.U + b (batch, 4*units) and C_{t-1}; `peephole`
-    (3, units) rows w_ci, w_cf, w_co. Returns (h_t, C_t, i, f, C~, o)."""
+    (3, units) rows w_ci, w_cf, w_co, or those three rows apart (a loop takes them apart once,
+    not at every step). Returns (h_t, C_t, i, f, C~, o)."""
+    w_ci, w_cf, w_co = peephole if isinstance(peephole, (tuple, list)) else tf.unstack(peephole)
     z_i, z_f, z_c, z_o = tf.split(z, 4, axis=-1)
-    i = tf.sigmoid(z_i + peephole[0] * c_prev)
-    f = tf.sigmoid(z_f + peephole[1] * c_prev)
+    i = tf.sigmoid(z_i + w_ci * c_prev)
+    f = tf.sigmoid(z_f + w_cf * c_prev)
     g = tf.tanh(z_c)
     c = f * c_prev + i * g
-    o = tf.sigmoid(z_o + peephole[2] * c)  # reads the new cell state
+    o = tf.sigmoid(z_o + w_co * c)  # reads the new cell state
     return o * tf.tanh(c), c, i, f, g, o
 
 

@@ -89,8 +89,9 @@ def _peephole_masked(proj_tm, h0, c0, recurrent_kernel, peephole, mask):
 
 def _peephole_with_gradient(proj_tm, h0, c0, recurrent_kernel, peephole, mask):
     """The forward recurrence and its gradient function, for `tf.custom_gradient`."""
+    rows = tuple(tf.unstack(peephole))  # w_ci, w_cf, w_co: taken apart once, outside the loop
     hs, cs, i, f, g, o, h_last, c_last = forward_loop(
-        proj_tm, h0, c0, recurrent_kernel, mask, lambda z, c: peephole_step(z, c, peephole), 6)
+        proj_tm, h0, c0, recurrent_kernel, mask, lambda z, c: peephole_step(z, c, rows), 6)
 
     def grad(d_outputs, d_h_last, d_c_last):
         coefficients = _peephole_coefficients(cs, c0, i, f, g, o, peephole)
