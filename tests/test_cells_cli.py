@@ -1,6 +1,7 @@
 """Every cell through the CLI (`textgen train --cell X`): a tiny run trains and records its
 cell, `sample --temp 0` is the greedy decoding of the model's own sequence path, `eval` gives the
-whole-text cross-entropy, and a stopped run resumes exactly (recurrent dropout and weight decay on).
+whole-text cross-entropy, a stopped run resumes exactly (recurrent dropout and weight decay on)
+and keeps its cell, and `export --format savedmodel` passes its own check against textgen.
 Also the model-level contracts per cell: `step` = `call`, parameter counts, weight decay's reach.
 """
 
@@ -107,6 +108,11 @@ def test_a_cell_trains_samples_evaluates_and_resumes_exactly(cell, corpus_file, 
     logits, _ = model(tf.constant(ids[:, :-1]))
     nats = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=ids[:, 1:], logits=logits)
     assert bpc == pytest.approx(float(tf.reduce_mean(nats)) / math.log(2), abs=1e-3)
+
+    # export: the SavedModel's step is checked against textgen's logits by the command itself
+    result = invoke("export", whole, "--checkpoint", "last", "--format", "savedmodel", "--out", tmp_path / "sm")
+    assert result.exit_code == 0, describe(result)
+    assert "checked with tensorflow" in result.output
 
 
 def test_an_unknown_cell_is_one_line():

@@ -168,3 +168,12 @@ def test_the_cells_serialise_and_refuse_bad_units(cls):
     assert type(again) is cls and again.units == 5 and again.state_size == [5, 5]
     with pytest.raises(ValueError, match="positive"):
         cls(0)
+
+
+def test_auto_keeps_cudnn_for_the_lstm_and_runs_the_variants_fused_on_a_gpu(monkeypatch):
+    from textgen import recurrent
+
+    monkeypatch.setattr(recurrent, "gpu_available", lambda: True)
+    assert LSTMLayer(UNITS, cell="lstm").path == "cudnn"
+    assert [LSTMLayer(UNITS, cell=cell).path for cell in CELLS] == ["fused", "fused"]
+    assert LSTMLayer(UNITS, lstm_path="rnn", cell="cifg").path == "rnn"
