@@ -27,6 +27,11 @@ the median of the per-repeat ratios textgen/keras and textgen/torch.
     python bench/train_speed.py --shapes a --repeats 2 --steps 2
     python bench/train_speed.py --shapes c --head-shortlist 0   # textgen with one softmax, like the others
     git worktree add /tmp/before REV && python bench/train_speed.py --shapes a --cli-baseline /tmp/before
+    python bench/train_speed.py --shapes a --cells lstm,peephole,cifg   # `textgen train --cell X` side by side
+
+With `--cells`, only `textgen train` runs, once per cell (`cli:lstm`, `cli:peephole`, ...), with
+`--precision float32`, round-robin as above; reported: chars/s per cell and the median of the
+per-repeat ratios against the first cell named.
 """
 
 from __future__ import annotations
@@ -224,13 +229,15 @@ class CliContender:
     note = ""
 
     def __init__(self, shape: Shape, seed: int, short: int, long: int, workdir: Path,
-                 source: str | None = None):
+                 source: str | None = None, extra: tuple[str, ...] = ()):
         """`source`: a checkout of another textgen (its root folder) to run instead of the
         installed one, through PYTHONPATH: the `cli@baseline` contender, the same command from an
-        earlier commit measured side by side."""
+        earlier commit measured side by side. `extra`: more `textgen train` options
+        (`--cell peephole --precision float32`)."""
         import numpy as np
 
         self.shape, self.short, self.long, self.workdir, self.source = shape, short, long, workdir, source
+        self.extra = list(extra)
         alphabet = np.array([chr(0x4E00 + i) for i in range(shape.vocab)] if shape.vocab > 95
                             else [chr(32 + i) for i in range(shape.vocab)])
         chars = shape.batch * (shape.seq_len + 1) * (long + 10)
@@ -251,6 +258,7 @@ class CliContender:
                    "--eval-every", "1000000", "--eval-batches", "1", "--quiet"]
         if self.shape.head_shortlist is not None:
             command += ["--head-shortlist", str(self.shape.head_shortlist)]
+        command += self.extra
         env = dict(os.environ)
         if self.source:
             env["PYTHONPATH"] = os.pathsep.join([self.source] + [p for p in [env.get("PYTHONPATH")] if p])
@@ -404,6 +412,46 @@ def bench_shape(shape: Shape, args, torch_ok: bool) -> dict:
     return {"contenders": contenders, "initial": initial, "rates": rates}
 
 
+def bench_cells(shape: Shape, args) -> dict:
+    """`textgen train --cell X --precision float32` for each of `args.cells`, round-robin, the
+    starting cell rotating per repeat. Returns bench_shape's result form."""
+    from types import SimpleNamespace
+
+    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    rates = {f"cli:{cell}": [] for cell in cells}
+    contenders = [SimpleNamespace(name=f"cli:{cell}", note="", build_s=float("nan"), warmup_s=float("nan"))
+                  for cell in cells]
+    contenders[0].note = (f"`textgen train --cell X --precision float32` processes, --steps "
+                          f"{args.cli_steps[0]} vs {args.cli_steps[1]}")
+    with tempfile.TemporaryDirectory(prefix="textgen-bench-cells-") as workdir:
+        slots = []
+        for k, cell in enumerate(cells):
+            contender = CliContender(shape, args.seed, args.cli_steps[0], args.cli_steps[1], Path(workdir),
+                                     extra=("--cell", cell, "--precision", "float32"))
+            contender.runs = 1000 * k  # run names of their own
+            slots.append((f"cli:{cell}", contender))
+        for rep in range(args.repeats):
+            for name, contender in slots[rep % len(slots):] + slots[: rep % len(slots)]:
+                rates[name].append(shape.batch * shape.seq_len / contender.seconds_per_step())
+                print(f"  repeat {rep + 1}: {name} {rates[name][-1]:,.0f} chars/s", flush=True)
+    return {"contenders": contenders, "initial": {}, "rates": rates}
+
+
+def report_cells(shape: Shape, result: dict) -> None:
+    """Each cell's chars/s and its per-repeat ratios against the first cell."""
+    contenders, rates = result["contenders"], result["rates"]
+    print(f"\nshape {shape.describe()}\n  note: {contenders[0].note}")
+    print(f"  {'contender':20s} {'median chars/s':>15s} {'min':>10s} {'max':>10s}")
+    for c in contenders:
+        r = rates[c.name]
+        print(f"  {c.name:20s} {statistics.median(r):15,.0f} {min(r):10,.0f} {max(r):10,.0f}")
+    first = contenders[0].name
+    for c in contenders[1:]:
+        ratios = [a / b for a, b in zip(rates[c.name], rates[first])]
+        print(f"  ratio {c.name}/{first}: median {statistics.median(ratios):.2f} "
+              f"(per repeat: {', '.join(f'{q:.2f}' for q in ratios)})")
+
+
 def report(shape: Shape, result: dict) -> None:
     contenders, initial, rates = result["contenders"], result["initial"], result["rates"]
     names = [c.name for c in contenders]
@@ -450,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-shortlist", type=int, default=None,
                         help="textgen's output layer (cli and textgen contenders): 0 = one softmax over the "
                              "vocabulary, like the others; default: textgen's automatic choice")
+    parser.add_argument("--cells", metavar="CELL,CELL,...",
+                        help="time only `textgen train --cell X` (float32) for these cells side by side, "
+                             "ratios against the first (e.g. lstm,peephole,cifg)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
@@ -480,7 +531,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at start: {_loadavg()} (other processes compete for the same cores)")
     for name in shapes:
         shape = dataclasses.replace(SHAPES[name], head_shortlist=args.head_shortlist)
-        report(shape, bench_shape(shape, args, torch_ok))
+        if args.cells:
+            report_cells(shape, bench_cells(shape, args))
+        else:
+            report(shape, bench_shape(shape, args, torch_ok))
     print(f"\nload average at end: {_loadavg()}")
     return 0
 

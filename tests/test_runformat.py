@@ -43,7 +43,7 @@ def make_old(data: dict) -> None:
 def make_future(data: dict) -> None:
     """run.json as a newer textgen might write it: a higher version and fields unknown here."""
     data["version"] = runformat.VERSION + 1
-    data["model"]["cell"] = "gru"
+    data["model"]["layer_norm"] = True
     data["lineage"] = {"base": "elsewhere", "step": 3}
 
 
@@ -117,12 +117,13 @@ def test_resume_arrays_are_named_as_runs_have_always_named_them(trained_run):
 @pytest.mark.parametrize("change, fragment", [
     (lambda d: d["model"].update(units="many"), "ModelConfig.units"),
     (lambda d: d.update(lineage={"base": "x"}), "unknown field(s) 'lineage'"),
-    (lambda d: d["model"].update(cell="gru"), "unknown field(s): 'cell'"),
+    (lambda d: d["model"].update(layer_norm=True), "unknown field(s): 'layer_norm'"),
+    (lambda d: d["model"].update(cell="rnn"), "model.cell is not one of lstm, peephole"),
     (lambda d: d["corpus"].update(sources=2), "corpus has unknown field(s) 'sources'"),
     (lambda d: d["corpus"].update(skipped={"count": "2", "names": []}), "corpus.skipped"),
     (lambda d: d.update(version="2"), "version is not a format number"),
     (lambda d: d.update(version=0), "version is not a format number"),
-], ids=["units-as-string", "unknown-top-field", "unknown-model-field", "unknown-corpus-field",
+], ids=["units-as-string", "unknown-top-field", "unknown-model-field", "unknown-cell", "unknown-corpus-field",
         "skipped-count-as-string", "version-as-string", "version-zero"])
 @pytest.mark.parametrize("command", ["info", "sample"])
 def test_damage_in_a_current_run_is_still_damage(command, change, fragment, copy_run):

@@ -13,7 +13,7 @@ import sys
 import click
 
 from textgen import __version__
-from textgen.config import (EXPORT_FORMATS, HEAD_BIASES, INT32_MAX, MAX_SAMPLES, PRECISIONS, PRESETS, QUANTIZATIONS,
+from textgen.config import (CELL_NAMES, EXPORT_FORMATS, HEAD_BIASES, INT32_MAX, MAX_SAMPLES, PRECISIONS, PRESETS, QUANTIZATIONS,
                             SHORTLIST, STRATEGIES,
                             VIZ_FORMATS, ExportConfig, FinetuneConfig, ModelConfig, SampleConfig, ServeConfig, TrainConfig, VizConfig, apply_preset)
 from textgen.errors import TextgenError, one_line
@@ -66,7 +66,8 @@ def checkpoint_option(func):
 # `train --help` lists its options in these groups, in this order (the README's Training table
 # has the same groups); an option in none of them goes under "Other options".
 TRAIN_OPTION_GROUPS = {
-    "Model": ["preset", "init_from", "init_checkpoint", "units", "num_layers", "embedding_dim", "head_shortlist", "head_bias"],
+    "Model": ["preset", "cell", "init_from", "init_checkpoint", "units", "num_layers", "embedding_dim",
+              "head_shortlist", "head_bias"],
     "Regularisation": ["dropout", "embedding_dropout", "recurrent_dropout", "weight_decay"],
     "Optimisation": ["batch_size", "seq_len", "learning_rate", "clip_norm", "warmup_steps", "lr_decay",
                      "min_lr_ratio", "seed"],
@@ -134,6 +135,7 @@ def main():
 @click.option("--name", help="Run name under --runs-dir (default: a timestamp; with --resume: the latest run).")
 @click.option("--resume", is_flag=True, help="Continue the run given by --name (default: the latest) where it stopped.")
 @click.option("--runs-dir", default=RUNS_DIR, show_default=True, help="Where run directories live.")
+@click.option("--cell", type=click.Choice(CELL_NAMES), default=_M.cell, show_default=True, help="Recurrent cell: lstm (the textbook equations), peephole (its gates also read the cell state), cifg (input gate = 1 - forget gate: a quarter fewer gate weights). A run keeps its cell when resumed.")
 @click.option("--embedding-dim", type=click.IntRange(1), default=_M.embedding_dim, show_default=True, help="Size of the character embedding.")
 @click.option("--units", type=click.IntRange(1), default=_M.units, show_default=True, help="LSTM units per layer.")
 @click.option("--num-layers", type=click.IntRange(1), default=_M.num_layers, show_default=True, help="Stacked LSTM layers.")

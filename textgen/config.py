@@ -27,6 +27,10 @@ TEMPERATURE = 1.0  # sampling temperature when none is given (sample, viz --samp
 LN2 = math.log(2.0)  # nats per bit: a loss in nats / LN2 is bits per character
 HEAD_BIASES = ("unigram", "zeros")  # how the output layer's bias starts (TrainConfig.head_bias)
 MAX_SAMPLES = 10_000  # --num-samples: samples are generated side by side, one batch row each
+# the cells `--cell` offers (textgen.cell.CELLS registers the same names; tests/test_cells_cli.py holds
+# them equal): name -> (gate blocks side by side in the kernels, per-unit weight vectors beside them)
+CELL_SHAPES = {"lstm": (4, 0), "peephole": (4, 3), "cifg": (3, 0)}
+CELL_NAMES = tuple(CELL_SHAPES)
 
 
 @dataclass
@@ -45,11 +49,14 @@ class ModelConfig:
     # two-level (adaptive) softmax, the N most frequent characters plus "the rest" at every
     # position and the rest's own softmax where the target is one of them; None = shortlist_for's
     # choice, resolved when a run starts
+    cell: str = "lstm"  # the recurrent cell, one of CELL_NAMES (textgen.cell: its equations)
 
     def parameter_count(self) -> int:
-        """Trainable parameters: embedding, each layer's kernel/recurrent_kernel/bias, the head."""
+        """Trainable parameters: embedding, each layer's kernel/recurrent_kernel/bias (and the
+        cell's per-unit vectors: the peepholes), the head."""
         e, u, v = self.embedding_dim, self.units, self.vocab_size
-        layers = sum(4 * u * ((e if i == 0 else u) + u + 1) for i in range(self.num_layers))
+        blocks, vectors = CELL_SHAPES.get(self.cell, CELL_SHAPES["lstm"])
+        layers = sum(blocks * u * ((e if i == 0 else u) + u + 1) + vectors * u for i in range(self.num_layers))
         head_outputs = v + 1 if shortlist_for(self) else v  # a two-level head scores "the rest" too
         return v * e + layers + (u + 1) * head_outputs
 
@@ -181,6 +188,8 @@ def check_options(model: ModelConfig, train: TrainConfig) -> None:
         value = getattr(train, name)
         if value is not None and (not isinstance(value, int) or value < 1):
             problems.append(f"--{name} must be at least 1, got {value}")
+    if model.cell not in CELL_NAMES:
+        problems.append(f"--cell must be one of {', '.join(CELL_NAMES)}, got {model.cell!r}")
     shortlist = model.head_shortlist
     if shortlist is not None and (not isinstance(shortlist, int) or isinstance(shortlist, bool) or shortlist < 0):
         problems.append(f"--head-shortlist must be 0 (one softmax) or a number of characters, got {shortlist}")

@@ -1,4 +1,8 @@
-"""The character language model: embedding -> stacked LSTM layers -> logits over the vocabulary.
+"""The character language model: embedding -> stacked recurrent layers -> logits over the vocabulary.
+
+The recurrent layers run the cell the config names (`ModelConfig.cell`: "lstm" unless chosen;
+`textgen.cell.CELLS`), each through `textgen.recurrent.LSTMLayer`; the model asks the cell kind
+for the states it carries, its gate blocks, its extra weights and its step.
 
 The model is functional in its state: `call` takes the per-layer states (a tuple per layer, in the
 order of its cell kind's `state_names`: (h, C) for the LSTM) and returns the new ones, instead of
@@ -17,7 +21,7 @@ from textgen.config import ModelConfig, shortlist_for
 from textgen.dropout import recurrent_mask, row_dropout
 from textgen.head import two_level_biases, two_level_log_probs, two_level_loss_sum
 from textgen.parallel import concat_rows, parallel_parts, row_split_sizes, split_rows
-from textgen.recurrent import LSTMLayer, resolve_path
+from textgen.recurrent import LSTMLayer
 from textgen.runformat import fields_before
 
 State = list  # [per layer a tuple of states in `cell_kind.state_names` order: (h, c)], each (batch, units)
@@ -40,7 +44,8 @@ def gather_rows(table, ids):
 
 @keras.saving.register_keras_serializable(package="textgen")
 class CharLSTM(keras.Model):
-    """Character-level language model: embedding -> `config.num_layers` `LSTMLayer`s -> logits.
+    """Character-level language model: embedding -> `config.num_layers` `LSTMLayer`s (each running
+    the cell `config.cell` names) -> logits.
 
     Functional in its state: every call takes the per-layer states and returns the new ones, so
     the trainer carries them from window to window and the sampler from step to step.
@@ -85,7 +90,7 @@ class CharLSTM(keras.Model):
             embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=None),
         )
         self.lstm_layers = [
-            LSTMLayer(config.units, lstm_path=lstm_path, name=f"lstm_{i}", dtype=policy)
+            LSTMLayer(config.units, lstm_path=lstm_path, cell=self.cell_kind.name, name=f"lstm_{i}", dtype=policy)
             for i in range(config.num_layers)
         ]
         # uniform(+-1/sqrt(units)), as PyTorch's nn.Linear, whatever the vocabulary: Keras's
@@ -258,7 +263,7 @@ class CharLSTM(keras.Model):
     @property
     def _fused(self) -> bool:
         """Whether the layers run the fused CPU path (time-major, row groups, projection table)."""
-        return resolve_path(self.lstm_layers[0].lstm_path) == "fused"
+        return self.lstm_layers[0].path == "fused"
 
     def _parallel_parts(self, ids) -> int:
         """Row groups for this batch: only on the fused path, with a static batch size."""
@@ -285,7 +290,7 @@ class CharLSTM(keras.Model):
         cell, dtype = self.lstm_layers[0].cell, self.compute_dtype
         # explicit casts: `sequence_loss` runs outside Keras's autocasting `call`
         return (tf.matmul(tf.cast(self.embedding.embeddings, dtype), tf.cast(cell.kernel, dtype))
-                + tf.cast(cell.bias, dtype))
+                + tf.cast(self.cell_kind.input_bias(cell), dtype))
 
     def step_weights(self, fold: bool | None = None) -> dict:
         """The weights rearranged for single steps; compute once, outside a sampling loop.
@@ -293,20 +298,23 @@ class CharLSTM(keras.Model):
         The first layer's x.W + b is either folded into a (vocab, blocks*units) lookup table
         ("table": one gather a step, fastest) or kept apart ("embedding", "kernel", "bias": gather
         the (vocab, embedding) row, then x.W + b), whichever holds fewer numbers
-        (`folds_embedding`; `fold` forces one). Each later layer's two matmuls x.W + h.U become
-        one [x, h] . [W; U], so a step is one matmul per layer.
+        (`folds_embedding`; `fold` forces one). Each later layer's weights are in the form its cell
+        kind steps with (`CellKind.stacked_weights`: for the LSTM the two matmuls x.W + h.U become
+        one [x, h] . [W; U], so a step is one matmul per layer). A cell with extra weights (the
+        peephole's) has them under "extras", one dict per layer.
         """
-        first, dtype = self.lstm_layers[0].cell, self.compute_dtype  # 16 bits under mixed precision
+        first, dtype, kind = self.lstm_layers[0].cell, self.compute_dtype, self.cell_kind  # 16 bits under mixed precision
         weights = {
             "recurrent": tf.cast(first.recurrent_kernel, dtype),
-            "stacked": [(tf.cast(tf.concat([layer.cell.kernel, layer.cell.recurrent_kernel], axis=0), dtype),
-                         tf.cast(layer.cell.bias, dtype)) for layer in self.lstm_layers[1:]],
+            "stacked": [kind.stacked_weights(layer.cell, dtype) for layer in self.lstm_layers[1:]],
         }
+        if kind.extra_weights:
+            weights["extras"] = [kind.extras(layer.cell, dtype) for layer in self.lstm_layers]
         if folds_embedding(self.config) if fold is None else fold:
             weights["table"] = self._input_table()
         else:
             weights.update(embedding=tf.cast(self.embedding.embeddings, dtype),
-                           kernel=tf.cast(first.kernel, dtype), bias=tf.cast(first.bias, dtype))
+                           kernel=tf.cast(first.kernel, dtype), bias=tf.cast(kind.input_bias(first), dtype))
         return weights
 
     def step(self, ids, states: State, weights: dict | None = None):
@@ -353,16 +361,18 @@ def step_layers(weights: dict, ids, states: State, cell: CellKind):
     ids: (batch,) int; states: per layer a tuple in `cell.state_names` order; the equations are
     `cell.step`. Returns (the last layer's output (batch, units), new states). Public so that
     `textgen.export.step_module` traces the very same step into SavedModel and LiteRT graphs.
-    The first layer hands the cell x.W + b and h.U apart; later layers hand it their sum from one
-    stacked matmul, which a cell whose equations need h.U apart (a GRU) cannot use as it is.
+    The first layer hands the cell x.W + b and h.U apart (`cell.step`); each later layer steps
+    through `cell.stacked_step` from its input and `weights["stacked"]`, so a cell whose
+    equations need h.U apart (a GRU) computes it its own way. `weights["extras"]`, where
+    present, holds each layer's extra weights (the peepholes).
     """
+    extras = weights.get("extras") or [None] * len(states)
     state = states[0]
     recurrent = tf.matmul(cell.output(state), weights["recurrent"])  # (batch, blocks*units)
-    new_states = [cell.step(first_projection(weights, ids), state, recurrent)]
+    new_states = [cell.step(first_projection(weights, ids), state, recurrent, extras=extras[0])]
     x = cell.output(new_states[0])
-    for (kernel, bias), state in zip(weights["stacked"], states[1:]):
-        z = tf.matmul(tf.concat([x, cell.output(state)], axis=-1), kernel) + bias  # (batch, blocks*units)
-        new_states.append(cell.step(z, state))
+    for stacked, state, extra in zip(weights["stacked"], states[1:], extras[1:]):
+        new_states.append(cell.stacked_step(x, state, stacked, extras=extra))
         x = cell.output(new_states[-1])
     return x, new_states
 

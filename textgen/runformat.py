@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from textgen.config import ModelConfig, TrainConfig, from_dict, to_dict
+from textgen.config import CELL_NAMES, ModelConfig, TrainConfig, from_dict, to_dict
 from textgen.errors import TextgenError
 
 FORMAT = "textgen-run"
@@ -60,6 +60,7 @@ class Added:
 # filled in for any run that lacks them, whatever today's default would choose.
 ADDED: dict[str, Added] = {
     "model.head_shortlist": Added(0),  # one softmax over the vocabulary
+    "model.cell": Added("lstm"),  # before --cell, every run was the LSTM
     "train.head_bias": Added("zeros"),  # the output bias started at zeros
     "train.precision": Added("float32"),  # before --precision, everything trained in float32
     "train.warmup_steps": Added(0),  # the first runs had a constant learning rate ...
@@ -252,6 +253,8 @@ def meta_problem(meta: dict) -> str | None:
         return problem
     if not _is_count(meta["model"].head_shortlist):
         return "model.head_shortlist is not a non-negative integer"
+    if meta["model"].cell not in CELL_NAMES:
+        return f"model.cell is not one of {', '.join(CELL_NAMES)}"
     if meta["train"].precision == "auto":
         return "train.precision is 'auto', which a run resolves when it starts"
     meta.setdefault("checkpoints", {})

@@ -75,13 +75,15 @@ def build_training(model_config: ModelConfig, train_config: TrainConfig) -> Trai
 
 def make_optimizer(learning_rate, weight_decay: float = 0.0) -> keras.optimizers.Optimizer:
     """Adam, or with `weight_decay` Keras's AdamW (decoupled decay, w -= learning rate x
-    weight_decay x w each step) on the kernels only: biases and the embedding are left alone,
+    weight_decay x w each step) on the kernels only: biases, peepholes and the embedding are left alone,
     so rare characters' rows do not shrink for lack of gradient. Same slots either way, so the
     checkpoint format does not change."""
     if not weight_decay:
         return keras.optimizers.Adam(learning_rate=learning_rate)
     optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
-    optimizer.exclude_from_weight_decay(var_names=["bias", "embeddings"])  # before build()
+    # before build(); the peephole cell's per-unit peepholes are left alone like biases
+    # (textgen.lstm_variants.PeepholeLSTMCell says why)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "embeddings", "peephole"])
     return optimizer
 
 

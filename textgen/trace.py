@@ -77,11 +77,12 @@ def known_text(vocab, text: str) -> tuple[str, Counter]:
     return "".join(ch for ch in text if ch not in unknown), skipped
 
 
-def sequence_quantities(cell: CellKind, proj_tm, states, recurrent_kernel):
+def sequence_quantities(cell: CellKind, proj_tm, states, recurrent_kernel, extras=None):
     """`cell`'s step over time from the input projections, keeping everything it computes.
 
     proj_tm: (time, batch, blocks*units) = x.W + b; states: the layer's initial states;
-    recurrent_kernel: (units, blocks*units). Returns ({quantity: (time, batch, units)} for
+    recurrent_kernel: (units, blocks*units); extras: the layer's extra weights
+    (`cell.extras(layer)`: the peepholes), if its cell has any. Returns ({quantity: (time, batch, units)} for
     `cell.quantities`, the final states). The LSTM's numbers are the fused path's forward loop's
     (tests/test_trace.py checks them against `textgen.recurrent.fused_lstm_sequence`).
     """
@@ -90,7 +91,7 @@ def sequence_quantities(cell: CellKind, proj_tm, states, recurrent_kernel):
 
     def body(t, states, stored):
         states, gates = cell.step(proj_tm[t], states, tf.matmul(cell.output(states), recurrent_kernel),
-                                  with_gates=True)
+                                  with_gates=True, extras=extras)
         values = {**gates, **dict(zip(cell.state_names, states))}
         return t + 1, states, [ta.write(t, values[name]) for ta, name in zip(stored, cell.quantities)]
 
@@ -113,9 +114,10 @@ def run_layers(model, ids_tm, states):
             x = per_layer[-1][kind.output_state]  # (time, batch, units) of the layer below
             # as LSTMLayer.call projects: one matmul for all steps, then bias_add
             proj = tf.nn.bias_add(tf.matmul(tf.reshape(x, (-1, tf.shape(x)[-1])),
-                                            tf.cast(cell.kernel, dtype)), tf.cast(cell.bias, dtype))
+                                            tf.cast(cell.kernel, dtype)), tf.cast(kind.input_bias(cell), dtype))
             proj = tf.reshape(proj, tf.concat([tf.shape(x)[:2], [-1]], axis=0))
-        quantities, state = sequence_quantities(kind, proj, state, tf.cast(cell.recurrent_kernel, dtype))
+        quantities, state = sequence_quantities(kind, proj, state, tf.cast(cell.recurrent_kernel, dtype),
+                                                kind.extras(cell, dtype))
         per_layer.append(quantities)
         new_states.append(state)
     return per_layer, new_states, per_layer[-1][kind.output_state]

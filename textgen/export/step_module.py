@@ -60,6 +60,9 @@ class StepModule(tf.Module):
         self.stacked = [(tf.Variable(kernel, trainable=False, name=f"kernel{i + 1}"),
                          tf.Variable(bias, trainable=False, name=f"bias{i + 1}"))
                         for i, (kernel, bias) in enumerate(weights["stacked"])]
+        # a cell's extra weights per layer (the peepholes), for cells that have them
+        self.extras = [{name: tf.Variable(w, trainable=False, name=f"{name}{i}") for name, w in layer.items()}
+                       for i, layer in enumerate(weights.get("extras", []))]
         # kernel, bias (+ tail_kernel, tail_bias, ranks for a two-level head): textgen.head
         self.output_weights = {name: tf.Variable(w, trainable=False, name=f"head_{name}")
                                for name, w in model.output_weights().items()}
@@ -81,7 +84,8 @@ class StepModule(tf.Module):
 
     def _logits_and_states(self, ids, flat_states):
         """One step: ids (batch,) and [h0, c0, ...] -> (logits (batch, vocab), new [h0, c0, ...])."""
-        weights = {**self.first, "recurrent": self.recurrent, "stacked": self.stacked}
+        weights = {**self.first, "recurrent": self.recurrent, "stacked": self.stacked,
+                   **({"extras": list(self.extras)} if self.extras else {})}
         states = unflatten_state(flat_states, self.cell)
         x, states = step_layers(weights, ids, states, self.cell)  # x: (batch, units)
         head = self.output_weights
