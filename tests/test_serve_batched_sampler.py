@@ -174,3 +174,35 @@ def test_row_keys_are_the_samplers_keys_computed_in_any_graph():
         assert draw_keys(seed, tf.range(5)).numpy().tolist() == [list(k) for k in want]
     keys = {row_key(seed, i) for seed in (0, 1, 2, 7, 2**31 - 1) for i in range(50)}
     assert len(keys) == 250
+
+
+def test_a_banned_id_is_never_drawn_nor_listed_yet_a_prompt_holding_it_is_scored(model, loop):
+    """The ban (`textgen.sample.banned_ids`: a `--min-count` run's unknown symbol) chooses
+    characters only: the prompt's characters keep the model's log-probabilities, and the top
+    alternatives are the model's own minus the banned id."""
+    banned = int(np.argmax(model(tf.constant([[3]]))[0][0, 0]))  # the likeliest id after 3
+    prompt = np.array([3, banned, 4, banned, 5, 9], np.int32)
+    logits, _ = model(tf.constant(prompt[None, :]))
+    log_softmax = tf.nn.log_softmax(logits[0]).numpy()  # (6, vocab)
+    ban_loop = RowLoop(model, CHUNK, banned=(banned,))
+    flat = flatten_state(model.initial_state(1))
+    _, logprobs, top_ids, top_logprobs, _ = ban_loop.run(inputs(1, prompt), flat, tf.constant(True))
+    np.testing.assert_allclose(logprobs.numpy()[0, :5], log_softmax[np.arange(5), prompt[1:]], atol=1e-5)
+    allowed = np.where(np.arange(VOCAB) == banned, -np.inf, log_softmax)  # (6, vocab)
+    best = np.argsort(-allowed, axis=-1)[:, :TOP_LOGPROBS]
+    assert best[0, 0] != banned and np.argmax(log_softmax[0]) == banned  # the ban changed the list
+    np.testing.assert_array_equal(top_ids.numpy()[0, :5], best[:5])
+    np.testing.assert_allclose(top_logprobs.numpy()[0, :5], np.take_along_axis(allowed, best, -1)[:5],
+                               atol=1e-5)
+    # 32 hot rows, three chunks: the unbanned loop draws the id, the banned one never does
+    drawn = {}
+    for name, run in (("banned", ban_loop), ("free", loop)):
+        rows, ids = inputs(32, prompt[:1], temperature=3.0, seed=5), []
+        flat = flatten_state(model.initial_state(32))
+        for _ in range(3):
+            out, _, _, _, flat = run.run(rows, flat, tf.constant(False))
+            ids.append(out.numpy())
+            rows = rows._replace(last=ids[-1][:, -1], position=rows.position + CHUNK)
+        drawn[name] = np.concatenate(ids, axis=1)  # (32, 3 * CHUNK)
+    assert (drawn["free"] == banned).sum() > 10
+    assert not (drawn["banned"] == banned).any() and len(np.unique(drawn["banned"])) == VOCAB - 1

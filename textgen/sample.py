@@ -63,6 +63,29 @@ def _top_k_top_p(logits, top_k, top_p):
     return tf.where(logits < threshold, -np.inf, logits)
 
 
+def banned_ids(vocab: Vocabulary) -> tuple[int, ...]:
+    """The ids never generated for `vocab`: its unknown symbol (U+FFFD, which stands for the rare
+    characters a `--min-count` run folded together), if it has one. The one rule of `textgen
+    sample`, `textgen serve` and the SavedModel export's `generate`."""
+    return () if vocab.unknown_id is None else (vocab.unknown_id,)
+
+
+def ban_row(vocab_size: int, banned: tuple[int, ...]) -> np.ndarray | None:
+    """(vocab,) float32: 0, and -inf at the `banned` ids, to add to logits (`apply_ban`); None
+    when nothing is banned (then no op is added to a graph)."""
+    if not banned:
+        return None
+    row = np.zeros(vocab_size, np.float32)
+    row[list(banned)] = -np.inf
+    return row
+
+
+def apply_ban(logits, ban):
+    """logits (batch, vocab) with the banned ids at -inf (`ban`: `ban_row`'s row, or a constant of
+    it; None: unchanged), so neither a draw nor the greedy argmax can choose them."""
+    return logits if ban is None else logits + ban
+
+
 def greedy_or_drawn(logits, temperature, top_k, top_p, draw):
     """Next ids (batch,) from logits (batch, vocab): greedy argmax where temperature == 0, else
     `draw(filtered)`, the ids drawn from the filtered, temperature-scaled logits (batch, vocab).
@@ -95,8 +118,7 @@ class Sampler:
         model: a built `CharLSTM`.
         chunk: characters per graph call (the states are carried from call to call).
         jit_compile: compile the loop with XLA (much faster on a CPU; False to debug).
-        banned: ids never generated (the vocabulary's unknown symbol, which stands for the
-            rare characters a `--min-count` run folded together).
+        banned: ids never generated (`banned_ids` of the model's vocabulary).
 
     Example:
 
@@ -110,11 +132,7 @@ class Sampler:
     def __init__(self, model, chunk: int = CHUNK, jit_compile: bool = True,
                  banned: tuple[int, ...] = ()):
         self.model, self.chunk = model, chunk
-        self._ban = None
-        if banned:
-            ban = np.zeros(model.config.vocab_size, np.float32)
-            ban[list(banned)] = -np.inf
-            self._ban = tf.constant(ban)  # (vocab,), added to every step's logits
+        self._ban = ban_row(model.config.vocab_size, banned)  # (vocab,) or None: `apply_ban`
         # XLA fuses each step's small element-wise ops (gates, filters) into a few kernels: the
         # loop is latency-bound, so this is most of the speed. `steps` is static for XLA.
         self._run_group = tf.function(self._run_eager, jit_compile=jit_compile)
@@ -153,9 +171,7 @@ class Sampler:
         def body(t, last, flat, out):
             states = unflatten_state(flat, self.model.cell_kind)
             logits, states = self.model.step(last, states, weights)  # (batch, vocab)
-            if self._ban is not None:
-                logits = logits + self._ban
-            nxt = choose_next(logits, temperature, top_k, top_p, keys, offset + t)
+            nxt = choose_next(apply_ban(logits, self._ban), temperature, top_k, top_p, keys, offset + t)
             return t + 1, nxt, flatten_state(states), out.write(t, nxt)
 
         _, last, flat, out = tf.while_loop(
@@ -224,7 +240,7 @@ def stream_text(model, vocab: Vocabulary, config: SampleConfig, write: Callable[
 
 def sampler_for(model, vocab: Vocabulary) -> Sampler:
     """A Sampler for `model` that never generates `vocab`'s unknown symbol, if it has one."""
-    return Sampler(model, banned=() if vocab.unknown_id is None else (vocab.unknown_id,))
+    return Sampler(model, banned=banned_ids(vocab))
 
 
 SPOOL_BYTES = 1 << 20  # a waiting sample is held in memory up to this size, then on disk

@@ -133,7 +133,9 @@ def export_run(run: str | None, runs_dir: str, which: str, config: ExportConfig,
         loaded = load_run(run, runs_dir, which, warn=warn)
         report = ExportReport(out, config, loaded.name, loaded.checkpoint.name, loaded.meta["model"],
                               loaded.meta.get("best_val_bpc"), runtime=runtime)
-        write_model(loaded.model, staging, config, report)
+        from textgen.sample import banned_ids  # TensorFlow is loaded by now (load_run)
+
+        write_model(loaded.model, staging, config, report, banned_ids(loaded.vocab))
         eval_ids = evaluation_ids(loaded.model, loaded.vocab, config)
         check_export(loaded.model, staging, eval_ids, report)
         vocab_json = json.dumps(loaded.vocab.chars, ensure_ascii=False)  # id i -> its character
@@ -149,8 +151,10 @@ def export_run(run: str | None, runs_dir: str, which: str, config: ExportConfig,
     return report
 
 
-def write_model(model, staging: Path, config: ExportConfig, report: ExportReport) -> None:
-    """Write the model file(s) of `config.format` into `staging`."""
+def write_model(model, staging: Path, config: ExportConfig, report: ExportReport,
+                banned: tuple[int, ...] = ()) -> None:
+    """Write the model file(s) of `config.format` into `staging`; a SavedModel's `generate` never
+    writes the `banned` ids (`textgen.sample.banned_ids`)."""
     if config.format == "keras":
         model.save(staging / KERAS_FILE)
         return
@@ -162,7 +166,7 @@ def write_model(model, staging: Path, config: ExportConfig, report: ExportReport
     from textgen.export.step_module import convert_litert, save_savedmodel
 
     if config.format == "savedmodel":
-        save_savedmodel(model, staging)
+        save_savedmodel(model, staging, banned=banned)
         return
     scratch = staging / ".savedmodel"
     save_savedmodel(model, scratch, with_generate=False)

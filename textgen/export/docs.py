@@ -29,7 +29,9 @@ runs the whole generation loop in the graph and returns {"ids": (length,) int32}
 ids (n >= 1; all but the last warm the state up), `length` int32, `temperature` float32 (0: greedy),
 `top_k` int32 (0: off), `top_p` float32 (1: off), `seed` int64 (same seed, same text: a seed
 from 0 to 2147483647 gives exactly what `textgen sample --seed` gives; others are reduced modulo 2^31).
-With temperature 0 it writes exactly what `textgen sample --temp 0` writes.""",
+With temperature 0 it writes exactly what `textgen sample --temp 0` writes. If `vocab.json` holds
+U+FFFD (the rare characters of a `--min-count` run, folded together), `generate` never writes it, as
+`textgen sample` does not; `step`'s logits include it.""",
     "litert": """\
 Run with the LiteRT interpreter (`pip install ai-edge-litert`; no TensorFlow needed):
 `Interpreter(model_path="model.tflite").get_signature_runner("step")(ids=..., h0=..., ...)`.

@@ -19,7 +19,7 @@ from textgen.export.docs import state_names
 from textgen.head import two_level_log_probs
 from textgen.cell import config_cell
 from textgen.model import flatten_state, step_layers, unflatten_state
-from textgen.sample import choose_next
+from textgen.sample import apply_ban, ban_row, choose_next
 
 
 
@@ -29,6 +29,8 @@ class StepModule(tf.Module):
     Args:
         model: a built float32 `CharLSTM` (its weights are copied).
         with_generate: whether to have `generate` too (a LiteRT conversion needs `step` alone).
+        banned: ids `generate` never writes (`textgen.sample.banned_ids` of the run's vocabulary),
+            baked into its graph as a constant; `step` returns the model's logits as they are.
 
     Call arguments of `step` (the SavedModel's `step` signature):
         ids: (batch,) int32 character ids; the states, named by `textgen.export.docs.state_names`
@@ -47,8 +49,9 @@ class StepModule(tf.Module):
         tf.saved_model.save(module, "out", signatures=module.signatures())
     """
 
-    def __init__(self, model, with_generate: bool = True):
+    def __init__(self, model, with_generate: bool = True, banned: tuple[int, ...] = ()):
         super().__init__(name="textgen_export")
+        self.banned = tuple(banned)
         config = model.config
         self.num_layers, self.units, self.vocab_size = config.num_layers, config.units, config.vocab_size
         self.cell = config_cell(config)
@@ -122,10 +125,11 @@ class StepModule(tf.Module):
         # the seeds `textgen sample` accepts (0 .. SEED_LIMIT - 1) key it as they are; any other is
         # reduced into that range, as exports already in users' hands do. One row: choice 0.
         keys = draw_keys(tf.math.floormod(seed, SEED_LIMIT), tf.zeros((1,), tf.int32))  # (1, 2)
+        ban = ban_row(self.vocab_size, self.banned)  # (vocab,) or None: a constant of the graph
 
         def body(t, last, flat, out):  # as textgen.sample.Sampler: drawn at (key, position t)
             logits, flat = self._logits_and_states(last, flat)  # (1, vocab)
-            nxt = choose_next(logits, temperature, top_k, top_p, keys, t)  # (1,)
+            nxt = choose_next(apply_ban(logits, ban), temperature, top_k, top_p, keys, t)  # (1,)
             return t + 1, nxt, flat, out.write(t, nxt[0])
 
         out = tf.TensorArray(tf.int32, size=length, element_shape=())
@@ -134,10 +138,10 @@ class StepModule(tf.Module):
         return {"ids": out.stack()}  # (length,)
 
 
-def save_savedmodel(model, directory, with_generate: bool = True) -> None:
+def save_savedmodel(model, directory, with_generate: bool = True, banned: tuple[int, ...] = ()) -> None:
     """Write `model` (a built CharLSTM) as a SavedModel with `step` and `generate` signatures
-    (`step` alone without `with_generate`)."""
-    module = StepModule(model, with_generate)
+    (`step` alone without `with_generate`); `generate` never writes the `banned` ids."""
+    module = StepModule(model, with_generate, banned)
     tf.saved_model.save(module, str(directory), signatures=module.signatures())
 
 

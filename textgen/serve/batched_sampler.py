@@ -24,7 +24,7 @@ from textgen.model import flatten_state, unflatten_state
 from textgen.parallel import concat_rows, parallel_parts, row_split_sizes, split_rows
 from textgen.config import seed_or_random
 from textgen.draws import draw_keys
-from textgen.sample import choose_next
+from textgen.sample import apply_ban, ban_row, choose_next
 
 TOP_LOGPROBS = 5  # most alternatives a row can ask for per character (OpenAI's limit too)
 
@@ -58,6 +58,8 @@ class RowLoop:
         model: a built `CharLSTM`; its weights are read once, here.
         chunk: steps per graph call.
         jit_compile: compile each row group's loop with XLA (as `textgen.sample.Sampler` does).
+        banned: ids never generated (`textgen.sample.banned_ids` of the model's vocabulary): a
+            prompt may still hold them, and is scored as it is.
 
     Call arguments (`run`):
         rows: `RowInputs`, one entry per row (see there).
@@ -67,19 +69,21 @@ class RowLoop:
     Returns:
         (ids (rows, chunk), logprobs (rows, chunk): the natural-log probability of each id under
         the model's own distribution (temperature 1, no filter), top_ids and top_logprobs
-        (rows, chunk, min(TOP_LOGPROBS, vocab)), zeros unless want_top, new flat states).
+        (rows, chunk, `self.top`), never a banned id, zeros unless want_top, new flat states).
 
     Example:
         >>> loop = RowLoop(model, chunk=64)
         >>> ids, logprobs, top_ids, top_logprobs, flat = loop.run(rows, flat, tf.constant(False))
     """
 
-    def __init__(self, model, chunk: int, jit_compile: bool = True):
+    def __init__(self, model, chunk: int, jit_compile: bool = True, banned: tuple[int, ...] = ()):
         self.model, self.chunk = model, chunk
+        self.ban = ban_row(model.config.vocab_size, banned)  # (vocab,) or None: `apply_ban`
         # The step weights, rearranged once: a server's weights never change, so no chunk pays
         # for the (vocab, 4*units) table and the stacked kernels again.
         self.weights = model.step_weights()
-        self.top = min(TOP_LOGPROBS, model.config.vocab_size)  # alternatives a vocabulary can give
+        # alternatives a vocabulary can give (a banned id is never one)
+        self.top = min(TOP_LOGPROBS, model.config.vocab_size - len(banned))
         self.jit_compile = jit_compile
         self._functions: dict[tuple, object] = {}  # one traced function per kind and row count
         self._lock = threading.Lock()
@@ -120,11 +124,17 @@ class RowLoop:
         def body(t, last, flat, ids, logprobs, top_ids, top_logprobs):
             states = unflatten_state(flat, self.model.cell_kind)
             logits, states = self.model.step(last, states, weights)  # (rows, vocab)
-            sampled = choose_next(logits, temperature, top_k, top_p, keys, position + t)
+            sampled = choose_next(apply_ban(logits, self.ban), temperature, top_k, top_p, keys,
+                                  position + t)
             nxt = tf.where(t < forced_len, tf.gather(forced, t, axis=1), sampled)  # (rows,)
+            # the ban chooses characters only: a prompt's characters are scored as they are
             log_probs = tf.nn.log_softmax(logits)  # (rows, vocab)
             chosen = tf.gather(log_probs, nxt[:, None], batch_dims=1)[:, 0]  # (rows,)
-            best, best_ids = tf.cond(want_top, lambda: tuple(tf.math.top_k(log_probs, self.top)),
+            # The alternatives are characters the draw could choose, so never a banned one; their
+            # values stay the model's own log-probabilities (not renormalised after the ban), on
+            # the scale of `chosen`: a character listed among them has the logprob it has there.
+            allowed = apply_ban(log_probs, self.ban)  # (rows, vocab)
+            best, best_ids = tf.cond(want_top, lambda: tuple(tf.math.top_k(allowed, self.top)),
                                      lambda: no_top)
             return (t + 1, nxt, flatten_state(states), ids.write(t, nxt), logprobs.write(t, chosen),
                     top_ids.write(t, best_ids), top_logprobs.write(t, best))

@@ -30,6 +30,7 @@ import tensorflow as tf
 from textgen.config import TEMPERATURE
 from textgen.errors import TextgenError
 from textgen.parallel import available_cpus
+from textgen.sample import banned_ids
 from textgen.serve.batched_sampler import RowInputs, RowLoop
 
 
@@ -147,7 +148,7 @@ class Engine:
 
     def __init__(self, model, vocab, max_batch: int = 64, chunk: int = 64, max_queue: int = 256):
         self.vocab, self.max_batch, self.chunk, self.max_queue = vocab, max_batch, chunk, max_queue
-        self.loop = RowLoop(model, chunk)
+        self.loop = RowLoop(model, chunk, banned=banned_ids(vocab))
         self.sizes = batch_sizes(max_batch)
         # one (rows, units) array per state of each layer: h, C per layer for the LSTM
         self._units = [model.config.units] * (len(model.cell_kind.state_names) * model.config.num_layers)
