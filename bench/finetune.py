@@ -56,6 +56,9 @@ def ensure_base(corpora: Path, base: str, minutes: float, runs: Path) -> Path:
         command = train_command(corpora / f"{base}.txt", minutes, runs, run.name, [])
         print("+", " ".join(command), flush=True)
         subprocess.run(command, check=True)
+    history = json.loads((run / "run.json").read_text(encoding="utf-8")).get("history") or [{}]
+    print(f"base {run.name}: step {history[-1].get('step')}, best validation bpc "
+          f"{min(h.get('val_bpc', float('inf')) for h in history):.4f}", flush=True)
     return run
 
 
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs = args.workdir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    print(f"{cpu_model()}; base {args.base_minutes:g} min, targets {args.minutes} min, "
+    print(f"{cpu_model()}; new bases {args.base_minutes:g} min, targets {args.minutes} min, "
           f"side by side in pairs; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
     rows = []
     for pair in args.pairs:
