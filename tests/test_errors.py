@@ -629,8 +629,7 @@ def test_any_damage_to_a_runs_json_is_one_line_or_harmless(name, command, data, 
 @given(data=st.data())
 def test_any_damage_to_a_runs_json_is_one_line_or_harmless_for_export(name, data, trained_run,
                                                                       corpus_file, tmp_path):
-    _damaged_run_command(name, ["export", "RUN", "--format", "keras", "--out", "OUT"], data,
-                         trained_run, corpus_file, tmp_path)
+    _damaged_run_command(name, READERS_ONLY["export"], data, trained_run, corpus_file, tmp_path)
 
 
 @pytest.mark.parametrize("name", ["run.json", "vocab.json"])
