@@ -212,6 +212,24 @@ def copy_run(trained_run, tmp_path):
     return make
 
 
+# The files whose tests take longest, longest first. `pytest -n 2 --dist loadfile` (the README's
+# command) hands whole files to its two processes in collection order, alphabetical by default:
+# a long file collected late (test_serve_app, test_train, test_viz_command) would run alone at the
+# end while the other process sits idle. Collected first, the long files overlap and the short
+# ones fill in around them. Only the order changes; a file not listed keeps its place after these.
+LONGEST_FIRST = [
+    "test_errors.py", "test_export_command.py", "test_serve_app.py", "test_cli.py", "test_faults.py",
+    "test_distribute.py", "test_viz_command.py", "test_fuzz.py", "test_packaging.py",
+    "test_checkpoint.py", "test_train.py", "test_precision.py", "test_recipe.py",
+]
+
+
+def pytest_collection_modifyitems(items):
+    """Long files first (LONGEST_FIRST); within a file, the tests keep their order."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _full_precision_float32():
     """Tests pin float32 results to 1e-5; on Ampere+ GPUs TF defaults to TF32 matmuls (~1e-3

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 
-START_TIMEOUT = 180  # seconds for a server to load, compile and listen
+START_TIMEOUT = 300  # seconds for a server to load, compile and listen (a busy 2-core machine)
 
 
 class Server:

@@ -47,6 +47,25 @@ def test_early_stopping_counts_validations_since_the_best():
     assert not patience_exhausted(history, 2)
 
 
+def test_the_readmes_preset_parameter_counts_are_the_models():
+    """The README's preset table gives each preset's parameter count for a 65-character vocabulary
+    (as tinyshakespeare's): the model built from the preset has that many, to the digits shown."""
+    import re
+    from pathlib import Path
+
+    from textgen.model import count_params
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = dict(re.findall(r"^\| `(\w+)` \| [^|]+ \| ([\d.]+) M \|", readme, flags=re.M))
+    assert set(table) == set(PRESETS), table
+    for name, shown in table.items():
+        options = {k: v for k, v in PRESETS[name]["model"].items() if k in ModelConfig.__dataclass_fields__}
+        model = build_model(ModelConfig(vocab_size=65, **options))
+        model(tf.zeros((1, 1), tf.int32))  # built
+        decimals = len(shown.partition(".")[2])
+        assert round(count_params(model) / 1e6, decimals) == float(shown), (name, count_params(model))
+
+
 def test_presets_are_overridden_by_explicit_options():
     model, train = apply_preset("small", {"units": 64}, {"steps": 5})
     assert model["units"] == 64 and model["num_layers"] == PRESETS["small"]["model"]["num_layers"]

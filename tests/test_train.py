@@ -197,26 +197,26 @@ def _logged(run_dir, board: str, tag: str) -> dict[int, float]:
 
 
 def machine_seconds(step: int) -> float:
-    """The clock of a machine that takes 60 ms a step, then 30 ms from step 150 on (as when another
-    process on it finishes): exact in binary floating point at the budget's end (15 s, step 350)."""
-    return (60 * min(step, 150) + 30 * max(step - 150, 0)) / 1000
+    """The clock of a machine that takes 120 ms a step, then 60 ms from step 75 on (as when another
+    process on it finishes): exact in binary floating point at the budget's end (15 s, step 175)."""
+    return (120 * min(step, 75) + 60 * max(step - 75, 0)) / 1000
 
 
 def test_minutes_budget_schedule_ends_with_the_budget(corpus, tmp_path, monkeypatch):
     """Under --minutes the cosine decay reaches its floor within the last 5% of the steps the
     run actually takes, as TensorBoard logs it, even when the machine doubles its speed late in
-    the run (a schedule re-estimated only at validations ended at 327 of 350); training and
+    the run (a schedule re-estimated only at validations ended at 163 of 175); training and
     validation log the same bits-per-character tag side by side. The clock is the step's (an
     injected `Trainer.now`), so the run is the same on any machine under any load."""
     from textgen.train import Trainer
 
     monkeypatch.setattr(Trainer, "now", lambda self: machine_seconds(self.progress.step))
-    run_dir, reason, progress = run(corpus, tmp_path, "timed", minutes=0.25, eval_every=100,
+    run_dir, reason, progress = run(corpus, tmp_path, "timed", minutes=0.25, eval_every=50,
                                     warmup_steps=10, learning_rate=1e-2, min_lr_ratio=0.1)
     assert reason == "budget"
     learning_rates = _logged(run_dir, "train", "learning_rate")
     steps = progress.step
-    assert steps == 350 and max(learning_rates) >= 0.95 * steps, (steps, max(learning_rates))
+    assert steps == 175 and max(learning_rates) >= 0.95 * steps, (steps, max(learning_rates))
     floor = 1e-3
     final = learning_rates[max(learning_rates)]
     assert final == pytest.approx(floor, rel=1e-3)  # the decay ended ...

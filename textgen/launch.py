@@ -143,7 +143,8 @@ def _launch(request: RunRequest, echo):
                  f"{trainer.config.precision}")
         reason = trainer.run(_hooks(trainer, request.show_progress), stop=stop)
         if reason not in ("budget", "early stopping"):
-            echo(f"{reason}: saved checkpoint {run_dir / trainer.meta['checkpoints']['last']}")
+            # the current step's, which the chief wrote (another worker's meta has no such record)
+            echo(f"{reason}: saved checkpoint {run_dir / ckpt.checkpoint_name(trainer.progress.step)}")
     return run_dir, reason, trainer.progress
 
 
