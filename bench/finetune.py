@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"({tuned['steps']} steps)", flush=True)
                 continue
             scratch, tuned = compare(args.corpora, base_run, target, minutes, runs, held_out,
-                                     f"{minutes:g}m".replace(".", "_"), [])  # run names: no dots
+                                     f"{minutes:g}m".replace(".", "_"))  # run names: no dots
             rows.append((pair, minutes, scratch, tuned))
             print(f"{pair} {minutes:g} min: scratch {scratch['bpc']:.4f} ({scratch['steps']} steps), "
                   f"fine-tuned {tuned['bpc']:.4f} ({tuned['steps']} steps), difference "
