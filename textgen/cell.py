@@ -150,8 +150,73 @@ class LSTMKind(CellKind):
         return h, c
 
 
+class GRUKind(CellKind):
+    """Keras's `reset_after=True` GRU: state h alone, gate blocks z, r, h~ (Keras's order).
+
+        z_t = sigmoid(x_t.W_z + b_xz + h_{t-1}.U_z + b_hz)          update gate
+        r_t = sigmoid(x_t.W_r + b_xr + h_{t-1}.U_r + b_hr)          reset gate
+        h~_t = tanh(x_t.W_h + b_xh + r_t * (h_{t-1}.U_h + b_hh))    candidate
+        h_t = z_t * h_{t-1} + (1 - z_t) * h~_t                      hidden state
+
+    The reset gate multiplies h.U_h + b_hh, so the recurrent projection cannot be summed into the
+    input one as the LSTM's is: `step` takes p = x.W + b_x and q = h.U + b_h apart (bias row 0
+    and row 1 of `textgen.gru.GRUCell`'s (2, 3*units) bias, `input_bias` and `recurrent_bias`).
+
+    Example:
+
+        gru = cell_kind("gru")
+        h, = gru.step(tf.random.normal((2, 24)), gru.zero_state(2, 8), tf.random.normal((2, 24)))
+    """
+
+    name = "gru"
+    state_names = ("h",)
+    gate_names = ("z", "r", "h")
+    output_state = "h"
+    quantities = ("z", "r", "g", "h")  # "g": the candidate h~ ("h" is the state)
+    quantity_names = {"z": "update gate", "r": "reset gate", "g": "candidate", "h": "hidden"}
+    sigmoid_gates = ("z", "r")
+
+    @staticmethod
+    def input_bias(bias):
+        """b_x, (3*units,): the bias row added to x.W (row 0 of the (2, 3*units) bias)."""
+        return bias[0]
+
+    @staticmethod
+    def recurrent_bias(bias):
+        """b_h, (3*units,): the bias row added to h.U, inside the reset gate's product for h~."""
+        return bias[1]
+
+    @staticmethod
+    def stacked_weights(kernel, recurrent_kernel, bias):
+        """One matmul for a step's both projections: [x, h] . K + b = [x.W + b_x, h.U + b_h].
+
+        K is block-diagonal, (input_dim + units, 6*units); b is (6*units,). What `step` takes as
+        `inputs_proj` when `recurrent_proj` is None (the LSTM's stacked [W; U] would sum them).
+        """
+        top = tf.concat([kernel, tf.zeros_like(kernel)], axis=-1)  # (input_dim, 6*units)
+        bottom = tf.concat([tf.zeros_like(recurrent_kernel), recurrent_kernel], axis=-1)  # (units, 6*units)
+        return tf.concat([top, bottom], axis=0), tf.reshape(bias, [-1])
+
+    def step(self, inputs_proj, states, recurrent_proj=None, with_gates: bool = False):
+        """h_t from p = x.W + b_x and q = h_{t-1}.U + b_h, each (batch, 3*units) (this class's
+        equations); with `recurrent_proj` None, `inputs_proj` is [p, q] side by side,
+        (batch, 6*units) (`stacked_weights`). See `CellKind.step`."""
+        if recurrent_proj is None:
+            inputs_proj, recurrent_proj = tf.split(inputs_proj, 2, axis=-1)
+        h_prev = states[0]
+        p_z, p_r, p_h = tf.split(inputs_proj, 3, axis=-1)
+        q_z, q_r, q_h = tf.split(recurrent_proj, 3, axis=-1)
+        update, reset = tf.sigmoid(p_z + q_z), tf.sigmoid(p_r + q_r)
+        candidate = tf.tanh(p_h + reset * q_h)
+        h = update * h_prev + (1.0 - update) * candidate
+        if with_gates:
+            return (h,), {"z": update, "r": reset, "g": candidate}
+        return (h,)
+
+
 LSTM = LSTMKind()
-CELLS = {LSTM.name: LSTM}  # issue 28 registers "peephole", "cifg" and "gru" here
+GRU = GRUKind()
+CELLS = {LSTM.name: LSTM, GRU.name: GRU}  # issue 28 registers "peephole" and "cifg" here too
 
 
 def cell_kind(name: str) -> CellKind:

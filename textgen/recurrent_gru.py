@@ -1,0 +1,252 @@
+"""A GRU layer that runs `textgen.gru.GRUCell` over a whole sequence, fast: the GRU's
+counterpart of `textgen.recurrent.LSTMLayer`, with the same three paths and call signature.
+
+- "fused" (default on CPU): the input projection x.W + b_x of every time step is one matmul
+  before the loop; the loop does h.U + b_h and the gate arithmetic; the backward pass is written
+  out by hand (`_gru_with_gradient`). With `textgen.cell.GRU.step` this loop is the one other
+  place the GRU equations are written; tests/test_gru.py pins the two together (values and
+  gradients, with and without a recurrent dropout mask).
+- "cudnn" (default when a GPU is visible): NVIDIA's GRU kernel through Keras's own cuDNN
+  binding, fed our kernel, recurrent_kernel and (2, 3*units) bias as they are.
+- "rnn": the reference, `keras.layers.RNN(GRUCell)`, kept for tests and comparison.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import keras
+import tensorflow as tf
+
+from textgen.gru import GRUCell
+from textgen.recurrent import resolve_path
+
+
+def cudnn_gru_sequence(inputs, h0, kernel, recurrent_kernel, bias):
+    """The cuDNN GRU over (batch, time, features) with our weights; None without a GPU."""
+    try:
+        # a module import: the package also exports a *function* named rnn
+        keras_tf_rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")
+        _, outputs, (h,) = keras_tf_rnn.gru(
+            inputs, h0, None, kernel, recurrent_kernel, bias,
+            activation=keras.activations.tanh, recurrent_activation=keras.activations.sigmoid,
+            return_sequences=True, reset_after=True,
+        )
+    except (ImportError, NotImplementedError):
+        return None
+    return outputs, h
+
+
+def fused_gru_sequence(inputs_proj, h0, recurrent_kernel, recurrent_bias, time_major: bool = False,
+                       recurrent_mask=None):
+    """Run the GRU recurrence given precomputed input projections, with a hand-written backward.
+
+    inputs_proj: (batch, time, 3*units) = x.W + b_x for every step, or (time, batch, 3*units) with
+    `time_major`; h0: (batch, units); recurrent_kernel: (units, 3*units) and recurrent_bias
+    (3*units,) as tensors. recurrent_mask: None, or (batch, units) multiplying h_{t-1} where it
+    enters the recurrent kernel, the same at every step (variational dropout; the carried
+    z * h_{t-1} term and the outputs stay unmasked, as in `keras.layers.GRU`).
+    Returns (outputs (batch, time, units), or (time, batch, units) with `time_major`, h_T).
+    """
+    proj_tm = inputs_proj if time_major else swap_time_batch(inputs_proj)
+    if recurrent_mask is None:
+        outputs_tm, h = _gru_time_major(proj_tm, h0, recurrent_kernel, recurrent_bias)
+    else:
+        outputs_tm, h = _gru_time_major_masked(proj_tm, h0, recurrent_kernel, recurrent_bias,
+                                               tf.cast(recurrent_mask, proj_tm.dtype))
+    return (outputs_tm if time_major else swap_time_batch(outputs_tm)), h
+
+
+def _forward_loop(proj_tm, h0, recurrent_kernel, recurrent_bias, mask=None):
+    """The forward recurrence. Returns the stacked (time, batch, ...) h, [z, r] (2*units wide),
+    h~ and q_h = h_{t-1}.U_h + b_hh (what the backward pass needs), then the final h.
+
+    The GRU equations written again (as `textgen.cell.GRU.step`), because the backward pass
+    needs exactly these stored values; z and r share one sigmoid over 2*units.
+    """
+    steps = tf.shape(proj_tm)[0]
+    units = tf.shape(h0)[-1]
+    stored = [tf.TensorArray(proj_tm.dtype, size=steps) for _ in range(4)]  # h, zr, h~, q_h
+
+    def body(t, h, *stored):
+        q = tf.nn.bias_add(tf.matmul(h if mask is None else h * mask, recurrent_kernel),
+                           recurrent_bias)  # (batch, 3*units)
+        p_zr, p_h = tf.split(proj_tm[t], [2 * units, units], axis=-1)
+        q_zr, q_h = tf.split(q, [2 * units, units], axis=-1)
+        zr = tf.sigmoid(p_zr + q_zr)  # (batch, 2*units)
+        z, r = tf.split(zr, 2, axis=-1)
+        g = tf.tanh(p_h + r * q_h)
+        h = g + z * (h - g)  # z * h_{t-1} + (1 - z) * h~
+        return (t + 1, h) + tuple(ta.write(t, v) for ta, v in zip(stored, (h, zr, g, q_h)))
+
+    _, h, *stored = tf.while_loop(lambda t, *_: t < steps, body, (tf.constant(0), h0, *stored))
+    return [ta.stack() for ta in stored] + [h]
+
+
+@tf.function(jit_compile=True)
+def _backward_coefficients(hs, h0, zr, g, q_h):
+    """The step-independent factors of backpropagation through time, for all steps at once.
+
+    With a = the pre-activations and dh_t the gradient reaching h_t:
+        da_z = dh_t * (h_{t-1} - h~) z (1 - z),   da_h = dh_t * (1 - z)(1 - h~^2),
+        da_r = da_h * q_h r (1 - r),              dq_h = da_h * r,
+    so dq_t = [da_z, da_r, dq_h] = [dh_t]*3 * coefficients_q, and dp_t's h~ block is dh_t * A_h.
+    Returns (coefficients_q (time, batch, 3*units), A_h and z (time, batch, units)); XLA fuses
+    these elementwise passes.
+    """
+    z, r = tf.split(zr, 2, axis=-1)
+    h_prev = tf.concat([h0[None], hs[:-1]], axis=0)  # h_{t-1}
+    a_h = (1.0 - z) * (1.0 - g * g)
+    coefficients_q = tf.concat([(h_prev - g) * z * (1.0 - z), a_h * q_h * r * (1.0 - r), a_h * r], axis=-1)
+    return coefficients_q, a_h, z
+
+
+@tf.function(jit_compile=True)
+def _projection_gradients(d_hs, coefficients_q, a_h):
+    """(dq (time, batch, 3*units), dp (time, batch, 3*units)) from the dh_t of every step: the
+    gradients of h.U + b_h and of x.W + b_x, which differ only in the h~ block (r's factor)."""
+    d_q = tf.concat([d_hs, d_hs, d_hs], axis=-1) * coefficients_q
+    units = tf.shape(d_hs)[-1]
+    return d_q, tf.concat([d_q[..., :2 * units], d_hs * a_h], axis=-1)
+
+
+@tf.custom_gradient
+def _gru_time_major(proj_tm, h0, recurrent_kernel, recurrent_bias):
+    """Forward: the GRU equations over time. Backward: `_gru_with_gradient`."""
+    return _gru_with_gradient(proj_tm, h0, recurrent_kernel, recurrent_bias, None)
+
+
+@tf.custom_gradient
+def _gru_time_major_masked(proj_tm, h0, recurrent_kernel, recurrent_bias, mask):
+    """`_gru_time_major` with h_{t-1} x `mask` (batch, units) entering the recurrent kernel."""
+    return _gru_with_gradient(proj_tm, h0, recurrent_kernel, recurrent_bias, mask)
+
+
+def _gru_with_gradient(proj_tm, h0, recurrent_kernel, recurrent_bias, mask):
+    """The forward recurrence and its gradient function, for `tf.custom_gradient`.
+
+    Hand-written for the LSTM's reason (`textgen.recurrent`): the loop carries only dh back, one
+    (batch, 3*units) @ (3*units, units) matmul a step; the weight gradients are single matmuls
+    after it. With q_t = (h_{t-1} * m).U + b_h: dh_{t-1} = dh_t * z + (dq_t.U^T) * m, dU =
+    sum_t (h_{t-1} * m)^T dq_t, db_h = sum_t dq_t; the candidate's pre-activation gradient goes
+    whole to x.W + b_x and times r to h.U + b_h. The mask gets no gradient.
+    """
+    hs, zr, g, q_h, h_last = _forward_loop(proj_tm, h0, recurrent_kernel, recurrent_bias, mask)
+
+    def masked(h):  # h_{t-1} as the recurrent kernel saw it; h: (..., batch, units)
+        return h if mask is None else h * mask
+
+    def grad(d_outputs, d_h_last):
+        steps = tf.shape(proj_tm)[0]
+        d_h = tf.zeros_like(h0) if d_h_last is None else d_h_last
+        d_outputs = tf.zeros_like(hs) if d_outputs is None else d_outputs
+        coefficients_q, a_h, z = _backward_coefficients(hs, h0, zr, g, q_h)
+        kernel_t = tf.transpose(recurrent_kernel)  # (3*units, units)
+        d_hs = tf.TensorArray(proj_tm.dtype, size=steps)
+
+        def body(t, d_h, d_hs):
+            d_h = d_h + d_outputs[t]
+            d_q = tf.concat([d_h, d_h, d_h], axis=-1) * coefficients_q[t]  # (batch, 3*units)
+            return t - 1, d_h * z[t] + masked(tf.matmul(d_q, kernel_t)), d_hs.write(t, d_h)
+
+        _, d_h0, d_hs = tf.while_loop(lambda t, *_: t >= 0, body, (steps - 1, d_h, d_hs))
+        d_q, d_p = _projection_gradients(d_hs.stack(), coefficients_q, a_h)  # (time, batch, 3*units)
+        units = tf.shape(h0)[-1]
+        # dU: h_0's term plus one matmul over the stored h_1..h_{T-1} (as the LSTM's)
+        d_kernel = tf.matmul(masked(h0), d_q[0], transpose_a=True) + tf.matmul(
+            tf.reshape(masked(hs[:-1]), (-1, units)), tf.reshape(d_q[1:], (-1, 3 * units)),
+            transpose_a=True)  # (units, 3*units)
+        grads = (d_p, d_h0, d_kernel, tf.reduce_sum(d_q, axis=[0, 1]))
+        return grads if mask is None else grads + (tf.zeros_like(mask),)
+
+    return (hs, h_last), grad
+
+
+def swap_time_batch(x: tf.Tensor) -> tf.Tensor:
+    """(batch, time, features) <-> (time, batch, features)."""
+    return tf.transpose(x, [1, 0, 2])
+
+
+@keras.saving.register_keras_serializable(package="textgen")
+class GRULayer(keras.layers.Layer):
+    """Sequence layer over our `GRUCell`: (batch, time, features) -> (batch, time, units).
+
+    The GRU's `textgen.recurrent.LSTMLayer`: the same arguments, call and `run_projected`, with
+    one state [h] instead of [h, C]; runs one of this module's three paths with `self.cell`'s
+    weights and returns the final state for the next window or sampling step.
+
+    Args:
+        units: positive integer, the width of h.
+        lstm_path: "auto" (cuDNN with a GPU, else fused), "fused", "cudnn" or "rnn" (the name is
+            the LSTM layer's, so the model builds either layer the same way).
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: (batch, time, features), or (time, batch, features) with `time_major`.
+        initial_state: [h_0], (batch, units), or None for zeros.
+        time_major: whether inputs and outputs are (time, batch, ...).
+        recurrent_mask: training only, (batch, units) multiplying h_{t-1} where it enters the
+            recurrent kernel (variational recurrent dropout), or None.
+
+    Returns:
+        (outputs in the layout of the inputs, (..., units); [h_T], (batch, units)).
+
+    Example:
+
+        layer = GRULayer(128)
+        outputs, state = layer(tf.random.normal((8, 100, 32)))            # (8, 100, 128)
+        more, state = layer(tf.random.normal((8, 100, 32)), initial_state=state)  # carried on
+    """
+
+    def __init__(self, units: int, lstm_path: str = "auto", **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        resolve_path(lstm_path)  # refuse an unknown path now, not at the first call
+        self.lstm_path = lstm_path
+        self.cell = GRUCell(self.units, name="cell", dtype=self.dtype_policy)
+        self._rnn = None
+
+    def build(self, input_shape):
+        self.cell.build(input_shape)
+        if resolve_path(self.lstm_path) == "rnn":
+            self._rnn = keras.layers.RNN(self.cell, return_sequences=True, return_state=True)
+
+    def call(self, inputs, initial_state=None, time_major: bool = False, recurrent_mask=None):
+        """inputs: (batch, time, features), or (time, batch, features) with `time_major`.
+
+        A masked call runs the fused loop on any device (cuDNN has no recurrent mask), as
+        `LSTMLayer`'s. Returns (outputs in the layout of the inputs, [h_T]).
+        """
+        batch = tf.shape(inputs)[1 if time_major else 0]
+        (h0,) = self.cell.get_initial_state(batch) if initial_state is None else initial_state
+        path, cell = resolve_path(self.lstm_path), self.cell
+        if path != "fused" and recurrent_mask is None:
+            batch_major = swap_time_batch(inputs) if time_major else inputs
+            if path == "rnn":
+                outputs, h = self._rnn(batch_major, initial_state=[h0])
+                result = outputs, h
+            else:
+                result = cudnn_gru_sequence(batch_major, h0, cell.kernel, cell.recurrent_kernel, cell.bias)
+            if result is not None:
+                outputs, h = result
+                return (swap_time_batch(outputs) if time_major else outputs), [h]
+        features = tf.shape(inputs)[-1]
+        # bias_add, not +: its gradient (BiasAddGrad) sums the rows faster than a broadcast's Sum
+        proj = tf.nn.bias_add(tf.matmul(tf.reshape(inputs, (-1, features)), cell.kernel),
+                              cell.kind.input_bias(cell.bias))  # (time*batch, 3*units)
+        proj = tf.reshape(proj, tf.concat([tf.shape(inputs)[:2], [3 * self.units]], axis=0))
+        return self.run_projected(proj, [h0], time_major=time_major, recurrent_mask=recurrent_mask)
+
+    def run_projected(self, inputs_proj, initial_state, time_major: bool = False, recurrent_mask=None):
+        """The fused recurrence from precomputed projections x.W + b_x: (batch, time, 3*units),
+        or (time, batch, 3*units) with `time_major` (and then time-major outputs)."""
+        (h0,) = initial_state
+        # explicit casts: the model also calls this outside Keras's autocasting `call`
+        kernel = tf.cast(self.cell.recurrent_kernel, self.compute_dtype)
+        bias = tf.cast(self.cell.kind.recurrent_bias(self.cell.bias), self.compute_dtype)
+        outputs, h = fused_gru_sequence(inputs_proj, h0, kernel, bias, time_major=time_major,
+                                        recurrent_mask=recurrent_mask)
+        return outputs, [h]
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "lstm_path": self.lstm_path}
