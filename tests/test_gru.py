@@ -214,3 +214,11 @@ def test_cell_and_layer_configs_round_trip():
         GRUCell(0)
     with pytest.raises(ValueError):
         GRULayer(UNITS, lstm_path="nope")
+
+
+@pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="the CPU-only fallback")
+def test_cudnn_path_on_a_cpu_only_machine_falls_back_to_the_fused_path():
+    x, h0, weights, _ = _problem(seed=7)
+    out_c, (h_c,) = _layer("cudnn", weights)(x, initial_state=[h0])
+    out_f, (h_f,) = _layer("fused", weights)(x, initial_state=[h0])
+    assert _max_abs_diff(out_c, out_f) == 0.0 and _max_abs_diff(h_c, h_f) == 0.0

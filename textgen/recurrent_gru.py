@@ -67,12 +67,16 @@ def _forward_loop(proj_tm, h0, recurrent_kernel, recurrent_bias, mask=None):
     steps = tf.shape(proj_tm)[0]
     units = tf.shape(h0)[-1]
     stored = [tf.TensorArray(proj_tm.dtype, size=steps) for _ in range(4)]  # h, zr, h~, q_h
+    # b_hz and b_hr are plain summands: added to every step's projection at once, before the loop,
+    # which adds only b_hh (inside the reset gate's product) step by step
+    bias_zr, bias_h = tf.split(recurrent_bias, [2 * units, units])
+    proj_tm = proj_tm + tf.concat([bias_zr, tf.zeros_like(bias_h)], axis=0)  # (time, batch, 3*units)
 
     def body(t, h, *stored):
-        q = tf.nn.bias_add(tf.matmul(h if mask is None else h * mask, recurrent_kernel),
-                           recurrent_bias)  # (batch, 3*units)
+        q = tf.matmul(h if mask is None else h * mask, recurrent_kernel)  # (batch, 3*units)
         p_zr, p_h = tf.split(proj_tm[t], [2 * units, units], axis=-1)
         q_zr, q_h = tf.split(q, [2 * units, units], axis=-1)
+        q_h = tf.nn.bias_add(q_h, bias_h)  # h_{t-1}.U_h + b_hh
         zr = tf.sigmoid(p_zr + q_zr)  # (batch, 2*units)
         z, r = tf.split(zr, 2, axis=-1)
         g = tf.tanh(p_h + r * q_h)
