@@ -22,6 +22,9 @@ is where the equations above are written; the one other place is the fused train
 (`textgen.recurrent._forward_loop` and its hand-written backward pass), which is pinned to this
 cell by tests/test_recurrent.py::test_fused_and_rnn_paths_agree_forward and
 ::test_fused_and_rnn_paths_agree_gradients (the "rnn" path runs `LSTMCell`, hence `LSTM.step`).
+
+`GRUKind` ("gru") writes out Keras's reset_after GRU the same way; its Keras layer is
+`textgen.gru.GRUCell`, its fused loop `textgen.recurrent_gru` (pinned by tests/test_gru.py).
 """
 
 from __future__ import annotations
