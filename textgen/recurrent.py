@@ -222,12 +222,14 @@ class LSTMLayer(keras.layers.Layer):
         more, state = layer(tf.random.normal((8, 100, 32)), initial_state=state)  # carried on
     """
 
+    cell_class = LSTMCell  # the Keras cell it runs (`textgen.recurrent_gru.GRULayer`: GRUCell)
+
     def __init__(self, units: int, lstm_path: str = "auto", **kwargs):
         super().__init__(**kwargs)
         self.units = int(units)
         resolve_path(lstm_path)  # refuse an unknown path now, not at the first call
         self.lstm_path = lstm_path
-        self.cell = LSTMCell(self.units, name="cell", dtype=self.dtype_policy)
+        self.cell = self.cell_class(self.units, name="cell", dtype=self.dtype_policy)
         self._rnn = None
 
     def build(self, input_shape):

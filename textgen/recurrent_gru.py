@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 
 from textgen.gru import GRUCell
-from textgen.recurrent import resolve_path
+from textgen.recurrent import LSTMLayer, resolve_path
 
 
 def cudnn_gru_sequence(inputs, h0, kernel, recurrent_kernel, bias):
@@ -172,12 +172,13 @@ def swap_time_batch(x: tf.Tensor) -> tf.Tensor:
 
 
 @keras.saving.register_keras_serializable(package="textgen")
-class GRULayer(keras.layers.Layer):
+class GRULayer(LSTMLayer):
     """Sequence layer over our `GRUCell`: (batch, time, features) -> (batch, time, units).
 
-    The GRU's `textgen.recurrent.LSTMLayer`: the same arguments, call and `run_projected`, with
-    one state [h] instead of [h, C]; runs one of this module's three paths with `self.cell`'s
-    weights and returns the final state for the next window or sampling step.
+    The GRU's `textgen.recurrent.LSTMLayer` (a subclass running `GRUCell`): the same arguments,
+    call and `run_projected`, with one state [h] instead of [h, C]; runs one of this module's
+    three paths with `self.cell`'s weights and returns the final state for the next window or
+    sampling step.
 
     Args:
         units: positive integer, the width of h.
@@ -202,18 +203,7 @@ class GRULayer(keras.layers.Layer):
         more, state = layer(tf.random.normal((8, 100, 32)), initial_state=state)  # carried on
     """
 
-    def __init__(self, units: int, lstm_path: str = "auto", **kwargs):
-        super().__init__(**kwargs)
-        self.units = int(units)
-        resolve_path(lstm_path)  # refuse an unknown path now, not at the first call
-        self.lstm_path = lstm_path
-        self.cell = GRUCell(self.units, name="cell", dtype=self.dtype_policy)
-        self._rnn = None
-
-    def build(self, input_shape):
-        self.cell.build(input_shape)
-        if resolve_path(self.lstm_path) == "rnn":
-            self._rnn = keras.layers.RNN(self.cell, return_sequences=True, return_state=True)
+    cell_class = GRUCell  # construction, build and config are `LSTMLayer`'s
 
     def call(self, inputs, initial_state=None, time_major: bool = False, recurrent_mask=None):
         """inputs: (batch, time, features), or (time, batch, features) with `time_major`.
@@ -251,6 +241,3 @@ class GRULayer(keras.layers.Layer):
         outputs, h = fused_gru_sequence(inputs_proj, h0, kernel, bias, time_major=time_major,
                                         recurrent_mask=recurrent_mask)
         return outputs, [h]
-
-    def get_config(self):
-        return {**super().get_config(), "units": self.units, "lstm_path": self.lstm_path}
