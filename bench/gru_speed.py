@@ -4,7 +4,7 @@ Every contender trains embedding -> L recurrent layers -> dense logits with the 
 step (`train_speed.py`'s: forward + backward + Adam lr 2e-3 with global-norm clipping at 5.0,
 float32, mean sparse softmax cross-entropy, the state carried from window to window):
 
-  gru         `textgen.recurrent_gru.GRULayer` x L, fused path, time-major
+  gru         `textgen.recurrent.LSTMLayer(cell="gru")` x L, fused path, time-major
   lstm        `textgen.recurrent.LSTMLayer` x L, fused path, time-major (the same model around it)
   keras_gru   `keras.layers.GRU(reset_after=True)` x L (the anchor, as keras.layers.LSTM is for
               the LSTM in train_speed.py)
@@ -44,13 +44,12 @@ def build_step(kind: str, shape, seed: int):
 
     from textgen.parallel import concat_rows, parallel_parts, row_split_sizes, split_rows
     from textgen.recurrent import LSTMLayer
-    from textgen.recurrent_gru import GRULayer
 
     keras.utils.set_random_seed(seed)
     per_layer = 1 if "gru" in kind else 2
     ours = not kind.startswith("keras")
     if kind == "gru":
-        layers = [GRULayer(shape.units, lstm_path="fused") for _ in range(shape.num_layers)]
+        layers = [LSTMLayer(shape.units, lstm_path="fused", cell="gru") for _ in range(shape.num_layers)]
     elif kind == "lstm":
         layers = [LSTMLayer(shape.units, lstm_path="fused") for _ in range(shape.num_layers)]
     else:
@@ -75,7 +74,7 @@ def build_step(kind: str, shape, seed: int):
             # as textgen.model.CharLSTM on the fused path: row groups side by side, the first
             # layer's input projection gathered from an (embedding . W + b_x) table
             first = self.rnns[0].cell
-            bias = first.bias if first.bias.shape.rank == 1 else first.kind.input_bias(first.bias)
+            bias = first.kind.input_bias(first)
             table = tf.matmul(self.embedding.embeddings, first.kernel) + bias  # (vocab, blocks*units)
             sizes = row_split_sizes(shape.batch, parallel_parts(shape.batch))
             logits, groups = [], []

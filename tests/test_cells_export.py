@@ -1,0 +1,64 @@
+"""Every cell through every export format: a tiny 1-layer run of each cell (`textgen train
+--cell X`) exports as SavedModel, LiteRT, ONNX and Keras, and each export passes its own check
+(`textgen export` runs the format's runtime on held-out characters and refuses logits more than
+1e-4 from textgen's). The SavedModel's example script, in a process without textgen, writes
+`textgen sample --temp 0`'s text for every cell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY, describe, invoke, train_run
+
+from textgen.config import CELL_NAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBE = Path(__file__).with_name("export_probe.py")
+FORMATS = ("savedmodel", "litert", "onnx", "keras")
+PRIME, LENGTH = "the ", 40
+
+
+@pytest.fixture(scope="module")
+def cell_runs(tmp_path_factory, corpus_file) -> dict:
+    """{cell: run directory}: conftest's TINY shape (1 layer of 16), 3 steps, one run per cell."""
+    base = tmp_path_factory.mktemp("cell-runs")
+    return {cell: train_run(base, corpus_file, cell, TINY + ["--cell", cell]) for cell in CELL_NAMES}
+
+
+@pytest.mark.parametrize("export_format", FORMATS)
+@pytest.mark.parametrize("cell", CELL_NAMES)
+def test_each_cell_exports_in_each_format_and_passes_its_check(cell, export_format, cell_runs, tmp_path):
+    run = cell_runs[cell]
+    result = invoke("export", run, "--runs-dir", run.parent, "--format", export_format, "--out", tmp_path / "out")
+    assert result.exit_code == 0, describe(result)
+    checked = re.search(r"checked with [^:]+: logits within (\S+) of textgen's", result.output)
+    assert checked and float(checked.group(1)) <= 1e-4, result.output
+    manifest = json.loads((tmp_path / "out" / "export.json").read_text(encoding="utf-8"))
+    assert manifest["export_format"] == export_format
+
+
+@pytest.mark.parametrize("cell", CELL_NAMES)
+def test_the_savedmodel_of_each_cell_writes_sample_greedy_text(cell, cell_runs, corpus_file, tmp_path):
+    run = cell_runs[cell]
+    result = invoke("export", run, "--runs-dir", run.parent, "--format", "savedmodel", "--out", tmp_path / "sm")
+    assert result.exit_code == 0, describe(result)
+    sample = invoke("sample", run, "--runs-dir", run.parent, "--temp", "0", "--prime", PRIME, "--length", LENGTH)
+    assert sample.exit_code == 0, describe(sample)
+    text = tmp_path / "text.txt"
+    text.write_text("the mat", encoding="utf-8")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}  # no textgen there
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    probe = subprocess.run([sys.executable, str(PROBE), str(ROOT / "examples" / "export_savedmodel.py"),
+                            str(tmp_path / "sm"), str(text), PRIME, str(LENGTH), str(tmp_path)],
+                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    printed = json.loads((tmp_path / "result.json").read_text(encoding="utf-8"))["printed"]
+    assert sample.stdout.startswith(PRIME) and len(sample.stdout) == len(PRIME) + LENGTH + 1
+    assert printed == sample.stdout
