@@ -231,3 +231,30 @@ def test_cudnn_path_on_a_cpu_only_machine_falls_back_to_the_fused_path():
     out_c, (h_c,) = _layer("cudnn", weights)(x, initial_state=[h0])
     out_f, (h_f,) = _layer("fused", weights)(x, initial_state=[h0])
     assert _max_abs_diff(out_c, out_f) == 0.0 and _max_abs_diff(h_c, h_f) == 0.0
+
+
+def test_auto_keeps_cudnn_for_the_gru_on_a_gpu_and_calls_the_grus_binding(monkeypatch):
+    """With a GPU faked, `auto` resolves to cuDNN for the GRU (the cell's `cudnn` flag), and the
+    layer asks the GRU's cuDNN binding (not the LSTM's), then runs fused where it is absent (CPU)."""
+    from textgen import recurrent
+
+    monkeypatch.setattr(recurrent, "gpu_available", lambda: True)
+    assert GRULayer(UNITS).path == "cudnn" and GRULayer(UNITS, lstm_path="fused").path == "fused"
+    ran = []
+
+    def spy(name, real):
+        def spied(*args, **kwargs):
+            result = real(*args, **kwargs)
+            ran.append((name, result is None))
+            return result
+        return spied
+
+    monkeypatch.setattr(recurrent, "cudnn_gru_sequence", spy("cudnn_gru", recurrent.cudnn_gru_sequence))
+    monkeypatch.setattr(recurrent, "cudnn_lstm_sequence", spy("cudnn_lstm", recurrent.cudnn_lstm_sequence))
+    monkeypatch.setitem(recurrent.FUSED, "gru", spy("fused", recurrent.FUSED["gru"]))
+    x, h0, weights, _ = _problem(seed=8)
+    out_auto, (h_auto,) = _layer("auto", weights)(x, initial_state=[h0])
+    gpu = bool(tf.config.list_logical_devices("GPU"))
+    assert ran == ([("cudnn_gru", False)] if gpu else [("cudnn_gru", True), ("fused", False)])
+    out_f, (h_f,) = _layer("fused", weights)(x, initial_state=[h0])
+    assert _max_abs_diff(out_auto, out_f) < TOL and _max_abs_diff(h_auto, h_f) < TOL
