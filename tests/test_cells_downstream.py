@@ -1,8 +1,11 @@
-"""Every cell through every export format: a tiny 1-layer run of each cell (`textgen train
---cell X`) exports as SavedModel, LiteRT, ONNX and Keras, and each export passes its own check
-(`textgen export` runs the format's runtime on held-out characters and refuses logits more than
-1e-4 from textgen's). The SavedModel's example script, in a process without textgen, writes
-`textgen sample --temp 0`'s text for every cell.
+"""Every cell downstream of training, on a tiny 1-layer run of each cell (`textgen train --cell X`):
+
+- export: SavedModel, LiteRT, ONNX and Keras, each passing its own check (`textgen export` runs
+  the format's runtime on held-out characters and refuses logits more than 1e-4 from textgen's);
+  the SavedModel's example script, in a process without textgen, writes `textgen sample --temp
+  0`'s text for every cell;
+- serve: one real server on 127.0.0.1 serving all the runs, batched, answers greedy completions
+  equal to `textgen sample --temp 0`'s text for each.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import httpx
 from conftest import TINY, describe, invoke, train_run
+from serve_process import Server
 
 from textgen.config import CELL_NAMES
 
@@ -62,3 +67,27 @@ def test_the_savedmodel_of_each_cell_writes_sample_greedy_text(cell, cell_runs, 
     printed = json.loads((tmp_path / "result.json").read_text(encoding="utf-8"))["printed"]
     assert sample.stdout.startswith(PRIME) and len(sample.stdout) == len(PRIME) + LENGTH + 1
     assert printed == sample.stdout
+
+
+def greedy_sample(run, prime: str, length: int) -> str:
+    """`textgen sample RUN --temp 0 --prime PRIME --length LENGTH`'s text, prime included."""
+    result = invoke("sample", run, "--runs-dir", run.parent, "--temp", "0", "--prime", prime, "--length", length)
+    assert result.exit_code == 0, describe(result)
+    return result.stdout.rstrip("\n")
+
+
+def test_one_batched_server_answers_greedy_completions_for_every_cell(cell_runs):
+    server = Server(*cell_runs.values(), "--max-batch", "4")
+    try:
+        url = server.wait_ready()
+        assert url.startswith("http://127.0.0.1:")
+        served = [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=10).json()["data"]]
+        assert served == list(cell_runs)
+        for cell, run in cell_runs.items():
+            reply = httpx.post(f"{url}/v1/completions", timeout=120, json={
+                "model": cell, "prompt": PRIME, "max_tokens": LENGTH, "temperature": 0, "n": 2})
+            assert reply.status_code == 200, reply.text
+            texts = [choice["text"] for choice in reply.json()["choices"]]
+            assert texts == [greedy_sample(run, PRIME, LENGTH)[len(PRIME):]] * 2, cell
+    finally:
+        server.stop()
