@@ -62,6 +62,8 @@ class CellKind:
         sigmoid_gates: the quantities that are sigmoid gates (whose saturation is measured).
         extra_weights: names of the layer's weights beyond kernel, recurrent_kernel and bias
             that the step reads (`extras`), e.g. ("peephole",).
+        extra_rows: per extra weight, the names of its rows of `units` numbers (its per-unit
+            vectors: the peephole's w_ci, w_cf, w_co), for pages that show them.
         cudnn: whether a cuDNN kernel computes this cell ("auto" picks it on a GPU).
         layer_class: the Keras cell layer (a `GatedCell`) holding this kind's weights.
 
@@ -81,6 +83,7 @@ class CellKind:
     quantity_names: dict = {}
     sigmoid_gates: tuple[str, ...] = ()
     extra_weights: tuple[str, ...] = ()
+    extra_rows: dict = {}
     cudnn: bool = False
     layer_class: type | None = None
 

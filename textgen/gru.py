@@ -46,6 +46,7 @@ class GRUKind(CellKind):
     quantity_names = {"z": "update gate", "r": "reset gate", "g": "candidate", "h": "hidden"}
     sigmoid_gates = ("z", "r")
     extra_weights = ("recurrent_bias",)  # b_h, (3*units,): `GRUCell.recurrent_bias`
+    extra_rows = {"recurrent_bias": ("b_hz", "b_hr", "b_hh")}
     cudnn = True
 
     def bias_initializer(self) -> keras.initializers.Initializer:
