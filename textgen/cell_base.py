@@ -193,8 +193,13 @@ class GatedCell(keras.layers.Layer):
         self.kernel = self.add_weight(shape=(input_dim, width), initializer="glorot_uniform", name="kernel")
         self.recurrent_kernel = self.add_weight(
             shape=(self.units, width), initializer="orthogonal", name="recurrent_kernel")
-        self.bias = self.add_weight(shape=(width,), initializer=self.kind.bias_initializer(), name="bias")
+        self.bias = self.add_weight(shape=self.bias_shape(width), initializer=self.kind.bias_initializer(),
+                                    name="bias")
         self.build_extras()
+
+    def bias_shape(self, width: int) -> tuple:
+        """The shape of `bias`: (blocks*units,) here; the GRU's has two rows."""
+        return (width,)
 
     def build_extras(self):
         """Create the kind's `extra_weights` (none for the LSTM)."""

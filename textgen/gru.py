@@ -122,13 +122,9 @@ class GRUCell(GatedCell):
 
     kind = GRU
 
-    def build(self, input_shape):
-        input_dim = input_shape[-1]
-        width = self.kind.gate_blocks * self.units
-        self.kernel = self.add_weight(shape=(input_dim, width), initializer="glorot_uniform", name="kernel")
-        self.recurrent_kernel = self.add_weight(
-            shape=(self.units, width), initializer="orthogonal", name="recurrent_kernel")
-        self.bias = self.add_weight(shape=(2, width), initializer=self.kind.bias_initializer(), name="bias")
+    def bias_shape(self, width: int) -> tuple:
+        """(2, 3*units): b_x and b_h, Keras's GRU layout."""
+        return (2, width)
 
     @property
     def recurrent_bias(self) -> tf.Tensor:
