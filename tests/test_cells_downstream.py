@@ -5,7 +5,8 @@
   the SavedModel's example script, in a process without textgen, writes `textgen sample --temp
   0`'s text for every cell;
 - serve: one real server on 127.0.0.1 serving all the runs, batched, answers greedy completions
-  equal to `textgen sample --temp 0`'s text for each.
+  equal to `textgen sample --temp 0`'s text for each, traces each run by its cell's own
+  quantities (`POST /v1/trace`), and the playground offers each run's cell's quantities.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from pathlib import Path
 
 import pytest
 import httpx
-from conftest import TINY, describe, invoke, train_run
+from conftest import CHROMIUM, CHROMIUM_ARGS, TINY, describe, invoke, train_run
 from serve_process import Server
 
+from textgen.cell import cell_kind
 from textgen.config import CELL_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,13 +83,41 @@ def test_one_batched_server_answers_greedy_completions_for_every_cell(cell_runs)
     try:
         url = server.wait_ready()
         assert url.startswith("http://127.0.0.1:")
-        served = [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=10).json()["data"]]
-        assert served == list(cell_runs)
+        models = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
+        assert [m["id"] for m in models] == list(cell_runs)
+        assert [list(m["textgen"]["quantities"]) for m in models] == [list(cell_kind(c).quantities) for c in cell_runs]
         for cell, run in cell_runs.items():
             reply = httpx.post(f"{url}/v1/completions", timeout=120, json={
                 "model": cell, "prompt": PRIME, "max_tokens": LENGTH, "temperature": 0, "n": 2})
             assert reply.status_code == 200, reply.text
             texts = [choice["text"] for choice in reply.json()["choices"]]
             assert texts == [greedy_sample(run, PRIME, LENGTH)[len(PRIME):]] * 2, cell
+            kind = cell_kind(cell)
+            traced = httpx.post(f"{url}/v1/trace", timeout=120, json={"model": cell, "text": "the cat"})
+            assert traced.status_code == 200, traced.text
+            assert traced.json()["quantity"] == kind.state_names[-1]  # C, or the GRU's h
+            assert sorted(traced.json()["unit_values"]) == sorted(kind.quantities)
+            gate = httpx.post(f"{url}/v1/trace", timeout=120,
+                              json={"model": cell, "text": "the cat", "quantity": kind.sigmoid_gates[0]})
+            assert gate.status_code == 200 and len(gate.json()["values"]) == len("the cat"), gate.text
+        refused = httpx.post(f"{url}/v1/trace", timeout=60, json={"model": "gru", "text": "the", "quantity": "c"})
+        assert refused.status_code == 400 and "the gru cell's" in refused.json()["error"]["message"]
+        from playwright.sync_api import sync_playwright
+
+        errors = []
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"{url}/")
+            page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+            for cell in cell_runs:
+                page.select_option("#model", cell)
+                options = page.eval_on_selector_all("#cell-quantity option", "o => o.map(x => x.value)")
+                assert options == list(cell_kind(cell).quantities), cell
+                assert page.input_value("#cell-quantity") == ("c" if "c" in options else "h")
+            assert "1 \u00d7 16 gru" in page.text_content("#model-info")
+            browser.close()
+        assert errors == []
     finally:
         server.stop()
