@@ -128,7 +128,7 @@ class Page {
     for (let k = 0; k < this.header.layers; k++) layer.add(new Option(String(k), String(k)));
     $("unit").max = this.header.units - 1;
     for (const q of this.header.quantities) {  // the cell's own quantities, in its order
-      $("quantity").add(new Option(`${SYMBOL[q] || q}: ${MEANING[q].split(/[:,(]/)[0].trim()}`, q));
+      $("quantity").add(new Option(`${SYMBOL[q] || q}: ${MEANING[q].split(/[:,(]| =/)[0].trim()}`, q));
     }
     $("quantity").addEventListener("change", (e) => this.select({ quantity: e.target.value }));
     layer.addEventListener("change", (e) => this.select({ layer: Number(e.target.value) }));
