@@ -258,3 +258,18 @@ def test_auto_keeps_cudnn_for_the_gru_on_a_gpu_and_calls_the_grus_binding(monkey
     assert ran == ([("cudnn_gru", False)] if gpu else [("cudnn_gru", True), ("fused", False)])
     out_f, (h_f,) = _layer("fused", weights)(x, initial_state=[h0])
     assert _max_abs_diff(out_auto, out_f) < TOL and _max_abs_diff(h_auto, h_f) < TOL
+
+
+@pytest.mark.skipif(not tf.config.list_logical_devices("GPU"), reason="needs an NVIDIA GPU: cuDNN exists only there")
+def test_cudnn_gru_on_a_gpu_matches_the_reference_cell():
+    """On a GPU the cuDNN path runs NVIDIA's kernel (a CudnnRNN op in the graph) and computes
+    what `keras.layers.RNN(GRUCell)` computes (as tests/test_recurrent.py checks for the LSTM)."""
+    x, h0, weights, _ = _problem(seed=9)
+    cudnn, reference = _layer("cudnn", weights), _layer("rnn", weights)
+    run = tf.function(lambda x, h: cudnn(x, initial_state=[h]))
+    graph = run.get_concrete_function(x, h0).graph.as_graph_def()
+    ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+    assert any(op.startswith("CudnnRNN") for op in ops), sorted(ops)
+    out_c, (h_c,) = run(x, h0)
+    out_r, (h_r,) = reference(x, initial_state=[h0])
+    assert _max_abs_diff(out_c, out_r) < 1e-4 and _max_abs_diff(h_c, h_r) < 1e-4
