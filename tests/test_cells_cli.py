@@ -21,7 +21,7 @@ from textgen.inference import load_run
 from textgen.model import build_model, count_params
 from textgen.steps import make_optimizer
 
-VARIANTS = ("peephole", "cifg")
+VARIANTS = ("peephole", "cifg", "gru")
 # conftest's TINY shape with two layers, recurrent dropout, dropout and weight decay on
 OPTIONS = ["--units", "16", "--embedding-dim", "8", "--num-layers", "2", "--batch-size", "4", "--seq-len", "16",
            "--eval-every", "3", "--quiet", "--recurrent-dropout", "0.2", "--dropout", "0.1", "--weight-decay", "0.1"]
@@ -73,6 +73,9 @@ def test_a_cell_trains_samples_evaluates_and_resumes_exactly(cell, corpus_file, 
     assert loaded.model.lstm_layers[0].cell.kernel.shape[-1] == CELLS[cell].gate_blocks * 16
     if cell == "peephole":  # trained: the peepholes moved from zero
         assert np.abs(loaded.model.lstm_layers[0].cell.peephole.numpy()).max() > 0
+    if cell == "gru":  # two bias rows, both trained from zero
+        bias = loaded.model.lstm_layers[0].cell.bias.numpy()
+        assert bias.shape == (2, 48) and np.abs(bias[0]).max() > 0 and np.abs(bias[1]).max() > 0
 
     # stopped at step 3, resumed to 6: the very same weights as the run trained in one go
     halves = train_run(tmp_path, corpus_file, "halves", OPTIONS + ["--cell", cell, "--steps", "3"])

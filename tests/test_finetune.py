@@ -166,6 +166,24 @@ def test_a_finetuned_run_is_a_base_and_loads_everywhere(place, tmp_path):
     assert traced.exit_code == 0 and (tmp_path / "trace.json").stat().st_size > 0, describe(traced)
 
 
+def test_a_finetuned_gru_keeps_its_bases_cell_and_recurrent_weights(place):
+    """A gru base: the fine-tuned run is a gru, its recurrent layer starts as the base's bit for
+    bit, and asking for another cell is refused in one line."""
+    base = train_run(place, place / "base.txt", "gru-base",
+                     SHAPE + RUN + ["--steps", "3", "--eval-every", "3", "--cell", "gru"])
+    tuned, result = finetune(place, "gru-base", "gru-tuned", "--steps", "2", "--eval-every", "2")
+    assert result.exit_code == 0, describe(result)
+    assert read_run_meta(tuned)["model"].cell == "gru"
+    base_model, _ = checkpoint_model(base, ckpt.checkpoint_name(3))
+    start, _ = checkpoint_model(tuned, ckpt.checkpoint_name(0))
+    assert start.cell_kind.name == "gru"
+    for ours, theirs in zip(start.lstm_layers[0].cell.weights, base_model.lstm_layers[0].cell.weights):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    _, refused = finetune(place, "gru-base", "gru-lstm", "--steps", "2", "--cell", "lstm")
+    assert refused.exit_code != 0 and "--cell lstm (it has gru)" in refused.output, describe(refused)
+    assert "Traceback" not in refused.output
+
+
 def test_misuse_is_one_line_and_writes_nothing(place):
     runs = place / "runs"
     damaged = runs / "damaged"

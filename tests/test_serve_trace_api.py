@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from textgen.serve.trace_api import parse_trace, trace_body
 from textgen.serve.completions import RequestError
+from textgen.cell import LSTM, cell_kind
 from textgen.config import ModelConfig
 from textgen.model import build_model
 from textgen.trace import trace_text
@@ -24,8 +25,8 @@ def model_and_vocab():
     return build_model(ModelConfig(vocab_size=vocab.size, embedding_dim=4, units=8, num_layers=2)), vocab
 
 
-def parse(body, vocab, max_chars=100):
-    return parse_trace(body, {"m": (2, 8)}, {"m": vocab}, max_chars)
+def parse(body, vocab, max_chars=100, cell=LSTM):
+    return parse_trace(body, {"m": (2, 8, cell)}, {"m": vocab}, max_chars)
 
 
 def test_a_chosen_cell_is_the_traces_own_column(model_and_vocab):
@@ -67,3 +68,19 @@ def test_bad_requests_are_refused_with_a_status_and_a_line(model_and_vocab, body
     with pytest.raises(RequestError) as refused:
         parse(body, model_and_vocab[1])
     assert refused.value.status == status and fragment in refused.value.message
+
+
+def test_a_gru_is_traced_by_its_own_quantities():
+    """The quantity check asks the model's cell: a GRU answers z, r, g, h (h by default, its only
+    state, ranked) and refuses the LSTM's C in one line naming its own."""
+    vocab, gru = Vocabulary.from_text(TEXT), cell_kind("gru")
+    tf.keras.utils.set_random_seed(3)
+    model = build_model(ModelConfig(vocab_size=vocab.size, embedding_dim=4, units=8, num_layers=2, cell="gru"))
+    reference = trace_text(model, vocab, TEXT)
+    body = trace_body(model, vocab, parse({"text": TEXT, "layer": 1, "unit": 2, "quantity": "z"}, vocab, cell=gru))
+    np.testing.assert_allclose(body["values"], reference.layers[1]["z"][:, 2], atol=1e-5)
+    assert sorted(body["unit_values"]) == sorted(gru.quantities)
+    default = trace_body(model, vocab, parse({"text": TEXT}, vocab, cell=gru))
+    assert default["quantity"] == "h" and {c["quantity"] for c in default["cells"]} == {"h"}
+    with pytest.raises(RequestError, match="'quantity' must be one of 'z' \\(update gate\\).*the gru cell's"):
+        parse({"text": TEXT, "quantity": "c"}, vocab, cell=gru)

@@ -248,3 +248,30 @@ def test_gate_summaries_reach_tensorboard(model_and_vocab, trace, tmp_path):
     events.Reload()
     histogram = tf.make_ndarray(events.Tensors("gates/layer_1/forget_gate")[0].tensor_proto)
     assert histogram[:, 2].sum() == len(forget.reshape(-1)[::3]) == 234
+
+
+def test_a_grus_gate_summaries_are_its_own(tmp_path):
+    """A GRU's histograms are its update gate, reset gate and candidate (not the LSTM's), its
+    saturation fractions those of z and r, from `gate_batch` of a GRU model."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from textgen.cell import cell_kind
+
+    gru = cell_kind("gru")
+    tf.keras.utils.set_random_seed(2)
+    model = build_model(ModelConfig(vocab_size=9, embedding_dim=4, units=6, num_layers=1, cell="gru"))
+    per_layer = gate_batch(model, np.arange(40).reshape(2, 20) % 9)
+    assert sorted(per_layer[0]) == sorted(gru.quantities)
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    with writer.as_default():
+        write_gate_summaries(per_layer, step=3, cell=gru)
+    writer.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    events.Reload()
+    assert sorted(events.Tags()["tensors"]) == sorted(
+        [f"gates/layer_0/{name}" for name in ("update_gate", "reset_gate", "candidate")]
+        + [f"gates/layer_0/{gate}_{side}" for gate in ("update_gate", "reset_gate")
+           for side in ("below_0.1", "above_0.9")])
+    reset = np.asarray(per_layer[0]["r"])
+    shown = float(tf.make_ndarray(events.Tensors("gates/layer_0/reset_gate_above_0.9")[0].tensor_proto))
+    assert shown == pytest.approx((reset > 0.9).mean(), abs=1e-6)

@@ -322,3 +322,49 @@ def test_a_failed_trace_leaves_an_existing_output_untouched(trained_run):
     Path("v.html").write_text("precious")
     result = invoke("viz", "tiny", "--prime", "€", "--runs-dir", trained_run.parent, "--out", "v.html")
     assert result.exit_code == 2 and Path("v.html").read_text() == "precious"
+
+
+@pytest.mark.parametrize("cell", ["gru", "peephole"])
+def test_the_page_shows_the_gates_each_cell_has_and_its_unit_weights(cell, corpus_file, tmp_path):
+    """A gru and a peephole run: the dropdown offers the cell's own quantities, the saturation
+    plots its sigmoid gates, the card its values and its per-unit weights (the peepholes, the
+    GRU's b_h rows), equal to the trace and the model; the saved trace is version 2."""
+    from playwright.sync_api import sync_playwright
+
+    from textgen.cell import cell_kind
+    from textgen.inference import load_run
+
+    run = train_run(tmp_path, corpus_file, cell, ["--units", "16", "--embedding-dim", "8", "--num-layers", "1",
+                                                  "--batch-size", "4", "--seq-len", "16", "--steps", "3",
+                                                  "--eval-every", "3", "--quiet", "--cell", cell])
+    kind, text = cell_kind(cell), "the cat sat on the mat\n"
+    for out, fmt in (("page.html", "html"), ("trace.npz", "npz")):
+        result = invoke("viz", run, "--runs-dir", run.parent, "--prime", text, "--format", fmt, "--out", out)
+        assert result.exit_code == 0, describe(result)
+    trace, header = np.load("trace.npz"), page_header(tmp_path / "page.html")
+    saved = json.loads(str(trace["header"]))
+    assert saved["version"] == 2 and saved["cell"] == cell and saved["quantities"] == list(kind.quantities)
+    assert sorted(f for f in trace.files if f.startswith("layer0_")) == sorted(f"layer0_{q}" for q in kind.quantities)
+    (name,) = kind.extra_weights
+    weights = np.reshape(kind.extras(load_run(str(run), run.parent).model.lstm_layers[0].cell)[name], (-1, 16))
+    unit, t = 5, 6
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = open_page(browser, tmp_path / "page.html", errors)
+        options = page.eval_on_selector_all("#quantity option", "o => o.map(x => x.value)")
+        assert options == ["surprisal", *kind.quantities]
+        assert page.locator("#saturation figure").count() == len(kind.sigmoid_gates)
+        page.select_option("#quantity", kind.sigmoid_gates[0])
+        page.fill("#unit", str(unit))
+        page.hover(f"#text span:nth-child({t + 1})")
+        card = page.inner_text("#tooltip")
+        for q in kind.quantities:
+            shown = float(page.inner_text(f'#tooltip td[data-q="{q}"]'))
+            scale = header["c_scale"][0][unit] if q == "c" else 1.0
+            assert shown == pytest.approx(float(trace[f"layer0_{q}"][t, unit]), abs=2 * scale / 255 + 5e-4), q
+        for row, label in enumerate(kind.extra_rows[name]):
+            shown = re.search(rf"{name} .*?{label} (-?[\d.]+)", card)
+            assert shown and float(shown[1]) == pytest.approx(float(weights[row, unit]), abs=1e-3), card
+        browser.close()
+    assert errors == []

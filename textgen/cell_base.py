@@ -62,6 +62,8 @@ class CellKind:
         sigmoid_gates: the quantities that are sigmoid gates (whose saturation is measured).
         extra_weights: names of the layer's weights beyond kernel, recurrent_kernel and bias
             that the step reads (`extras`), e.g. ("peephole",).
+        extra_rows: per extra weight, the names of its rows of `units` numbers (its per-unit
+            vectors: the peephole's w_ci, w_cf, w_co), for pages that show them.
         cudnn: whether a cuDNN kernel computes this cell ("auto" picks it on a GPU).
         layer_class: the Keras cell layer (a `GatedCell`) holding this kind's weights.
 
@@ -81,6 +83,7 @@ class CellKind:
     quantity_names: dict = {}
     sigmoid_gates: tuple[str, ...] = ()
     extra_weights: tuple[str, ...] = ()
+    extra_rows: dict = {}
     cudnn: bool = False
     layer_class: type | None = None
 
@@ -190,8 +193,13 @@ class GatedCell(keras.layers.Layer):
         self.kernel = self.add_weight(shape=(input_dim, width), initializer="glorot_uniform", name="kernel")
         self.recurrent_kernel = self.add_weight(
             shape=(self.units, width), initializer="orthogonal", name="recurrent_kernel")
-        self.bias = self.add_weight(shape=(width,), initializer=self.kind.bias_initializer(), name="bias")
+        self.bias = self.add_weight(shape=self.bias_shape(width), initializer=self.kind.bias_initializer(),
+                                    name="bias")
         self.build_extras()
+
+    def bias_shape(self, width: int) -> tuple:
+        """The shape of `bias`: (blocks*units,) here; the GRU's has two rows."""
+        return (width,)
 
     def build_extras(self):
         """Create the kind's `extra_weights` (none for the LSTM)."""

@@ -149,7 +149,8 @@ def rank_cells(text: str, layers: list[dict[str, np.ndarray]], per_feature: int 
                quantities: tuple[str, ...] = ("c", "h")) -> list[dict]:
     """The units most correlated with each feature of `text` that varies.
 
-    layers: per layer {"c": (time, units), "h": ...} (a `Trace`'s layers). Returns dicts
+    layers: per layer {"c": (time, units), "h": ...} (a `Trace`'s layers); `quantities`: those
+    ranked, the cell's states (`CellKind.state_names`; the GRU has h alone). Returns dicts
     {"feature", "layer", "unit", "quantity", "r", "follows"}, the best `per_feature` of each
     feature by |r|, features ordered by their best |r|, strongest first. `follows` is |r| >=
     `MIN_R`: a followed feature lists only cells that follow it, one that no unit follows only its

@@ -29,7 +29,7 @@ HEAD_BIASES = ("unigram", "zeros")  # how the output layer's bias starts (TrainC
 MAX_SAMPLES = 10_000  # --num-samples: samples are generated side by side, one batch row each
 # the cells `--cell` offers (textgen.cell.CELLS registers the same names; tests/test_cells_cli.py holds
 # them equal): name -> (gate blocks side by side in the kernels, per-unit weight vectors beside them)
-CELL_SHAPES = {"lstm": (4, 0), "peephole": (4, 3), "cifg": (3, 0)}
+CELL_SHAPES = {"lstm": (4, 0), "peephole": (4, 3), "cifg": (3, 0), "gru": (3, 3)}  # gru: its 2nd bias row
 CELL_NAMES = tuple(CELL_SHAPES)
 
 

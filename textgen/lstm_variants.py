@@ -72,6 +72,7 @@ class PeepholeKind(CellKind):
     quantity_names = LSTM_QUANTITY_NAMES
     sigmoid_gates = ("i", "f", "o")
     extra_weights = ("peephole",)
+    extra_rows = {"peephole": ("w_ci", "w_cf", "w_co")}
 
     def step(self, inputs_proj, states, recurrent_proj=None, with_gates: bool = False, extras=None):
         """h_t, C_t from z = x.W + h.U + b and `extras["peephole"]`; see `CellKind.step`."""

@@ -13,9 +13,10 @@ Three paths compute the same equations with the same weights (so checkpoints mov
   autodiff of the loop is slow. It runs time-major inside (a time-major caller skips the
   transposes); the model runs one such loop per group of batch rows, side by side (see
   `textgen.parallel`).
-- "cudnn" (default when a GPU is visible, for cells cuDNN computes: the LSTM): NVIDIA's fused
-  LSTM kernel through Keras's own cuDNN binding, fed our kernel, recurrent_kernel and bias as
-  they are (same layout, same gate order). Other cells run fused there too.
+- "cudnn" (default when a GPU is visible, for cells cuDNN computes: the LSTM and the GRU):
+  NVIDIA's fused kernels through Keras's own cuDNN binding, fed our kernel, recurrent_kernel and
+  bias as they are (same layout, same gate order; `textgen.recurrent_gru` for the GRU's). The
+  peephole and CIFG cells run fused there too.
 - "rnn": the reference, `keras.layers.RNN(cell)`, kept for tests and comparison.
 """
 
@@ -28,6 +29,7 @@ import tensorflow as tf
 
 from textgen.cell import cell_kind, gate_activations
 from textgen.fused import backward_loop, forward_loop, previous_cells, swap_time_batch
+from textgen.recurrent_gru import cudnn_gru_sequence, gru_time_major
 from textgen.recurrent_variants import cifg_time_major, peephole_time_major
 
 PATHS = ("auto", "fused", "cudnn", "rnn")
@@ -153,7 +155,8 @@ def _lstm_with_gradient(proj_tm, h0, c0, recurrent_kernel, mask):
 
 # cell name -> its fused loop: f(proj_tm, states, recurrent_kernel, extras, mask) ->
 # (outputs (time, batch, units), new states)
-FUSED = {"lstm": lstm_time_major, "peephole": peephole_time_major, "cifg": cifg_time_major}
+FUSED = {"lstm": lstm_time_major, "peephole": peephole_time_major, "cifg": cifg_time_major,
+         "gru": gru_time_major}
 
 
 @keras.saving.register_keras_serializable(package="textgen")
@@ -168,7 +171,7 @@ class LSTMLayer(keras.layers.Layer):
         units: positive integer, the width of h (and C).
         lstm_path: "auto" (cuDNN with a GPU for cells it computes, else fused), "fused",
             "cudnn" or "rnn".
-        cell: the registered cell name ("lstm", "peephole", "cifg"; `textgen.cell.CELLS`).
+        cell: the registered cell name ("lstm", "peephole", "cifg", "gru"; `textgen.cell.CELLS`).
         **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -242,7 +245,8 @@ class LSTMLayer(keras.layers.Layer):
         if path == "rnn":
             return self._rnn(inputs, initial_state=states)
         cell = self.cell
-        return cudnn_lstm_sequence(inputs, *states, cell.kernel, cell.recurrent_kernel, cell.bias)
+        cudnn = cudnn_gru_sequence if self.kind.name == "gru" else cudnn_lstm_sequence
+        return cudnn(inputs, *states, cell.kernel, cell.recurrent_kernel, cell.bias)
 
     def run_projected(self, inputs_proj, initial_state, time_major: bool = False, recurrent_mask=None):
         """The fused recurrence from precomputed projections x.W + b: (batch, time, blocks*units),

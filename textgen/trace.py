@@ -99,6 +99,15 @@ def sequence_quantities(cell: CellKind, proj_tm, states, recurrent_kernel, extra
     return {name: ta.stack() for name, ta in zip(cell.quantities, stored)}, states
 
 
+def unit_weights(model) -> list[dict]:
+    """Per layer {extra weight: (rows, units) nested lists}: the cell's per-unit weights beside
+    its kernels (`CellKind.extra_weights`, rows named by `extra_rows`: the peepholes w_ci, w_cf,
+    w_co; the GRU's b_h by gate), rounded to 4 decimals for pages. Empty dicts for the LSTM."""
+    kind, units = model.cell_kind, model.config.units
+    return [{name: np.round(np.reshape(np.asarray(value, np.float32), (-1, units)), 4).tolist()
+             for name, value in kind.extras(layer.cell).items()} for layer in model.lstm_layers]
+
+
 def run_layers(model, ids_tm, states):
     """The model's layers over ids_tm (time, batch) from `states`, keeping everything.
 

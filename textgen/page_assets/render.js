@@ -46,7 +46,7 @@ const TextgenRender = (() => {
 
   // Which scale a quantity uses: gates (i, f, o) "gate", the rest "signed"
   function scaleOf(quantity) {
-    return quantity === "surprisal" ? "surprisal" : "ifo".includes(quantity) ? "gate" : "signed";
+    return quantity === "surprisal" ? "surprisal" : ["i", "f", "o", "z", "r"].includes(quantity) ? "gate" : "signed";
   }
 
   function visible(ch) {
@@ -67,7 +67,8 @@ const TextgenRender = (() => {
     return `${NAMED[ch] ? NAMED[ch].join(" ") : visible(ch)}  ${code}`;
   }
 
-  const SYMBOL = { i: "i", f: "f", g: "C\u0303", o: "o", c: "C", h: "h" };
+  // every cell's quantities (textgen.cell: the LSTM's i, f, C~, o, C, h; the GRU's z, r, h~, h)
+  const SYMBOL = { i: "i", f: "f", g: "C\u0303", o: "o", c: "C", z: "z", r: "r", h: "h" };
 
   function node(tag, text, className) {
     const element = document.createElement(tag);
@@ -102,9 +103,10 @@ const TextgenRender = (() => {
       tip.appendChild(node("div", card.unit.label, "unit"));
       const table = tip.appendChild(node("table"));
       const heads = table.insertRow(), values = table.insertRow();
-      for (const q of Object.keys(SYMBOL)) {
+      const symbols = { ...SYMBOL, ...(card.unit.symbols || {}) };  // a cell's own (the GRU's h~)
+      for (const q of Object.keys(symbols)) {
         if (card.unit.values[q] === undefined) continue;
-        heads.appendChild(node("th", SYMBOL[q]));
+        heads.appendChild(node("th", symbols[q]));
         const cell = values.insertCell();
         cell.dataset.q = q;
         cell.textContent = format(card.unit.values[q]);

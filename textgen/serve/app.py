@@ -124,7 +124,8 @@ def create_app(models: dict[str, ServedModel], config: ServeConfig, counters: Co
     """
     counters = counters or Counters()
     vocabs = {name: served.vocab for name, served in models.items()}
-    shapes = {name: (served.details["layers"], served.details["units"]) for name, served in models.items()}
+    shapes = {name: (served.details["layers"], served.details["units"], served.model.cell_kind)
+              for name, served in models.items()}
     tracing = asyncio.Lock()  # one trace at a time: each holds (text x units x layers x 6) floats
 
     async def completions(request: Request):

@@ -95,7 +95,10 @@ def load_models(runs: list[str], runs_dir: str, which: str, config: ServeConfig,
     for loaded in runs_loaded:
         engine = Engine(loaded.model, loaded.vocab, config.max_batch, config.chunk, config.max_queue)
         meta, shape = loaded.meta, loaded.meta["model"]
-        details = {"layers": shape.num_layers, "units": shape.units, "embedding_dim": shape.embedding_dim,
+        kind = loaded.model.cell_kind  # what its cell computes, for the playground's trace choices
+        details = {"cell": shape.cell, "quantities": {q: kind.quantity_names[q] for q in kind.quantities},
+                   "layers": shape.num_layers, "units": shape.units,
+                   "embedding_dim": shape.embedding_dim,
                    "vocab_size": shape.vocab_size, "parameters": shape.parameter_count(),
                    "steps": meta.get("step", 0), "best_val_bpc": meta.get("best_val_bpc"),
                    "checkpoint": loaded.checkpoint.name, "max_trace": config.max_trace}

@@ -160,7 +160,7 @@ def run_viz(run: str | None, file: str | None, runs_dir: str, checkpoint: str, c
     if file not in (None, "-") and path.exists() and path.resolve() == Path(file).resolve():
         raise TextgenError(f"--out {path} is the text being traced; choose another --out")
     from textgen.inference import load_run
-    from textgen.trace import trace_text
+    from textgen.trace import trace_text, unit_weights
 
     loaded = load_run(run, runs_dir, checkpoint, warn=warn)
     text, skipped, description, notices = source_text(
@@ -170,6 +170,7 @@ def run_viz(run: str | None, file: str | None, runs_dir: str, checkpoint: str, c
     trace = trace_text(loaded.model, loaded.vocab, text, top_k=config.top_k, window=config.window)
     trace.skipped = skipped
     header = describe_trace(trace, loaded.name, loaded.checkpoint.name, description, notices)
+    header["unit_weights"] = unit_weights(loaded.model)
     write_trace(trace, header, path, config, warn)
     return path
 
@@ -181,7 +182,9 @@ def describe_trace(trace, run: str, checkpoint: str, source: str, notices: list[
 
     return {"run": run, "checkpoint": checkpoint, "source": source, "notices": list(notices),
             "cell": trace.cell.name, "quantities": list(trace.quantities),
-            "cells": rank_cells(trace.chars, trace.layers)}
+            "quantity_names": dict(trace.cell.quantity_names), "sigmoid_gates": list(trace.cell.sigmoid_gates),
+            "unit_weight_rows": {name: list(rows) for name, rows in trace.cell.extra_rows.items()},
+            "cells": rank_cells(trace.chars, trace.layers, quantities=trace.cell.state_names)}
 
 
 def write_trace(trace, header: dict, path: Path, config: VizConfig,
@@ -214,7 +217,7 @@ def write_page(trace, header: dict, path: Path, max_mb: float, warn=None) -> Non
               "traced": len(trace), "layers": len(trace.layers),
               "units": int(trace.layers[0]["h"].shape[1]), "top_k": int(trace.top_ids.shape[1]),
               "features": FEATURES,
-              "c_scale": [cell_scale(layer["c"]).tolist() for layer in trace.layers],
+              "c_scale": [cell_scale(layer["c"]).tolist() if "c" in layer else [] for layer in trace.layers],
               "saturation": [{gate: [low.round(4).tolist(), high.round(4).tolist()]
                               for gate, (low, high) in saturation(layer, trace.cell).items()} for layer in trace.layers]}
     page = fit_page(trace, int(max_mb * 1e6), header_size(header, template))

@@ -30,7 +30,8 @@ import numpy as np
 from textgen.trace import Trace
 
 BITS = (8, 6, 5, 4, 3)  # precisions tried, finest first
-SCALES = {"i": (0.0, 1.0), "f": (0.0, 1.0), "o": (0.0, 1.0), "g": (-1.0, 1.0), "h": (-1.0, 1.0)}
+SCALES = {"i": (0.0, 1.0), "f": (0.0, 1.0), "o": (0.0, 1.0), "z": (0.0, 1.0), "r": (0.0, 1.0),
+          "g": (-1.0, 1.0), "h": (-1.0, 1.0)}  # every cell's quantities but C (scaled per unit)
 SAMPLED_UNITS = 32  # units per layer compressed to estimate a precision's size
 PAGE_FILES = ("page.html", "page.css", "page.js")
 SHARED_FILES = ("render.css", "render.js")  # in the core's textgen/page_assets/

@@ -2,7 +2,8 @@
 
 npz (numpy's own format, loads with `np.load(path)`, no pickle): `chars` and `vocab` as arrays
 of single characters, `ids`, `top_ids`, `top_probs`, `surprisal`, `layer<n>_<q>` (time, units)
-float32 for q in i, f, g, o, c, h, `skipped_chars` / `skipped_counts`, and `header`, a JSON
+float32 for q in the cell's quantities (the header's `quantities`: i, f, g, o, c, h for the LSTM;
+z, r, g, h for the GRU), `skipped_chars` / `skipped_counts`, and `header`, a JSON
 string (run, checkpoint, source, notices, ranked cells). JSON: one ASCII object with the same
 content, numbers rounded to 6 decimals, the NaN surprisal of the last character as null. Both are written
 to a temporary file and renamed into place, so an existing file is never left half-written.
@@ -21,7 +22,8 @@ from textgen.atomic import atomic_write_stream
 from textgen.trace import Trace
 
 FORMAT = "textgen-trace"
-VERSION = 1
+VERSION = 2  # 2: the header names the cell, its quantities and gates, and its per-unit weights
+# (issue 28; `layer<n>_<q>` for the cell's own q); version 1 had the LSTM's i, f, g, o, c, h alone
 
 
 def _json_rows(f: TextIO, array: np.ndarray) -> None:

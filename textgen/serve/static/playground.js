@@ -64,7 +64,34 @@ function addSpans(parent, text, info, className) {
   parent.appendChild(fragment);
 }
 
-const QUANTITY_NAMES = { c: "C", h: "h", i: "input gate", f: "forget gate", g: "candidate C\u0303", o: "output gate" };
+// the LSTM's quantities; a served run names its cell's own (/v1/models: textgen.quantities)
+const LSTM_QUANTITIES = { c: "cell", h: "hidden", i: "input gate", f: "forget gate", g: "candidate", o: "output gate" };
+const SYMBOLS = { gru: { g: "h\u0303" } }; // where a cell's symbol differs from the LSTM's
+
+// {quantity: name} of the chosen run's cell, in its order
+function modelQuantities() {
+  const option = $("model").selectedOptions[0];
+  return option && option.dataset.quantities ? JSON.parse(option.dataset.quantities) : LSTM_QUANTITIES;
+}
+
+function modelCell() {
+  const option = $("model").selectedOptions[0];
+  return (option && option.dataset.cell) || "lstm";
+}
+
+function quantityName(q) {
+  const symbol = { ...R.SYMBOL, ...(SYMBOLS[modelCell()] || {}) }[q] || q;
+  return `${symbol} (${modelQuantities()[q] || q})`;
+}
+
+// The quantity choices of the chosen run's cell; keeps the choice where the cell has it, else
+// its cell state C, else h (what the trace API picks by default)
+function showQuantities() {
+  const select = $("cell-quantity"), quantities = modelQuantities(), before = select.value;
+  select.textContent = "";
+  for (const q of Object.keys(quantities)) select.add(new Option(quantityName(q), q));
+  select.value = before in quantities ? before : "c" in quantities ? "c" : "h";
+}
 let cellTrace = null; // the last /v1/trace answer, while it matches the text on the page
 let traceSerial = 0; // the latest trace request's number: only its answer (or failure) is shown
 
@@ -97,7 +124,7 @@ function repaint() {
   $("cell-legend").hidden = !values;
   if (values) {
     const q = cellTrace.quantity, scale = R.scaleOf(q);
-    $("cell-name").textContent = `layer ${cellTrace.layer} unit ${cellTrace.unit}, ${QUANTITY_NAMES[q]}`;
+    $("cell-name").textContent = `layer ${cellTrace.layer} unit ${cellTrace.unit}, ${quantityName(q)}`;
     const high = q === "c" ? cellTrace.scale : 1;
     $("cell-low").textContent = scale === "gate" ? "0" : (-high).toFixed(2);
     $("cell-high").textContent = high.toFixed(2);
@@ -113,7 +140,8 @@ function showCard(span) {
     .sort((a, b) => b[1] - a[1]) : [];
   const values = tracedValues() && cellTrace.unit_values;
   const unit = values ? { label: `layer ${cellTrace.layer} \u00b7 unit ${cellTrace.unit}`,
-    values: Object.fromEntries(Object.entries(values).map(([q, column]) => [q, column[span.index]])) } : null;
+    values: Object.fromEntries(Object.entries(values).map(([q, column]) => [q, column[span.index]])),
+    symbols: SYMBOLS[modelCell()] } : null;
   R.fillCard($("card"), { ch: span.textContent, where: `#${span.index + 1}`,
     bits: span.lp === undefined ? null : bits(span.lp), guesses, unit });
   R.placeCard($("card"), span);
@@ -177,7 +205,7 @@ async function traceOutput() {
     $("cell-unit").value = answer.unit;
     showCells(answer.cells);
     repaint();
-    setStatus(`coloured by layer ${answer.layer} unit ${answer.unit}, ${QUANTITY_NAMES[answer.quantity]}`);
+    setStatus(`coloured by layer ${answer.layer} unit ${answer.unit}, ${quantityName(answer.quantity)}`);
   } catch (error) {
     if (serial !== traceSerial) return;
     forgetTrace(); // a failed request leaves no cells of an earlier text behind
@@ -220,6 +248,8 @@ async function loadModels() {
     option.textContent = model.id;
     option.dataset.info = describe(model.textgen || {});
     option.dataset.maxTrace = (model.textgen && model.textgen.max_trace) || "";
+    option.dataset.cell = (model.textgen && model.textgen.cell) || "lstm";
+    if (model.textgen && model.textgen.quantities) option.dataset.quantities = JSON.stringify(model.textgen.quantities);
     select.appendChild(option);
   }
   showModelInfo();
@@ -228,13 +258,15 @@ async function loadModels() {
 function describe(info) {
   if (!info.units) return "";
   const bpc = info.best_val_bpc == null ? "" : `, best ${info.best_val_bpc.toFixed(3)} bpc`;
-  return `${info.layers} \u00d7 ${info.units} LSTM, ${info.vocab_size} characters, ` +
+  const cell = !info.cell || info.cell === "lstm" ? "LSTM" : info.cell;
+  return `${info.layers} \u00d7 ${info.units} ${cell}, ${info.vocab_size} characters, ` +
     `${info.steps.toLocaleString()} steps${bpc}`;
 }
 
 function showModelInfo() {
   const option = $("model").selectedOptions[0];
   $("model-info").textContent = option ? option.dataset.info : "";
+  showQuantities();
 }
 
 function requestBody() {

@@ -5,8 +5,10 @@
 // (TextgenRender, textgen/page_assets/render.js, inlined before this script).
 
 const TYPES = { uint8: Uint8Array, uint16: Uint16Array, uint32: Uint32Array, float32: Float32Array };
-const R = TextgenRender, SYMBOL = R.SYMBOL;
-const MEANING = {
+const R = TextgenRender;
+// what each quantity means, for the legend: the LSTM family's (lstm, peephole, cifg) and the GRU's;
+// any other cell's quantities are named by the cell itself (header.quantity_names)
+const LSTM_MEANING = {
   surprisal: "bits of surprise at each character",
   i: "input gate: 0 = write nothing, 1 = write C\u0303",
   f: "forget gate: 0 = forget C, 1 = keep it",
@@ -15,7 +17,24 @@ const MEANING = {
   c: "cell state C (this unit's own range)",
   h: "hidden state h = o \u00b7 tanh(C)",
 };
-const GATES = ["i", "f", "o"];
+const GRU_MEANING = {
+  surprisal: LSTM_MEANING.surprisal,
+  z: "update gate: 0 = take h\u0303, 1 = keep h",
+  r: "reset gate: 0 = ignore h in h\u0303, 1 = use it",
+  g: "candidate h\u0303, what h would become",
+  h: "hidden state h = z \u00b7 h + (1 \u2212 z) \u00b7 h\u0303",
+};
+const GRU_SYMBOL = { g: "h\u0303" };
+// set from the header by `cellOf` (the trace's cell: its quantities, gates, names)
+let MEANING = LSTM_MEANING, GATES = ["i", "f", "o"], SYMBOL = R.SYMBOL;
+
+function cellOf(header) {
+  const gru = header.cell === "gru", names = header.quantity_names || {};
+  MEANING = { surprisal: LSTM_MEANING.surprisal };
+  for (const q of header.quantities) MEANING[q] = (gru ? GRU_MEANING : LSTM_MEANING)[q] || names[q] || q;
+  GATES = header.sigmoid_gates || ["i", "f", "o"];
+  SYMBOL = gru ? { ...R.SYMBOL, ...GRU_SYMBOL } : R.SYMBOL;
+}
 
 const $ = (id) => document.getElementById(id);
 
@@ -108,6 +127,9 @@ class Page {
     const layer = $("layer");
     for (let k = 0; k < this.header.layers; k++) layer.add(new Option(String(k), String(k)));
     $("unit").max = this.header.units - 1;
+    for (const q of this.header.quantities) {  // the cell's own quantities, in its order
+      $("quantity").add(new Option(`${SYMBOL[q] || q}: ${MEANING[q].split(/[:,(]| =/)[0].trim()}`, q));
+    }
     $("quantity").addEventListener("change", (e) => this.select({ quantity: e.target.value }));
     layer.addEventListener("change", (e) => this.select({ layer: Number(e.target.value) }));
     $("unit").addEventListener("input", (e) => {
@@ -220,7 +242,7 @@ class Page {
 
   range(quantity, layer, unit) {
     if (quantity === "c") { const m = this.header.c_scale[layer][unit]; return [-m, m]; }
-    return quantity === "g" || quantity === "h" ? [-1, 1] : [0, 1];
+    return GATES.includes(quantity) ? [0, 1] : [-1, 1];
   }
 
   value(quantity, layer, unit, t) {
@@ -284,6 +306,14 @@ class Page {
     return Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(this.header.bits >= 6 ? 3 : 2);
   }
 
+  // the unit's own per-unit weights beside its kernels (the peepholes w_ci, w_cf, w_co; the
+  // GRU's b_h rows), as the card's label shows them: "" for a cell without any
+  unitWeights(layer, unit) {
+    const weights = (this.header.unit_weights || [])[layer] || {}, rows = this.header.unit_weight_rows || {};
+    return Object.entries(weights).map(([name, values]) => ` \u00b7 ${name} ` +
+      values.map((row, k) => `${(rows[name] || [])[k] || k} ${this.format(row[unit])}`).join(" ")).join("");
+  }
+
   showTooltip(t) {
     const { layer, unit } = this.state, header = this.header, k = header.top_k;
     const guesses = Array.from({ length: k }, (_, j) =>
@@ -293,7 +323,8 @@ class Page {
     R.fillCard($("tooltip"), {
       ch: this.chars[t], where: `#${t + 1} \u00b7 line ${this.line[t]}, column ${this.column[t]}`,
       bits: t > 0 ? this.arrays.surprisal[t - 1] : null, guesses,
-      unit: { label: `layer ${layer} \u00b7 unit ${unit}`, values }, format: (x) => this.format(x),
+      unit: { label: `layer ${layer} \u00b7 unit ${unit}${this.unitWeights(layer, unit)}`, values,
+        symbols: SYMBOL }, format: (x) => this.format(x),
     });
     R.placeCard($("tooltip"), this.spans[t]);
   }
@@ -301,6 +332,7 @@ class Page {
 
 async function main() {
   const header = JSON.parse($("header").textContent);
+  cellOf(header);
   if (typeof DecompressionStream === "undefined") {
     throw new Error("this browser cannot inflate the embedded data (no DecompressionStream); " +
       "open the page in a current browser");
