@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -63,13 +64,19 @@ def ensure_base(corpora: Path, base: str, minutes: float, runs: Path) -> Path:
 
 
 def side_by_side(commands: list[list[str]]) -> float:
-    """Run the commands at once; the wall-clock minutes until the last one ends."""
-    for command in commands:
-        print("+", " ".join(command), flush=True)
+    """Run the commands side by side, each pinned to a core of its own (`taskset`), as many at
+    once as there are cores: each contender is a one-core machine, and no process's threads
+    crowd another's. Returns the wall-clock minutes until the last one ends."""
+    cores = sorted(os.sched_getaffinity(0))
     start = time.monotonic()
-    processes = [subprocess.Popen(command) for command in commands]
-    if any(process.wait() != 0 for process in processes):
-        raise SystemExit("a training run failed (see its output above)")
+    for first in range(0, len(commands), len(cores)):
+        batch = commands[first:first + len(cores)]
+        for command in batch:
+            print("+", " ".join(command), flush=True)
+        processes = [subprocess.Popen(["taskset", "-c", str(core), *command])
+                     for core, command in zip(cores, batch)]
+        if any(process.wait() != 0 for process in processes):
+            raise SystemExit("a training run failed (see its output above)")
     return (time.monotonic() - start) / 60
 
 
@@ -140,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.workdir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     print(f"{cpu_model()}; new bases {args.base_minutes:g} min, targets {args.minutes} min, "
-          f"side by side in pairs; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
+          f"each on one core; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
     rows = []
     for pair in args.pairs:
         base, target = pair.split(":")
