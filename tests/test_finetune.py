@@ -7,10 +7,12 @@ and shows in `info`, a fine-tuned run serves as a base and loads in `sample`, `e
 import json
 import shutil
 
+import httpx
 import numpy as np
 import pytest
 
 from conftest import describe, invoke, train_run
+from serve_process import Server
 from textgen import checkpoint as ckpt
 from textgen.config import ModelConfig
 from textgen.finetune import (calibrated_biases, merge_vocabulary, model_config, preset_options)
@@ -164,6 +166,17 @@ def test_a_finetuned_run_is_a_base_and_loads_everywhere(place, tmp_path):
     traced = invoke("viz", second, "--runs-dir", runs, "--prime", "DEB face q", "--format", "json",
                     "--out", tmp_path / "trace.json")
     assert traced.exit_code == 0 and (tmp_path / "trace.json").stat().st_size > 0, describe(traced)
+    greedy = invoke("sample", second, "--runs-dir", runs, "--temp", "0", "--prime", "DEB", "--length", 30)
+    assert greedy.exit_code == 0, describe(greedy)
+    server = Server(second, "--runs-dir", runs)  # a real server on 127.0.0.1 serves the fine-tuned run
+    try:
+        url = server.wait_ready()
+        reply = httpx.post(f"{url}/v1/completions", timeout=120,
+                           json={"prompt": "DEB", "max_tokens": 30, "temperature": 0})
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["choices"][0]["text"] == greedy.stdout.rstrip("\n")[len("DEB"):]
+    finally:
+        server.stop()
 
 
 def test_a_finetuned_gru_keeps_its_bases_cell_and_recurrent_weights(place):
