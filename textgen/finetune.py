@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from textgen.config import PRESETS, FinetuneConfig, ModelConfig
+from textgen.config import FinetuneConfig, ModelConfig, apply_preset
 from textgen.errors import TextgenError
 from textgen.vocab import UNKNOWN, Vocabulary
 
@@ -35,13 +35,9 @@ def preset_options(name: str | None, model_options: dict, train_options: dict) -
     """`config.apply_preset` for a fine-tuning run: the preset's regularisation and batching
     apply, its shape and learning rate do not (the shape is the base run's, and a fine-tuning
     run's learning rate defaults to `FinetuneConfig.learning_rate`). Explicit options win."""
-    if name is None:
-        return model_options, train_options
-    if name not in PRESETS:
-        raise TextgenError(f"unknown --preset {name!r}; choose one of {', '.join(PRESETS)}")
-    preset = PRESETS[name]
-    model = {k: v for k, v in preset["model"].items() if k in REGULARISATION}
-    train = {k: v for k, v in preset["train"].items() if k != "learning_rate"}
+    preset_model, preset_train = apply_preset(name, {}, {})  # the preset's own options (none: {})
+    model = {k: v for k, v in preset_model.items() if k in REGULARISATION}
+    train = {k: v for k, v in preset_train.items() if k != "learning_rate"}
     return {**model, **model_options}, {**train, **train_options}
 
 
