@@ -1,8 +1,9 @@
 """Every cell through the CLI (`textgen train --cell X`): a tiny run trains and records its
 cell, `sample --temp 0` is the greedy decoding of the model's own sequence path, `eval` gives the
 whole-text cross-entropy, a stopped run resumes exactly (recurrent dropout and weight decay on)
-and keeps its cell, and `export --format savedmodel` passes its own check against textgen.
-Also the model-level contracts per cell: `step` = `call`, parameter counts, weight decay's reach.
+and keeps its cell (each cell's exports: tests/test_cells_downstream.py); the experiment-only
+cells train, sample and evaluate. Also the model-level contracts per cell: `step` = `call`,
+parameter counts, weight decay's reach.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import describe, invoke, train_run
+from conftest import TINY, describe, invoke, train_run
 
 from textgen.cell import CELLS
-from textgen.config import CELL_NAMES, ModelConfig
+from textgen.config import CELL_NAMES, EXPERIMENT_CELLS, ModelConfig
 from textgen.inference import load_run
 from textgen.model import build_model, count_params
 from textgen.steps import make_optimizer
@@ -90,9 +91,14 @@ def test_a_cell_trains_samples_evaluates_and_resumes_exactly(cell, corpus_file, 
                     "--steps", 7, "--quiet")  # a run keeps its cell
     assert result.exit_code != 0 and f"cell: '{cell}' -> '{other}'" in result.output, describe(result)
 
-    # sample --temp 0 is greedy decoding through the model's sequence path (`call`)
-    result = invoke("sample", whole, "--checkpoint", "last", "--prime", "the ", "--temp", 0,
-                    "--length", 12)
+    assert_sample_is_greedy_and_eval_is_cross_entropy(whole, loaded, tmp_path)
+
+
+def assert_sample_is_greedy_and_eval_is_cross_entropy(run, loaded, tmp_path):
+    """`sample --temp 0` is greedy decoding through the model's sequence path (`call`), and
+    `eval` gives the whole text's cross-entropy as one call of the model computes it."""
+    result = invoke("sample", run, "--runs-dir", run.parent, "--checkpoint", "last", "--prime", "the ",
+                    "--temp", 0, "--length", 12)
     assert result.exit_code == 0, describe(result)
     model, vocab = loaded.model, loaded.vocab
     ids = list(vocab.encode("the "))
@@ -101,10 +107,9 @@ def test_a_cell_trains_samples_evaluates_and_resumes_exactly(cell, corpus_file, 
         ids.append(int(np.argmax(logits[0, -1])))
     assert result.stdout.strip("\n") == vocab.decode(ids)
 
-    # eval: the whole text's cross-entropy, as one call of the model computes it
     text = "the cat sat on the mat\n" * 3
     (tmp_path / "held.txt").write_text(text, encoding="utf-8")
-    result = invoke("eval", whole, tmp_path / "held.txt", "--checkpoint", "last", "--quiet")
+    result = invoke("eval", run, tmp_path / "held.txt", "--runs-dir", run.parent, "--checkpoint", "last", "--quiet")
     assert result.exit_code == 0, describe(result)
     bpc = float(result.stdout.splitlines()[1].split()[1])
     ids = vocab.encode(text).astype(np.int32)[None, :]
@@ -112,10 +117,13 @@ def test_a_cell_trains_samples_evaluates_and_resumes_exactly(cell, corpus_file, 
     nats = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=ids[:, 1:], logits=logits)
     assert bpc == pytest.approx(float(tf.reduce_mean(nats)) / math.log(2), abs=1e-3)
 
-    # export: the SavedModel's step is checked against textgen's logits by the command itself
-    result = invoke("export", whole, "--checkpoint", "last", "--format", "savedmodel", "--out", tmp_path / "sm")
-    assert result.exit_code == 0, describe(result)
-    assert "checked with tensorflow" in result.output
+
+@pytest.mark.parametrize("cell", EXPERIMENT_CELLS)
+def test_an_experiment_cell_trains_samples_and_evaluates(cell, corpus_file, tmp_path):
+    run = train_run(tmp_path, corpus_file, cell, TINY + ["--cell", cell])
+    loaded = load_run(str(run), run.parent, "last")
+    assert loaded.model.cell_kind.name == cell
+    assert_sample_is_greedy_and_eval_is_cross_entropy(run, loaded, tmp_path)
 
 
 def test_an_unknown_cell_is_one_line():

@@ -1,7 +1,8 @@
 """Tests for the peephole and CIFG cells (`textgen.lstm_variants`) and their fused loops
-(`textgen.recurrent_variants`): the fused path against autodiff of the reference cell, values and
-gradients, with and without a recurrent dropout mask; each cell against the LSTM it generalises
-or couples; the cell layers' contracts.
+(`textgen.recurrent_variants`), and for Greff's experiment-only ablations nfg and noaf
+(`textgen.lstm_ablations`): the fused path against autodiff of the reference cell, values and
+gradients, with and without a recurrent dropout mask; each cell against the LSTM it generalises,
+couples or cuts; the cell layers' contracts.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import pytest
 import tensorflow as tf
 
 from textgen.cell import LSTMCell, cell_kind
+from textgen.lstm_ablations import NFGCell, NOAFCell
 from textgen.lstm_variants import CIFGCell, PeepholeLSTMCell
 from textgen.recurrent import LSTMLayer
 
 UNITS, INPUT_DIM, BATCH, STEPS = 6, 4, 3, 10
 TOL = 2e-5
-CELLS = ("peephole", "cifg")
+CELLS = ("peephole", "cifg", "nfg", "noaf")
 
 
 def _weights(cell: str, rng):
@@ -161,7 +163,40 @@ def test_cifg_is_the_lstm_whose_input_gate_is_the_negated_forget_gate():
     assert _diff(cifg_rnn(x), lstm(x)) < 1e-5
 
 
-@pytest.mark.parametrize("cls", [PeepholeLSTMCell, CIFGCell])
+def test_nfg_is_the_lstm_with_its_forget_gate_held_at_one():
+    """An LSTM whose forget block reads nothing and has bias 100 (sigmoid = 1.0 in float32)
+    computes nfg with the same i, c, o weights; nfg has three blocks i, c, o."""
+    nfg = NFGCell(UNITS)
+    nfg_rnn = keras.layers.RNN(nfg, return_sequences=True)
+    x = tf.random.normal((BATCH, STEPS, INPUT_DIM), seed=3)
+    nfg_rnn(x)
+    assert nfg.kernel.shape == (INPUT_DIM, 3 * UNITS)
+    rng = np.random.default_rng(6)
+    weights = [rng.normal(scale=0.5, size=w.shape).astype(np.float32) for w in nfg_rnn.get_weights()]
+    nfg_rnn.set_weights(weights)
+    lstm = keras.layers.RNN(LSTMCell(UNITS), return_sequences=True)
+    lstm(x)
+
+    def as_lstm(w, forget):  # (…, 3*units) i, c, o -> (…, 4*units) i, f, c, o
+        return np.concatenate([w[..., :UNITS], np.full_like(w[..., :UNITS], forget), w[..., UNITS:]], axis=-1)
+
+    lstm.set_weights([as_lstm(weights[0], 0.0), as_lstm(weights[1], 0.0), as_lstm(weights[2], 100.0)])
+    assert _diff(nfg_rnn(x), lstm(x)) < 1e-5
+
+
+def test_the_noaf_step_has_no_tanh_on_the_output():
+    """Against the equations in numpy: h_t = o_t * C_t."""
+    rng = np.random.default_rng(12)
+    z = rng.normal(size=(2, 4 * UNITS)).astype(np.float32)
+    c_prev = rng.normal(size=(2, UNITS)).astype(np.float32)
+    sig = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
+    zi, zf, zc, zo = np.split(z, 4, axis=-1)
+    c = sig(zf) * c_prev + sig(zi) * np.tanh(zc)
+    got_h, got_c = cell_kind("noaf").step(tf.constant(z), (tf.zeros((2, UNITS)), tf.constant(c_prev)))
+    assert _diff(got_h, sig(zo) * c) < 1e-6 and _diff(got_c, c) < 1e-6
+
+
+@pytest.mark.parametrize("cls", [PeepholeLSTMCell, CIFGCell, NFGCell, NOAFCell])
 def test_the_cells_serialise_and_refuse_bad_units(cls):
     cell = cls(5, name="c")
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(cell))
@@ -175,5 +210,5 @@ def test_auto_keeps_cudnn_for_the_lstm_and_runs_the_variants_fused_on_a_gpu(monk
 
     monkeypatch.setattr(recurrent, "gpu_available", lambda: True)
     assert LSTMLayer(UNITS, cell="lstm").path == "cudnn"
-    assert [LSTMLayer(UNITS, cell=cell).path for cell in CELLS] == ["fused", "fused"]
+    assert [LSTMLayer(UNITS, cell=cell).path for cell in CELLS] == ["fused"] * len(CELLS)
     assert LSTMLayer(UNITS, lstm_path="rnn", cell="cifg").path == "rnn"

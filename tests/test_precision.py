@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -55,19 +57,29 @@ def test_mixed_precision_matches_float32_with_float32_weights_logits_and_loss(pr
         assert np.linalg.norm(g - g32) < GRAD_TOLERANCE[precision] * np.linalg.norm(g32) + 1e-6
 
 
+MIXED_COMMON = ["--units", "32", "--embedding-dim", "8", "--num-layers", "2", "--batch-size", "8",
+                "--seq-len", "16", "--eval-every", "40", "--eval-batches", "2", "--seed", "5",
+                "--learning-rate", "1e-2", "--warmup-steps", "0", "--steps", "80", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def float32_run(corpus_file, tmp_path_factory) -> Path:
+    """The float32 run both mixed-precision runs are compared with (trained once)."""
+    runs = tmp_path_factory.mktemp("float32") / "runs"
+    result = invoke("train", corpus_file, "--runs-dir", runs, "--name", "f32", *MIXED_COMMON)
+    assert result.exit_code == 0, describe(result)
+    return runs / "f32"
+
+
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
-def test_mixed_precision_run_trains_resumes_and_samples_in_float32(corpus_file, tmp_path, precision):
+def test_mixed_precision_run_trains_resumes_and_samples_in_float32(corpus_file, tmp_path, precision, float32_run):
     """Trained long enough to learn (bpc far below the untrained model's), mixed precision ends
     close to float32 - closer than the tolerance, which an untrained model does not meet."""
     runs = tmp_path / "runs"
-    common = ["--units", "32", "--embedding-dim", "8", "--num-layers", "2", "--batch-size", "8",
-              "--seq-len", "16", "--eval-every", "40", "--eval-batches", "2", "--seed", "5",
-              "--learning-rate", "1e-2", "--warmup-steps", "0", "--quiet"]
-    for name, extra in (("f32", []), ("mixed", ["--precision", precision])):
-        result = invoke("train", corpus_file, "--runs-dir", runs, "--name", name, "--steps", "80",
-                        *common, *extra)
-        assert result.exit_code == 0, describe(result)
-    bpc = {name: read_run_meta(runs / name)["best_val_bpc"] for name in ("f32", "mixed")}
+    result = invoke("train", corpus_file, "--runs-dir", runs, "--name", "mixed", *MIXED_COMMON,
+                    "--precision", precision)
+    assert result.exit_code == 0, describe(result)
+    bpc = {name: read_run_meta(path)["best_val_bpc"] for name, path in (("f32", float32_run), ("mixed", runs / "mixed"))}
     untrained = np.log2(CONFIG_VOCAB)  # what the step-0 model scores, near uniform guessing
     assert bpc["f32"] < 0.6 * untrained, bpc  # both really learned
     tolerance = 0.1 * bpc["f32"]

@@ -24,7 +24,8 @@ cell by tests/test_recurrent.py::test_fused_and_rnn_paths_agree_forward and
 ::test_fused_and_rnn_paths_agree_gradients (the "rnn" path runs `LSTMCell`, hence `LSTM.step`).
 
 The registry `CELLS` holds every cell `textgen train --cell` offers: "lstm" (this one),
-"peephole" and "cifg" (`textgen.lstm_variants`), "gru" (`textgen.gru`); `textgen.config.CELL_NAMES` lists the same
+"peephole" and "cifg" (`textgen.lstm_variants`), "gru" (`textgen.gru`), and the experiment-only
+"nfg" and "noaf" (`textgen.lstm_ablations`); `textgen.config.CELL_NAMES` lists the same
 names for validation without TensorFlow (tests/test_cell.py holds the two equal).
 """
 
@@ -35,6 +36,7 @@ import tensorflow as tf
 
 from textgen.cell_base import CellKind, GatedCell, gate_activations, zero_state
 from textgen.gru import GRU
+from textgen.lstm_ablations import NFG, NOAF
 from textgen.lstm_variants import CIFG, PEEPHOLE
 
 __all__ = ["CELLS", "DEFAULT_CELL", "GATE_ORDER", "LSTM", "CellKind", "LSTMCell", "LSTMKind", "cell_kind",
@@ -109,7 +111,7 @@ class LSTMCell(GatedCell):
 
 
 LSTMKind.layer_class = LSTMCell
-CELLS = {kind.name: kind for kind in (LSTM, PEEPHOLE, CIFG, GRU)}
+CELLS = {kind.name: kind for kind in (LSTM, PEEPHOLE, CIFG, GRU, NFG, NOAF)}
 
 
 def cell_kind(name: str) -> CellKind:

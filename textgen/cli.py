@@ -135,7 +135,7 @@ def main():
 @click.option("--name", help="Run name under --runs-dir (default: a timestamp; with --resume: the latest run).")
 @click.option("--resume", is_flag=True, help="Continue the run given by --name (default: the latest) where it stopped.")
 @click.option("--runs-dir", default=RUNS_DIR, show_default=True, help="Where run directories live.")
-@click.option("--cell", type=click.Choice(CELL_NAMES), default=_M.cell, show_default=True, help="Recurrent cell: lstm (the textbook equations), peephole (its gates also read the cell state), cifg (input gate = 1 - forget gate: a quarter fewer gate weights), gru (Keras's reset_after GRU: state h alone, three gate blocks). A run keeps its cell when resumed.")
+@click.option("--cell", type=click.Choice(CELL_NAMES), default=_M.cell, show_default=True, help="Recurrent cell: lstm (the textbook equations), peephole (its gates also read the cell state), cifg (input gate = 1 - forget gate: a quarter fewer gate weights), gru (Keras's reset_after GRU: state h alone, three gate blocks); for experiments, Greff's ablations nfg (forget gate fixed at 1) and noaf (h = o * C, no tanh). A run keeps its cell when resumed.")
 @click.option("--embedding-dim", type=click.IntRange(1), default=_M.embedding_dim, show_default=True, help="Size of the character embedding.")
 @click.option("--units", type=click.IntRange(1), default=_M.units, show_default=True, help="LSTM units per layer.")
 @click.option("--num-layers", type=click.IntRange(1), default=_M.num_layers, show_default=True, help="Stacked LSTM layers.")

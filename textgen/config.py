@@ -29,8 +29,12 @@ HEAD_BIASES = ("unigram", "zeros")  # how the output layer's bias starts (TrainC
 MAX_SAMPLES = 10_000  # --num-samples: samples are generated side by side, one batch row each
 # the cells `--cell` offers (textgen.cell.CELLS registers the same names; tests/test_cells_cli.py holds
 # them equal): name -> (gate blocks side by side in the kernels, per-unit weight vectors beside them)
-CELL_SHAPES = {"lstm": (4, 0), "peephole": (4, 3), "cifg": (3, 0), "gru": (3, 3)}  # gru: its 2nd bias row
+CELL_SHAPES = {"lstm": (4, 0), "peephole": (4, 3), "cifg": (3, 0), "gru": (3, 3),  # gru: its 2nd bias row
+               "nfg": (3, 0), "noaf": (4, 0)}
 CELL_NAMES = tuple(CELL_SHAPES)
+# Greff et al.'s harmful ablations (textgen.lstm_ablations), for bench/cells.py: they train, sample and
+# evaluate like any cell, but only the other four are held to every downstream command
+EXPERIMENT_CELLS = ("nfg", "noaf")
 
 
 @dataclass

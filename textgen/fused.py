@@ -16,6 +16,34 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+# CPU matrix products slow down by up to ~1.8x when an operand's rows lie a multiple of 4 KiB apart
+# (every row then maps to the same cache sets, "4K aliasing"): the LSTM's 4 x 256 float32 gate
+# columns are exactly that. Padded with a few zero columns, the same product runs at full speed
+# (bench/RESULTS.md, "4K aliasing"); the padding is sliced off again, so the values are the same.
+ALIAS_BYTES = 4096
+PAD_COLUMNS = 16
+
+
+def alias_padding(matrix: tf.Tensor) -> int:
+    """Zero columns to add to `matrix` (..., n) so that its rows are not a multiple of 4 KiB apart."""
+    columns = matrix.shape[-1]
+    return PAD_COLUMNS if columns is not None and (columns * tf.as_dtype(matrix.dtype).size) % ALIAS_BYTES == 0 else 0
+
+
+def pad_columns(matrix: tf.Tensor) -> tf.Tensor:
+    """`matrix` (k, n) with `alias_padding` zero columns after its n (unchanged if none)."""
+    pad = alias_padding(matrix)
+    return matrix if not pad else tf.pad(matrix, [[0, 0], [0, pad]])
+
+
+def matmul_unaliased(a: tf.Tensor, b: tf.Tensor, transpose_a: bool = False) -> tf.Tensor:
+    """a @ b (a^T @ b with `transpose_a`), computed with b's columns padded where their row stride
+    would alias (`alias_padding`); the same (…, n) result. Autodiff pads the gradients alike."""
+    pad = alias_padding(b)
+    if not pad:
+        return tf.matmul(a, b, transpose_a=transpose_a)
+    return tf.matmul(a, pad_columns(b), transpose_a=transpose_a)[:, :b.shape[-1]]
+
 
 def swap_time_batch(x: tf.Tensor) -> tf.Tensor:
     """(batch, time, features) <-> (time, batch, features)."""
@@ -35,9 +63,12 @@ def forward_loop(proj_tm, h0, c0, recurrent_kernel, mask, cell_fn, stored_count:
     """
     steps = tf.shape(proj_tm)[0]
     stored = [tf.TensorArray(proj_tm.dtype, size=steps) for _ in range(stored_count)]
+    width = recurrent_kernel.shape[-1]
+    kernel = pad_columns(recurrent_kernel)  # once, outside the loop (`alias_padding`)
 
     def body(t, h, c, *stored):
-        z = proj_tm[t] + tf.matmul(h if mask is None else h * mask, recurrent_kernel)  # (batch, blocks*units)
+        h_u = tf.matmul(h if mask is None else h * mask, kernel)
+        z = proj_tm[t] + (h_u if kernel is recurrent_kernel else h_u[:, :width])  # (batch, blocks*units)
         values = cell_fn(z, c)
         return (t + 1, values[0], values[1]) + tuple(ta.write(t, v) for ta, v in zip(stored, values))
 
@@ -78,8 +109,9 @@ def backward_loop(upstream, hs, h0, c0, recurrent_kernel, mask, coefficients, bl
     units = tf.shape(h0)[-1]
     # dU = sum_t h_{t-1}^T dz_t: h_0's term plus one matmul over the stored h_1..h_{T-1}
     # (slices along time are free; concatenating h_0 in front would copy them all).
-    d_kernel = tf.matmul(masked(h0), dz_all[0], transpose_a=True) + tf.matmul(
-        tf.reshape(masked(hs[:-1]), (-1, units)), tf.reshape(dz_all[1:], (-1, len(blocks) * units)),
+    width = recurrent_kernel.shape[-1]
+    d_kernel = tf.matmul(masked(h0), dz_all[0], transpose_a=True) + matmul_unaliased(
+        tf.reshape(masked(hs[:-1]), (-1, units)), tf.reshape(dz_all[1:], (-1, width)),
         transpose_a=True)  # (units, blocks*units)
     return dz_all, d_h0, d_c0, d_kernel
 

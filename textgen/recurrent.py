@@ -28,7 +28,8 @@ import keras
 import tensorflow as tf
 
 from textgen.cell import cell_kind, gate_activations
-from textgen.fused import backward_loop, forward_loop, previous_cells, swap_time_batch
+from textgen.fused import backward_loop, forward_loop, matmul_unaliased, previous_cells, swap_time_batch
+from textgen.lstm_ablations import nfg_time_major, noaf_time_major
 from textgen.recurrent_gru import cudnn_gru_sequence, gru_time_major
 from textgen.recurrent_variants import cifg_time_major, peephole_time_major
 
@@ -156,7 +157,7 @@ def _lstm_with_gradient(proj_tm, h0, c0, recurrent_kernel, mask):
 # cell name -> its fused loop: f(proj_tm, states, recurrent_kernel, extras, mask) ->
 # (outputs (time, batch, units), new states)
 FUSED = {"lstm": lstm_time_major, "peephole": peephole_time_major, "cifg": cifg_time_major,
-         "gru": gru_time_major}
+         "gru": gru_time_major, "nfg": nfg_time_major, "noaf": noaf_time_major}
 
 
 @keras.saving.register_keras_serializable(package="textgen")
@@ -234,7 +235,7 @@ class LSTMLayer(keras.layers.Layer):
                 return (swap_time_batch(outputs) if time_major else outputs), list(states)
         features = tf.shape(inputs)[-1]
         # bias_add, not +: its gradient (BiasAddGrad) sums the rows faster than a broadcast's Sum
-        proj = tf.nn.bias_add(tf.matmul(tf.reshape(inputs, (-1, features)), self.cell.kernel),
+        proj = tf.nn.bias_add(matmul_unaliased(tf.reshape(inputs, (-1, features)), self.cell.kernel),
                               self.kind.input_bias(self.cell))  # (time*batch, blocks*units)
         proj = tf.reshape(proj, tf.concat([tf.shape(inputs)[:2], [-1]], axis=0))
         return self.run_projected(proj, initial_state, time_major=time_major, recurrent_mask=recurrent_mask)
