@@ -120,7 +120,8 @@ def test_preset_help_says_what_each_preset_sets():
         described = re.search(rf"{name} = (.*?)[;.](?: |$)", text).group(1)
         pairs = re.findall(r"--([a-z-]+) (\S+)", described)
         expected = {**preset["model"], **preset["train"]}
-        assert {k.replace("-", "_"): float(v) for k, v in pairs} == expected, name
+        number = re.compile(r"[-+]?[0-9.]+(e[-+]?[0-9]+)?")
+        assert {k.replace("-", "_"): float(v) if number.fullmatch(v) else v for k, v in pairs} == expected, name
 
 
 SAMPLE_RANGES = [  # (option, range the help states, a value inside, a value just outside)
