@@ -140,10 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             train_all(args.corpus_dir, corpus, missing_runs(runs, corpus, args.cells, args.seeds), args.minutes, runs)
         found = collect(runs, corpus, args.cells, held_out)
         if not args.report_only and not args.no_third_seed:
-            third = max(args.seeds) + 1
-            extra = sorted({(c, third) for cell in args.cells if needs_third_seed(
-                {k: [r["bpc"] for r in v] for k, v in found.items()}, cell) for c in (cell, "lstm")})
-            extra = [(cell, seed) for cell, seed in extra if (cell, seed) in missing_runs(runs, corpus, [cell], [seed])]
+            bpc = {cell: [r["bpc"] for r in results] for cell, results in found.items()}
+            close = [cell for cell in args.cells if needs_third_seed(bpc, cell)]
+            extra = missing_runs(runs, corpus, ["lstm", *close] if close else [], [max(args.seeds) + 1])
             if extra:
                 print(f"{corpus}: a third seed for {', '.join(cell for cell, _ in extra)}", flush=True)
                 train_all(args.corpus_dir, corpus, extra, args.minutes, runs)

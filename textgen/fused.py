@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-# CPU matrix products slow down by up to ~1.8x when an operand's rows lie a multiple of 4 KiB apart
+# CPU matrix products slow down by ~1.7-2x when an operand's rows lie a multiple of 4 KiB apart
 # (every row then maps to the same cache sets, "4K aliasing"): the LSTM's 4 x 256 float32 gate
 # columns are exactly that. Padded with a few zero columns, the same product runs at full speed
-# (bench/RESULTS.md, "4K aliasing"); the padding is sliced off again, so the values are the same.
+# (bench/RESULTS.md, "4 KiB aliasing"); the padding is sliced off again, so the values are the same.
 ALIAS_BYTES = 4096
 PAD_COLUMNS = 16
 
@@ -39,10 +39,9 @@ def pad_columns(matrix: tf.Tensor) -> tf.Tensor:
 def matmul_unaliased(a: tf.Tensor, b: tf.Tensor, transpose_a: bool = False) -> tf.Tensor:
     """a @ b (a^T @ b with `transpose_a`), computed with b's columns padded where their row stride
     would alias (`alias_padding`); the same (…, n) result. Autodiff pads the gradients alike."""
-    pad = alias_padding(b)
-    if not pad:
-        return tf.matmul(a, b, transpose_a=transpose_a)
-    return tf.matmul(a, pad_columns(b), transpose_a=transpose_a)[:, :b.shape[-1]]
+    padded = pad_columns(b)
+    product = tf.matmul(a, padded, transpose_a=transpose_a)
+    return product if padded is b else product[:, :b.shape[-1]]
 
 
 def swap_time_batch(x: tf.Tensor) -> tf.Tensor:

@@ -25,7 +25,7 @@ Backward passes (on `textgen.fused`'s loop; s_g is the gate's sigmoid slope):
 
 Experiment-only: `textgen train --cell nfg|noaf` trains, samples and evaluates them (they are cell
 kinds like any other), but only the four product cells are held to every downstream command by
-tests/test_cells_downstream.py. tests/test_lstm_ablations.py pins the fused loops to autodiff of
+tests/test_cells_downstream.py. tests/test_lstm_variants.py pins the fused loops to autodiff of
 the steps here.
 """
 
@@ -34,7 +34,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from textgen.cell_base import CellKind, GatedCell
+from textgen.cell_base import CellKind, GatedCell, gate_activations
 from textgen.fused import backward_loop, forward_loop, previous_cells
 from textgen.lstm_variants import LSTM_QUANTITIES, LSTM_QUANTITY_NAMES
 
@@ -51,8 +51,7 @@ def nfg_step(z, c_prev):
 def noaf_step(z, c_prev):
     """The no-output-activation equations from z (batch, 4*units: i, f, c, o) and C_{t-1}.
     Returns (h_t, C_t, i, f, C~, o)."""
-    z_i, z_f, z_c, z_o = tf.split(z, 4, axis=-1)
-    i, f, g, o = tf.sigmoid(z_i), tf.sigmoid(z_f), tf.tanh(z_c), tf.sigmoid(z_o)
+    i, f, g, o = gate_activations(z)
     c = f * c_prev + i * g
     return o * c, c, i, f, g, o
 
