@@ -72,6 +72,8 @@ def test_a_cell_trains_samples_evaluates_and_resumes_exactly(cell, corpus_file, 
     loaded = load_run(str(whole), whole.parent, "last")
     assert loaded.model.cell_kind.name == cell
     assert loaded.model.lstm_layers[0].cell.kernel.shape[-1] == CELLS[cell].gate_blocks * 16
+    info = invoke("info", whole, "--runs-dir", whole.parent)  # names the cell, not "LSTM" for every run
+    assert info.exit_code == 0 and f"model:            2 x 16 {cell.upper()}," in info.stdout, describe(info)
     if cell == "peephole":  # trained: the peepholes moved from zero
         assert np.abs(loaded.model.lstm_layers[0].cell.peephole.numpy()).max() > 0
     if cell == "gru":  # two bias rows, both trained from zero

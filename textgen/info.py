@@ -21,7 +21,7 @@ def describe_run(run: str | None, runs_dir: str | Path) -> str:
         ", ".join(corpus.get("paths", [])) or "unknown"
     lines = [
         f"run:              {run_dir}",
-        f"model:            {model.num_layers} x {model.units} LSTM, embedding {model.embedding_dim}, "
+        f"model:            {model.num_layers} x {model.units} {model.cell.upper()}, embedding {model.embedding_dim}, "
         f"dropout {model.dropout}, recurrent dropout {model.recurrent_dropout}, vocabulary {model.vocab_size}, "
         + (f"two-level softmax ({shortlist:,} frequent characters, then the rest)" if shortlist else "one softmax"),
         f"parameters:       {model.parameter_count():,}",
