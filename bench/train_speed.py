@@ -5,9 +5,9 @@ the same step: forward + backward + Adam (lr 2e-3) with global-norm gradient cli
 float32, mean sparse softmax cross-entropy from logits, the (h, c) state carried from one window
 to the next (truncated BPTT, as textgen's Trainer does).
 
-  cli      the real `textgen train` command: per-step time from two processes with step
-           budgets SHORT and LONG (start-up, compilation and the final validation cancel out);
-           what users get, reported first
+  cli      the real `textgen train` command, `--steps LONG`: per-step time from the run's own
+           TensorBoard log (the wall times of its steps from SKIP to LONG; start-up,
+           compilation and checkpoints left out); what users get, reported first
   textgen  the trainer's own compiled step, `textgen.steps.train_step` (via
            `build_training` + `compile_train_step`, the default lstm_path "auto"), with a flat
            learning rate like the others
@@ -220,15 +220,18 @@ class TorchContender:
 
 class CliContender:
     """The real `textgen train` process, as users run it: the same shape, batch and step (flat
-    learning rate, clip 5), on a random corpus of the shape's vocabulary. Per-step time comes
-    from two step budgets, `--steps SHORT` and `--steps LONG`, each a fresh process: the
-    difference of their wall times over LONG - SHORT steps leaves out start-up, compilation, the
-    first and last checkpoint and the final validation, which both runs pay alike."""
+    learning rate, clip 5), on a random corpus of the shape's vocabulary. One process of `--steps
+    LONG` per measurement; per-step time comes from the run's own TensorBoard log (`train/`
+    scalars, written every `log_every` = 10 steps with their wall times): from the first entry at
+    or after step SKIP to the last. That leaves out start-up, compilation and the first and last
+    checkpoints, which took ~20 s a process and varied by seconds (the first method, the wall
+    times of two processes of different lengths subtracted, swung 0.84-1.46 in per-repeat
+    ratios between cells on a quiet host)."""
 
     name = "cli"
     note = ""
 
-    def __init__(self, shape: Shape, seed: int, short: int, long: int, workdir: Path,
+    def __init__(self, shape: Shape, seed: int, skip: int, long: int, workdir: Path,
                  source: str | None = None, extra: tuple[str, ...] = ()):
         """`source`: a checkout of another textgen (its root folder) to run instead of the
         installed one, through PYTHONPATH: the `cli@baseline` contender, the same command from an
@@ -236,7 +239,7 @@ class CliContender:
         (`--cell peephole --precision float32`)."""
         import numpy as np
 
-        self.shape, self.short, self.long, self.workdir, self.source = shape, short, long, workdir, source
+        self.shape, self.skip, self.long, self.workdir, self.source = shape, skip, long, workdir, source
         self.extra = list(extra)
         alphabet = np.array([chr(0x4E00 + i) for i in range(shape.vocab)] if shape.vocab > 95
                             else [chr(32 + i) for i in range(shape.vocab)])
@@ -262,12 +265,30 @@ class CliContender:
         env = dict(os.environ)
         if self.source:
             env["PYTHONPATH"] = os.pathsep.join([self.source] + [p for p in [env.get("PYTHONPATH")] if p])
-        t0 = time.perf_counter()
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        return time.perf_counter() - t0
+        return self.workdir / "runs" / f"r{self.runs}"
 
     def seconds_per_step(self) -> float:
-        return (self._train(self.long) - self._train(self.short)) / (self.long - self.short)
+        """Train LONG steps in a fresh process; the seconds per step between its logged steps."""
+        logged = logged_wall_times(self._train(self.long) / "train")
+        kept = [(step, wall) for step, wall in logged if step >= self.skip]
+        if len(kept) < 2:
+            raise SystemExit(f"train_speed: the run logged steps {[s for s, _ in logged]}; "
+                             f"--cli-steps SKIP LONG needs two at or after SKIP")
+        (first_step, first_wall), (last_step, last_wall) = kept[0], kept[-1]
+        return (last_wall - first_wall) / (last_step - first_step)
+
+
+def logged_wall_times(log_dir: Path) -> list[tuple[int, float]]:
+    """(step, wall time) of each step a run's TensorBoard log in `log_dir` has scalars for."""
+    import tensorflow as tf
+
+    walls = {}
+    for path in sorted(log_dir.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            if event.summary.value:
+                walls.setdefault(event.step, event.wall_time)
+    return sorted(walls.items())
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -382,7 +403,7 @@ def bench_shape(shape: Shape, args, torch_ok: bool) -> dict:
             cli = CliContender(shape, args.seed, args.cli_steps[0], args.cli_steps[1], Path(workdir))
             rates["cli"] = []
             contenders.insert(0, SimpleNamespace(name="cli", note=f"`textgen train` processes, "
-                                                 f"--steps {args.cli_steps[0]} vs {args.cli_steps[1]}",
+                                                 f"--steps {args.cli_steps[1]}, timed from step {args.cli_steps[0]}",
                                                  build_s=float("nan"), warmup_s=float("nan")))
             initial["cli"] = float("nan")
         baseline = None
@@ -422,7 +443,7 @@ def bench_cells(shape: Shape, args) -> dict:
     contenders = [SimpleNamespace(name=f"cli:{cell}", note="", build_s=float("nan"), warmup_s=float("nan"))
                   for cell in cells]
     contenders[0].note = (f"`textgen train --cell X --precision float32` processes, --steps "
-                          f"{args.cli_steps[0]} vs {args.cli_steps[1]}")
+                          f"{args.cli_steps[1]}, timed from step {args.cli_steps[0]} by the run's own log")
     with tempfile.TemporaryDirectory(prefix="textgen-bench-cells-") as workdir:
         slots = []
         for k, cell in enumerate(cells):
@@ -490,8 +511,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="set torch threads and TF intra-op threads (default: each library's own)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch contender")
     parser.add_argument("--no-cli", action="store_true", help="skip the `textgen train` contender")
-    parser.add_argument("--cli-steps", type=int, nargs=2, default=(10, 70), metavar=("SHORT", "LONG"),
-                        help="the two step budgets of the `textgen train` contender")
+    parser.add_argument("--cli-steps", type=int, nargs=2, default=(10, 100), metavar=("SKIP", "LONG"),
+                        help="the `textgen train` contender trains LONG steps and is timed from its logged "
+                             "step SKIP on (compilation left out)")
     parser.add_argument("--cli-baseline", metavar="DIR",
                         help="also time `textgen train` from another checkout (e.g. a `git worktree` of an "
                              "earlier commit), side by side: the cli/cli@baseline ratio")
