@@ -139,17 +139,18 @@ PRESETS: dict[str, dict] = {
         "model": {"embedding_dim": 32, "units": 128, "num_layers": 2, "dropout": 0.0},
         "train": {"batch_size": 32, "seq_len": 64, "learning_rate": 3e-3},
     },
-    "small": {  # ~0.66M: the CPU workhorse (2 x 256 GRU). Batch 32, not 64: on a CPU the step time
+    "small": {  # ~0.87M: the CPU workhorse (2 x 256). Batch 32, not 64: on a CPU the step time
         # is nearly proportional to the batch (bench/step_time.py), so 32 streams read text about
         # as fast and update twice as often
         # (10 minutes on tinyshakespeare: 2.14 val bpc against 2.22 with batch 64, bench/QUALITY.md).
         # Recurrent dropout and weight decay: 30 minutes overfit without them (best checkpoint
         # at a quarter of the run, 2.122 held-out bpc) and not with them (2.035); 10 minutes are
-        # level (2.080 against 2.088 on the same host), bench/QUALITY.md; all of this with the lstm cell.
-        # The GRU cell: at 5 minutes on one core it beat the lstm on both corpora of the cell
-        # ablation, by 0.045 bpc on tinyshakespeare and 0.4 on songci (bench/QUALITY.md, bench/cells.py)
+        # level (2.080 against 2.088 on the same host), bench/QUALITY.md.
+        # The lstm cell: the gru beat it at 5 minutes on one core (the cell ablation, bench/cells.py)
+        # but not at this preset's 10 minutes on both cores: level on tinyshakespeare (2.087 against
+        # 2.078, two seeds each), behind on songci (5.905 against 5.828), bench/QUALITY.md
         "model": {"embedding_dim": 64, "units": 256, "num_layers": 2, "dropout": 0.1,
-                  "recurrent_dropout": 0.15, "cell": "gru"},
+                  "recurrent_dropout": 0.15},
         "train": {"batch_size": 32, "seq_len": 100, "learning_rate": 3e-3, "weight_decay": 0.1},
     },
     "medium": {  # ~5.6M: 3 x 512, for a GPU or a long CPU run
