@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from quality import cpu_model
-    from textgen.fused import PAD_COLUMNS, pad_columns
+    from textgen.fused import PAD_COLUMNS, matmul_unaliased, pad_columns
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -52,9 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     def weight_gradient(padded: bool):
         @tf.function
         def run(h, dz):
-            columns = dz.shape[-1]
-            if padded:
-                return tf.matmul(h, pad_columns(dz), transpose_a=True)[:, :columns]
+            if padded:  # as the fused backward pass computes it
+                return matmul_unaliased(h, dz, transpose_a=True)
             return tf.matmul(h, dz, transpose_a=True)
         return run
 
